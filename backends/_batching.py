@@ -1,0 +1,222 @@
+"""Dynamic batching for local models, in Triton Inference Server's sense.
+
+Requests for one model version queue here; a collector task takes the first waiting input,
+waits up to ``max_queue_delay_ms`` for company (leaving early at the largest batch size or a
+preferred size), groups inputs that share a task and parameters, and runs one ``forward`` on a
+worker thread. The queue is bounded: past ``max_queue_size`` inputs a caller gets
+:class:`Overloaded` (503 + Retry-After) at once rather than a slow timeout later. A caller
+that gives up (cancelled, deadline) is dropped before its batch runs when it has not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._base import Backend, Capabilities, InputItem, LocalModel, Output, Task
+from ._errors import BackendError, BackendTimeout, NotReady, Overloaded, PrismError
+from ._specs import Batching
+
+
+@dataclass(eq=False)
+class _Pending:
+    task: Task
+    group: str  # task + canonical parameters: only equal groups share a forward
+    parameters: Mapping[str, Any]
+    prepared: Any
+    future: asyncio.Future[Output]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """Counters the metrics endpoint reads; cheap to update on the hot path."""
+
+    batches: int = 0
+    inputs: int = 0
+    rejected: int = 0
+    last_batch_size: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.inputs += size
+        self.last_batch_size = size
+        # bounded history for histograms; metrics drain it
+        if len(self.batch_sizes) < 10_000:
+            self.batch_sizes.append(size)
+
+
+def _group_key(task: Task, parameters: Mapping[str, Any]) -> str:
+    return task.value + "|" + json.dumps(parameters, sort_keys=True, default=str)
+
+
+class LocalBackend(Backend):
+    """A :class:`LocalModel` behind a bounded dynamic batcher; model code runs off the loop."""
+
+    def __init__(self, model: LocalModel, batching: Batching, *, name: str = "local") -> None:
+        self.model = model
+        self.batching = batching
+        self.name = name
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._collector: asyncio.Task[None] | None = None
+        # one thread runs forwards (torch parallelises inside); prepare gets its own threads
+        # so decoding the next requests overlaps the current forward
+        self._forward_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-forward")
+        self._prepare_pool = ThreadPoolExecutor(2, thread_name_prefix=f"{name}-prepare")
+        self._loaded = False
+        self._load_error: BaseException | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.model.capabilities
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._forward_pool, self.model.load)
+        except Exception as exc:
+            self._load_error = exc
+            raise
+        self._queue = asyncio.Queue()
+        self._collector = asyncio.create_task(self._collect(), name=f"{self.name}-batcher")
+        self._loaded = True
+
+    async def health(self) -> bool:
+        return self._loaded and self._collector is not None and not self._collector.done()
+
+    async def infer(
+        self,
+        task: Task,
+        items: Sequence[InputItem],
+        parameters: Mapping[str, Any],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Output]:
+        if self._queue is None:
+            raise NotReady(f"model {self.name} is not loaded yet", retry_after_s=5)
+        if self._queue.qsize() + len(items) > self.batching.max_queue_size:
+            self.stats.rejected += len(items)
+            raise Overloaded(
+                f"{self.name}: queue full ({self.batching.max_queue_size} inputs waiting)",
+                retry_after_s=1,
+            )
+        loop = asyncio.get_running_loop()
+        prepared = await asyncio.gather(
+            *(self._prepare(loop, i, task, item, parameters) for i, item in enumerate(items))
+        )
+        group = _group_key(task, parameters)
+        pending = [_Pending(task, group, parameters, p, loop.create_future()) for p in prepared]
+        for p in pending:
+            self._queue.put_nowait(p)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return list(await asyncio.gather(*(p.future for p in pending)))
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{self.name} did not answer within {timeout_s:.3f} s") from exc
+        finally:
+            # a caller that left (timeout, cancel) frees its slots before they are computed
+            for p in pending:
+                if not p.future.done():
+                    p.future.cancel()
+
+    async def _prepare(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        index: int,
+        task: Task,
+        item: InputItem,
+        parameters: Mapping[str, Any],
+    ) -> Any:
+        try:
+            return await loop.run_in_executor(
+                self._prepare_pool, self.model.prepare, task, item, parameters
+            )
+        except PrismError as exc:
+            exc.input_index = index
+            raise
+
+    async def _collect(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        max_size = self.batching.max_batch_size
+        preferred = set(self.batching.preferred_batch_sizes)
+        delay_s = self.batching.max_queue_delay_ms / 1000
+        loop = asyncio.get_running_loop()
+        carry: list[_Pending] = []
+        while True:
+            first = carry.pop(0) if carry else await queue.get()
+            batch = [first]
+            deadline = first.enqueued + delay_s
+            # take what is already waiting, then wait for company until the deadline
+            while len(batch) < max_size:
+                try:
+                    nxt = carry.pop(0) if carry else queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0 or len(batch) in preferred:
+                        break
+                    try:
+                        async with asyncio.timeout(remaining):
+                            nxt = await queue.get()
+                    except TimeoutError:
+                        break
+                if nxt.group != first.group:
+                    carry.append(nxt)  # different task/parameters: next batch
+                    if len(carry) > max_size:
+                        break
+                    continue
+                batch.append(nxt)
+            live = [p for p in batch if not p.future.cancelled()]
+            if not live:
+                continue
+            self.stats.record(len(live))
+            try:
+                outputs = await loop.run_in_executor(
+                    self._forward_pool,
+                    self.model.forward,
+                    first.task,
+                    [p.prepared for p in live],
+                    first.parameters,
+                )
+                if len(outputs) != len(live):
+                    raise BackendError(
+                        f"{self.name} returned {len(outputs)} outputs for {len(live)} inputs"
+                    )
+            except Exception as exc:
+                err = (
+                    exc
+                    if isinstance(exc, PrismError)
+                    else BackendError(f"{self.name} failed: {type(exc).__name__}")
+                )
+                if err is not exc:
+                    err.__cause__ = exc
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                continue
+            for p, out in zip(live, outputs, strict=True):
+                if not p.future.done():
+                    p.future.set_result(out)
+
+    async def aclose(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        self._loaded = False
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._forward_pool, self.model.close)
+        self._forward_pool.shutdown(wait=False)
+        self._prepare_pool.shutdown(wait=False)

@@ -1,0 +1,186 @@
+"""Prism's one exception tree.
+
+Every error Prism raises on purpose is a :class:`PrismError`. The class carries the HTTP
+status and a stable machine-readable ``code``; the gateway renders every one of them as an
+RFC 9457 problem document, so a caller never sees a stack trace. Foreign exceptions (httpx,
+redis, PIL, torch) are mapped to these classes at the boundary where they occur, with
+``raise ... from exc`` so the cause stays in the logs.
+
+It lives in ``backends`` (the lowest layer that raises caller-visible errors) so that
+backends never import ``gateway``; ``gateway.errors`` re-exports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field of the request, e.g. ``inputs[2].image.base64``."""
+
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+class PrismError(Exception):
+    """Root of every error Prism raises deliberately."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+    #: set by a backend when one input of a batch is at fault (its index in that batch),
+    #: so the gateway can name the field, e.g. ``inputs[3].image``
+    input_index: int | None = None
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+# --- the caller's mistakes (4xx) -------------------------------------------------------
+
+
+class BadRequest(PrismError):
+    status_code = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class MalformedBody(BadRequest):
+    code = "malformed_body"
+    title = "Malformed request body"
+
+
+class InvalidInput(PrismError):
+    """The request parsed but a field is wrong (type, range, content)."""
+
+    status_code = 422
+    code = "invalid_input"
+    title = "Invalid input"
+
+
+class InvalidImage(InvalidInput):
+    code = "invalid_image"
+    title = "Invalid image"
+
+
+class NotFound(PrismError):
+    status_code = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+    title = "Unknown model"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+    title = "Unknown model version"
+
+
+class NoRoute(PrismError):
+    """No policy route serves this combination of modality/task/model."""
+
+    status_code = 422
+    code = "no_route"
+    title = "No route serves this request"
+
+
+class MethodNotAllowed(PrismError):
+    status_code = 405
+    code = "method_not_allowed"
+    title = "Method not allowed"
+
+
+class PayloadTooLarge(PrismError):
+    status_code = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class Unauthorized(PrismError):
+    status_code = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+# --- capacity and backends (5xx) ---------------------------------------------------------
+
+
+class Overloaded(PrismError):
+    """A queue is full or a budget cannot be met: the caller should retry later."""
+
+    status_code = 503
+    code = "overloaded"
+    title = "Service overloaded"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault("Retry-After", str(max(1, int(retry_after_s))))
+
+
+class NotReady(Overloaded):
+    code = "not_ready"
+    title = "Model not ready"
+
+
+class BackendError(PrismError):
+    """A backend failed after every retry and fallback."""
+
+    status_code = 502
+    code = "backend_error"
+    title = "Backend failed"
+    #: whether trying again (same or another target) may succeed
+    retryable: ClassVar[bool] = True
+
+
+class UpstreamRejected(BackendError):
+    """A remote server answered 4xx: the request itself is wrong there; retrying won't help."""
+
+    code = "upstream_rejected"
+    title = "Upstream rejected the request"
+    retryable = False
+
+
+class BackendTimeout(BackendError):
+    status_code = 504
+    code = "backend_timeout"
+    title = "Backend timed out"
+
+
+class BackendUnavailable(BackendError):
+    code = "backend_unavailable"
+    title = "Backend unavailable"
+
+
+class CacheUnavailable(PrismError):
+    """The shared cache cannot be reached. Never shown to callers: requests go on uncached."""
+
+    status_code = 503
+    code = "cache_unavailable"
+    title = "Cache unavailable"
+
+
+class PolicyError(PrismError):
+    """A policy file is invalid; ``detail`` reads ``file:line: path: reason``."""
+
+    status_code = 422
+    code = "invalid_policy"
+    title = "Invalid policy"

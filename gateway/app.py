@@ -1,0 +1,96 @@
+"""``create_app``: builds a gateway from settings; the lifespan owns every resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.exceptions import ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from backends import FieldError, InvalidInput
+
+from .cache import ResponseCache
+from .doors.native import NativeController
+from .errors import exception_handler, problem_response
+from .policy import CompiledPolicy
+from .runtime import Runtime
+from .settings import Settings
+
+log = logging.getLogger("prism")
+
+
+def _path_from_key(key: str) -> str:
+    """litestar/pydantic ``inputs.0.image.base64`` -> ``inputs[0].image.base64``."""
+    out = ""
+    for part in key.split("."):
+        if part.isdigit():
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _validation_handler(request: Any, exc: ValidationException) -> Any:
+    """Body validation failures as 422 with a field-level list (malformed JSON stays 400)."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    errors = [
+        FieldError(
+            _path_from_key(str(e.get("key", ""))) or "body", str(e.get("message", "invalid"))
+        )
+        for e in extra
+        if isinstance(e, dict)
+    ]
+    if not errors:
+        return exception_handler(request, exc)
+    first = errors[0]
+    detail = f"{first.path}: {first.message}" + (
+        f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    )
+    return problem_response(InvalidInput(detail, errors=errors), request.url.path)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    cache: ResponseCache | None = None,
+    policy: CompiledPolicy | None = None,
+    runtime: Runtime | None = None,
+) -> Litestar:
+    """Build the ASGI app. Tests pass their own cache/policy; ``prism serve`` passes settings."""
+    settings = settings or Settings()
+    rt = runtime or Runtime(settings, cache=cache, policy=policy)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await rt.start()
+        try:
+            yield
+        finally:
+            await rt.aclose()
+
+    async def provide_runtime() -> Runtime:
+        return rt
+
+    app = Litestar(
+        route_handlers=[NativeController],
+        dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
+        lifespan=[lifespan],
+        exception_handlers={ValidationException: _validation_handler, Exception: exception_handler},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Prism",
+            version="1",
+            description="Multimodal model gateway: one API for text, image and recommendation models.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+    )
+    app.state.runtime = rt
+    return app

@@ -1,0 +1,129 @@
+"""The response cache the pipeline talks to: keys, single-flight, and failing open.
+
+Keys hash (model, resolved version, task, canonical input, parameters), one per input, so a
+batch that repeats earlier inputs only computes the new ones. Concurrent identical misses in
+this process share one computation. When the store fails (Redis down), requests go on
+uncached (status ``off``), the failure is counted, and the store is retried after a short
+back-off so the cache recovers by itself when Redis returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backends import CacheUnavailable, InputItem, Output, Task
+
+from ._codec import decode_output, encode_output
+from ._stores import CacheStore
+
+log = logging.getLogger("prism.cache")
+
+
+def cache_key(
+    model: str, version: str, task: Task, item: InputItem, parameters: Mapping[str, Any]
+) -> str:
+    """Stable across processes and restarts: canonical JSON of parameters, content digests."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(json.dumps([model, version, task.value], separators=(",", ":")).encode())
+    h.update(item.fingerprint())
+    h.update(json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    coalesced: int = 0
+
+
+class ResponseCache:
+    def __init__(
+        self, store: CacheStore, *, retry_after_s: float = 1.0, half: bool = False
+    ) -> None:
+        self.store = store
+        self.stats = CacheStats()
+        self.half = half
+        self._retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._inflight: dict[str, asyncio.Future[Output]] = {}
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _mark_down(self, exc: CacheUnavailable) -> None:
+        self.stats.errors += 1
+        if self.available:
+            log.warning("cache store %s unavailable (%s); serving uncached", self.store.name, exc)
+        self._down_until = time.monotonic() + self._retry_after_s
+
+    async def get_many(self, keys: Sequence[str]) -> list[Output | None] | None:
+        """Cached outputs (None per miss); None overall when the store is down."""
+        if not self.available:
+            return None
+        try:
+            blobs = await self.store.get_many(keys)
+        except CacheUnavailable as exc:
+            self._mark_down(exc)
+            return None
+        if self._down_until:
+            log.info("cache store %s is back", self.store.name)
+            self._down_until = 0.0
+        out: list[Output | None] = []
+        for blob in blobs:
+            try:
+                out.append(decode_output(blob) if blob is not None else None)
+            except ValueError:
+                out.append(None)  # a foreign or corrupt entry is a miss, never an error
+        hits = sum(o is not None for o in out)
+        self.stats.hits += hits
+        self.stats.misses += len(out) - hits
+        return out
+
+    async def set_many(self, entries: Mapping[str, Output], ttl_s: float) -> bool:
+        if ttl_s <= 0 or not entries or not self.available:
+            return False
+        blobs = {k: encode_output(v, half=self.half) for k, v in entries.items()}
+        try:
+            await self.store.set_many(blobs, ttl_s)
+        except CacheUnavailable as exc:
+            self._mark_down(exc)
+            return False
+        return True
+
+    # --- single flight -------------------------------------------------------------------
+
+    def join(self, key: str) -> asyncio.Future[Output] | None:
+        """The in-flight computation of ``key`` in this process, if any."""
+        fut = self._inflight.get(key)
+        if fut is not None:
+            self.stats.coalesced += 1
+        return fut
+
+    def lead(self, key: str) -> asyncio.Future[Output]:
+        """Register this request as the one computing ``key``; others will join it."""
+        fut: asyncio.Future[Output] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        return fut
+
+    def finish(self, key: str, output: Output | None, error: BaseException | None = None) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is None or fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+            fut.exception()  # followers may all have left: don't warn "never retrieved"
+        else:
+            fut.set_result(output if output is not None else {})
+
+    async def aclose(self) -> None:
+        await self.store.aclose()

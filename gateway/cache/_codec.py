@@ -1,0 +1,52 @@
+"""Compact binary encoding of model outputs for the cache.
+
+Embeddings are stored as raw little-endian float32 (or float16) bytes, not JSON lists: a
+384-d vector is 1.5 KiB instead of ~8 KiB of decimal text, and decoding is a memcpy.
+Layout: ``b"PR1"`` | u32 header length | JSON header | array bytes (in header order).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"PR1"
+_DTYPES = {"f4": np.dtype("<f4"), "f2": np.dtype("<f2")}
+
+
+def encode_output(output: dict[str, Any], *, half: bool = False) -> bytes:
+    header: dict[str, Any] = {}
+    blobs: list[bytes] = []
+    for key, value in output.items():
+        if isinstance(value, np.ndarray):
+            code = "f2" if half else "f4"
+            arr = np.ascontiguousarray(value, dtype=_DTYPES[code])
+            header[key] = {"__array__": code, "shape": list(arr.shape)}
+            blobs.append(arr.tobytes())
+        else:
+            header[key] = value
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
+
+
+def decode_output(blob: bytes) -> dict[str, Any]:
+    """Inverse of :func:`encode_output`; raises ValueError on anything else."""
+    if blob[:3] != MAGIC:
+        raise ValueError("not a Prism cache entry")
+    (n,) = struct.unpack_from("<I", blob, 3)
+    header = json.loads(blob[7 : 7 + n])
+    offset = 7 + n
+    out: dict[str, Any] = {}
+    for key, value in header.items():
+        if isinstance(value, dict) and "__array__" in value:
+            dtype = _DTYPES[value["__array__"]]
+            count = int(np.prod(value["shape"])) if value["shape"] else 1
+            arr = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
+            offset += count * dtype.itemsize
+            out[key] = arr.reshape(value["shape"]).astype(np.float32)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,114 @@
+"""The live backends of the running policy: built, started, swapped on reload, closed.
+
+A target (model@version on one replica) keeps its backend across reloads while its spec is
+unchanged, so moving a label or editing a route never reloads a model; a changed or new
+version is loaded before the new policy goes live, and a removed one is closed after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends import Backend, BackendSpec, LocalBackend, NotReady, build_backend
+
+from .policy import CompiledPolicy, Target
+
+log = logging.getLogger("prism.deployments")
+
+
+@dataclass
+class Deployment:
+    target: Target
+    spec: BackendSpec
+    backend: Backend
+    #: None while loading; the error if loading failed
+    ready: bool = False
+    error: str | None = None
+
+
+def _fingerprint(spec: BackendSpec) -> str:
+    return spec.model_dump_json()
+
+
+class Deployments:
+    def __init__(self, base_dir: Path, *, load_models: bool = True) -> None:
+        self.base_dir = base_dir
+        self.load_models = load_models
+        self._by_key: dict[str, Deployment] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._by_key
+
+    def get(self, target: Target) -> Deployment:
+        dep = self._by_key.get(target.key)
+        if dep is None:
+            raise NotReady(f"{target.key} is not deployed", retry_after_s=5)
+        return dep
+
+    def backend(self, target: Target) -> Backend:
+        dep = self.get(target)
+        if not dep.ready:
+            reason = f": {dep.error}" if dep.error else " (still loading)"
+            raise NotReady(f"{target.key} is not ready{reason}", retry_after_s=5)
+        return dep.backend
+
+    def all(self) -> list[Deployment]:
+        return list(self._by_key.values())
+
+    @property
+    def ready(self) -> bool:
+        """Every local model of the policy is loaded (remote ones are judged by health)."""
+        return all(d.ready for d in self._by_key.values() if isinstance(d.backend, LocalBackend))
+
+    async def _start(self, dep: Deployment) -> None:
+        if not self.load_models and isinstance(dep.backend, LocalBackend):
+            return
+        try:
+            await dep.backend.start()
+            dep.ready = True
+            log.info("deployed %s", dep.target.key)
+        except Exception as exc:
+            dep.error = f"{type(exc).__name__}: {exc}"
+            log.error("failed to deploy %s: %s", dep.target.key, dep.error)
+
+    async def apply(self, policy: CompiledPolicy) -> list[Deployment]:
+        """Bring the deployments in line with ``policy``; returns the ones to close later.
+
+        New and changed targets are loaded before this returns (so the swap that follows
+        serves them at once); the caller closes the returned, no-longer-needed deployments
+        once requests still running on the old policy have finished.
+        """
+        wanted = policy.all_targets()
+        fresh: list[Deployment] = []
+        retired: list[Deployment] = []
+        next_map: dict[str, Deployment] = {}
+        for key, (target, spec) in wanted.items():
+            current = self._by_key.get(key)
+            if current is not None and _fingerprint(current.spec) == _fingerprint(spec):
+                next_map[key] = current
+                continue
+            backend = build_backend(spec, base_dir=self.base_dir, name=key, url=target.replica)
+            dep = Deployment(target, spec, backend)
+            fresh.append(dep)
+            next_map[key] = dep
+            if current is not None:
+                retired.append(current)
+        await asyncio.gather(*(self._start(d) for d in fresh))
+        retired.extend(d for k, d in self._by_key.items() if k not in next_map)
+        self._by_key = next_map
+        return retired
+
+    @staticmethod
+    async def close(deployments: list[Deployment]) -> None:
+        for dep in deployments:
+            try:
+                await dep.backend.aclose()
+            except Exception:  # closing must never take the gateway down
+                log.exception("closing %s failed", dep.target.key)
+
+    async def aclose(self) -> None:
+        await self.close(self.all())
+        self._by_key = {}

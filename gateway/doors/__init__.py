@@ -1,0 +1,1 @@
+"""Protocol doors: each turns its wire format into the native schema and back."""

@@ -1,0 +1,52 @@
+"""The native door: ``POST /v1/infer`` plus health and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from ..runtime import Runtime
+from ..schema import InferRequest, InferResponse
+
+
+def route_headers(resp: InferResponse) -> dict[str, str]:
+    """The decision as response headers, for callers and proxies that only see headers."""
+    r = resp.route
+    headers = {"x-prism-route": f"{r.rule}; target={r.target}", "x-prism-cache": r.cache}
+    if r.experiment:
+        headers["x-prism-experiment"] = f"{r.experiment}; arm={r.arm}"
+    return headers
+
+
+class NativeController(Controller):
+    tags = ["native"]
+
+    @post("/v1/infer", status_code=HTTP_200_OK, summary="Run embed / classify / recommend")
+    async def infer(
+        self, request: Request[Any, Any, Any], data: InferRequest, runtime: Runtime
+    ) -> Response[dict[str, Any]]:
+        resp = await runtime.pipeline.infer(data, request.headers)
+        return Response(resp.to_wire(), headers=route_headers(resp))
+
+    @get("/healthz", summary="Liveness: the process is up")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", summary="Readiness: the policy's local models are loaded")
+    async def readyz(self, runtime: Runtime) -> Response[dict[str, Any]]:
+        models = {
+            d.target.key: ("ready" if d.ready else (d.error or "loading"))
+            for d in runtime.deployments.all()
+        }
+        ready = runtime.ready
+        return Response(
+            {"status": "ready" if ready else "not ready", "models": models},
+            status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
+            headers={} if ready else {"Retry-After": "5"},
+        )
+
+    @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+    async def metrics(self, runtime: Runtime) -> bytes:
+        return runtime.metrics.render()

@@ -1,0 +1,265 @@
+"""The data path, top to bottom: request -> facts -> decision -> cache -> backend -> response.
+
+Every door (native, OpenAI, KServe v2) turns its wire format into an :class:`InferRequest`,
+calls :meth:`Pipeline.infer`, and serialises the :class:`InferResponse` it gets back. Nothing
+here knows HTTP; everything the caller should know about the decision is in ``route``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from backends import FieldError, InputItem, InvalidImage, InvalidInput, Output, PrismError
+
+from .cache import cache_key
+from .policy import Decision, RequestFacts
+from .schema import InferRequest, InferResponse, RouteInfo
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+def _decode_inputs(req: InferRequest, max_image_bytes: int) -> list[InputItem]:
+    """Wire inputs -> :class:`InputItem`; base64 is checked here, image content by the backend."""
+    items: list[InputItem] = []
+    for i, spec in enumerate(req.inputs):
+        image: bytes | None = None
+        if spec.image is not None and spec.image.base64 is not None:
+            try:
+                image = base64.b64decode(spec.image.base64, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                path = f"inputs[{i}].image.base64"
+                raise InvalidImage(
+                    "image is not valid base64", errors=[FieldError(path, "not valid base64")]
+                ) from exc
+            if not image:
+                raise InvalidImage(
+                    "image is empty", errors=[FieldError(f"inputs[{i}].image.base64", "empty")]
+                )
+            if len(image) > max_image_bytes:
+                raise InvalidImage(
+                    f"image is {len(image)} bytes; the limit is {max_image_bytes}",
+                    errors=[FieldError(f"inputs[{i}].image.base64", "too large")],
+                )
+        history = tuple(spec.history) if spec.history is not None else None
+        items.append(InputItem(text=spec.text, image=image, user=spec.user, history=history))
+    return items
+
+
+class Pipeline:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def _fetch_url_images(
+        self, req: InferRequest, items: list[InputItem], decision: Decision
+    ) -> list[InputItem]:
+        """Resolve ``{"image": {"url": ...}}`` inputs, only where the model's spec allows hosts."""
+        urls = [
+            (i, s.image.url)
+            for i, s in enumerate(req.inputs)
+            if s.image is not None and s.image.url
+        ]
+        if not urls:
+            return items
+        spec = self.rt.policy.spec(decision.model, decision.version)
+        allowed: list[str] = list(getattr(spec, "allow_url_hosts", []) or [])
+        if not allowed:
+            i = urls[0][0]
+            raise InvalidInput(
+                f"model {decision.model!r} does not accept image URLs; send the image as base64",
+                errors=[
+                    FieldError(
+                        f"inputs[{i}].image.url", "image URLs are not allowed for this model"
+                    )
+                ],
+            )
+        from backends._images import fetch_image
+
+        fetched = await asyncio.gather(
+            *(asyncio.to_thread(fetch_image, url, allowed) for _, url in urls),
+            return_exceptions=True,
+        )
+        out = list(items)
+        for (i, _), result in zip(urls, fetched, strict=True):
+            if isinstance(result, PrismError):
+                result.errors = result.errors or [
+                    FieldError(f"inputs[{i}].image.url", result.detail)
+                ]
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+            out[i] = InputItem(
+                text=items[i].text, image=result, user=items[i].user, history=items[i].history
+            )
+        return out
+
+    async def infer(
+        self, req: InferRequest, headers: Mapping[str, str] | None = None, *, door: str = "native"
+    ) -> InferResponse:
+        started = time.perf_counter()
+        rt = self.rt
+        if len(req.inputs) > rt.settings.max_inputs:
+            raise InvalidInput(
+                f"{len(req.inputs)} inputs; at most {rt.settings.max_inputs} per request",
+                errors=[FieldError("inputs", f"at most {rt.settings.max_inputs} items")],
+            )
+
+        # 1. facts from the request
+        items = _decode_inputs(req, rt.settings.max_body_bytes)
+        modalities = frozenset().union(*(it.modalities for it in items))
+        facts = RequestFacts(
+            modalities=frozenset(modalities) | self._url_modalities(req),
+            task=req.task,
+            model=req.model,
+            version=req.version,
+            headers={k.lower(): v for k, v in (headers or {}).items()},
+            unit=req.routing.unit,
+            latency_budget_ms=req.routing.latency_budget_ms,
+        )
+
+        # 2. the policy decision (this request keeps this policy even if a reload swaps it)
+        policy = rt.policy
+        decision = policy.decide(facts, rt.pick_arm)
+        items = await self._fetch_url_images(req, items, decision)
+        params = req.parameters
+
+        # 3. cache lookup, per input
+        keys = [cache_key(decision.model, decision.version, req.task, it, params) for it in items]
+        outputs: list[Output | None] = [None] * len(items)
+        status = await self._lookup(req, decision, keys, outputs)
+
+        # 4. backend for the misses (identical concurrent misses computed once)
+        route = RouteInfo(
+            rule=decision.rule,
+            target=decision.targets[0].key,
+            experiment=decision.experiment,
+            arm=decision.arm,
+            cache=status,
+            attempts=0,
+            reason=decision.reason,
+        )
+        timing = {"queue": 0.0, "backend": 0.0}
+        missing = [i for i, o in enumerate(outputs) if o is None]
+        if missing:
+            await self._compute(req, decision, items, keys, missing, outputs, route, timing, status)
+
+        # 5. response
+        timing["total"] = (time.perf_counter() - started) * 1000
+        rt.observe(door, decision, route, timing["total"])
+        return InferResponse(
+            id="req_" + secrets.token_hex(8),
+            model=decision.model,
+            version=decision.version,
+            outputs=[o if o is not None else {} for o in outputs],
+            route=route,
+            timing_ms={k: round(v, 3) for k, v in timing.items()},
+        )
+
+    @staticmethod
+    def _url_modalities(req: InferRequest) -> frozenset[Any]:
+        from backends import Modality
+
+        has_url = any(s.image is not None and s.image.url for s in req.inputs)
+        return frozenset({Modality.IMAGE}) if has_url else frozenset()
+
+    async def _lookup(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        keys: Sequence[str],
+        outputs: list[Output | None],
+    ) -> Any:
+        cache = self.rt.cache
+        if req.cache == "bypass" or decision.cache_ttl_s <= 0:
+            return "bypass"
+        if req.cache == "refresh":
+            return "refresh"
+        cached = await cache.get_many(keys)
+        if cached is None:
+            self.rt.metrics.cache.labels("off").inc(len(keys))
+            return "off"
+        for i, value in enumerate(cached):
+            outputs[i] = value
+        hits = sum(v is not None for v in cached)
+        self.rt.metrics.cache.labels("hit").inc(hits)
+        self.rt.metrics.cache.labels("miss").inc(len(keys) - hits)
+        return "hit" if hits == len(keys) else "miss"
+
+    async def _compute(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        items: Sequence[InputItem],
+        keys: Sequence[str],
+        missing: list[int],
+        outputs: list[Output | None],
+        route: RouteInfo,
+        timing: dict[str, float],
+        status: str,
+    ) -> None:
+        rt = self.rt
+        cache = rt.cache
+        coalesce = status in ("miss", "hit")  # bypass/refresh/off compute for themselves
+        followers: dict[int, asyncio.Future[Output]] = {}
+        leaders: list[int] = []
+        seen: dict[str, int] = {}
+        for i in missing:
+            fut = cache.join(keys[i]) if coalesce else None
+            if fut is not None:
+                followers[i] = fut
+            elif keys[i] in seen:
+                continue  # the same input twice in one request: computed once below
+            else:
+                seen[keys[i]] = i
+                leaders.append(i)
+        owned = [keys[i] for i in leaders] if coalesce else []
+        for k in owned:
+            cache.lead(k)
+        try:
+            if leaders:
+                result = await rt.dispatcher.run(
+                    decision,
+                    req.task,
+                    [items[i] for i in leaders],
+                    req.parameters,
+                    budget_ms=decision.budget_ms(req.routing.latency_budget_ms),
+                )
+                for i, out in zip(leaders, result.outputs, strict=True):
+                    outputs[i] = out
+                route.target = result.target.key
+                route.attempts = result.attempts
+                route.fallback = result.fallback
+                route.reason = result.reason
+                timing["backend"] = result.backend_ms
+        except PrismError as exc:
+            if exc.input_index is not None and exc.input_index < len(leaders):
+                field = f"inputs[{leaders[exc.input_index]}]"
+                exc.errors = exc.errors or [FieldError(field, exc.detail)]
+                exc.input_index = None
+            for k in owned:
+                cache.finish(k, None, exc)
+            raise
+        except BaseException as exc:
+            for k in owned:
+                cache.finish(k, None, exc)
+            raise
+        for k, i in zip(owned, leaders, strict=True):
+            cache.finish(k, outputs[i])
+        for i in missing:  # duplicates inside this request
+            if outputs[i] is None and keys[i] in seen:
+                outputs[i] = outputs[seen[keys[i]]]
+        if followers:
+            results = await asyncio.gather(*followers.values())
+            for i, out in zip(followers, results, strict=True):
+                outputs[i] = out
+        if status != "bypass" and leaders:
+            await cache.set_many(
+                {keys[i]: outputs[i] for i in leaders if outputs[i] is not None},
+                decision.cache_ttl_s,
+            )  # type: ignore[misc]

@@ -1,0 +1,48 @@
+"""Policy: the YAML document operators edit, its validation and its compiled runtime form."""
+
+from ._compiled import CompiledPolicy, Decision, RequestFacts, Target
+from ._document import (
+    Arm,
+    CacheRule,
+    Experiment,
+    Guardrails,
+    LatencyRule,
+    Match,
+    ModelEntry,
+    PolicyDocument,
+    Route,
+    TargetRef,
+)
+from ._loader import PolicyIssue, PolicyLoadError, format_path, load_policy_file, parse_policy
+
+__all__ = [
+    "Arm",
+    "CacheRule",
+    "CompiledPolicy",
+    "Decision",
+    "Experiment",
+    "Guardrails",
+    "LatencyRule",
+    "Match",
+    "ModelEntry",
+    "PolicyDocument",
+    "PolicyIssue",
+    "PolicyLoadError",
+    "RequestFacts",
+    "Route",
+    "Target",
+    "TargetRef",
+    "compile_policy_file",
+    "format_path",
+    "load_policy_file",
+    "parse_policy",
+]
+
+
+def compile_policy_file(path: str) -> CompiledPolicy:
+    """Load, validate and compile a policy file; raises PolicyLoadError with file:line."""
+    from pathlib import Path
+
+    doc = load_policy_file(path)
+    p = Path(path).resolve()
+    return CompiledPolicy(doc, source=str(path), base_dir=p.parent)

@@ -1,0 +1,249 @@
+"""A validated policy compiled into the immutable table the data path reads.
+
+Compiling resolves what can be resolved once (labels -> versions, replicas -> targets, match
+sets); :meth:`CompiledPolicy.decide` is then a pure function of the request's facts, so the
+same decision is reproducible offline by ``prism policy explain``. A reload builds a new
+``CompiledPolicy`` and swaps the reference; requests in flight keep the one they started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backends import (
+    BackendSpec,
+    Modality,
+    ModelNotFound,
+    NoRoute,
+    Task,
+    VersionNotFound,
+    replica_urls,
+)
+
+from ._document import Experiment, PolicyDocument, Route, TargetRef
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model version on one backend or replica: the unit of routing and health."""
+
+    model: str
+    version: str
+    #: remote replica URL; None for an in-process model
+    replica: str | None = None
+    weight: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}@{self.version}/{self.replica or 'local'}"
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What routing may look at: extracted from the request once, by the pipeline."""
+
+    modalities: frozenset[Modality]
+    task: Task
+    model: str | None = None
+    version: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    unit: str | None = None
+    latency_budget_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a request goes, and why: the pipeline executes it, the response reports it."""
+
+    rule: str
+    model: str
+    version: str
+    targets: tuple[Target, ...]
+    fallback: tuple[Target, ...]
+    route: Route
+    reason: str
+    experiment: str | None = None
+    arm: str | None = None
+    #: the arm whose version answers when shadowing (the treatment is mirrored)
+    shadow: Target | None = None
+
+    @property
+    def cache_ttl_s(self) -> float:
+        return self.route.cache.ttl_s
+
+    @property
+    def timeout_s(self) -> float:
+        return self.route.timeout_ms / 1000
+
+    def budget_ms(self, requested: float | None) -> float | None:
+        """The tighter of the route's and the request's budgets (a request may only tighten)."""
+        budgets = [b for b in (self.route.latency.budget_ms, requested) if b is not None]
+        return min(budgets) if budgets else None
+
+
+#: experiment name, route, unit -> arm name (None = experiment does not apply / no arms live)
+ArmPicker = Any
+
+
+class CompiledPolicy:
+    def __init__(
+        self, doc: PolicyDocument, *, source: str = "<policy>", base_dir: Path | None = None
+    ) -> None:
+        self.document = doc
+        self.source = source
+        self.base_dir = base_dir or Path.cwd()
+        self.loaded_at = time.time()
+        self.digest = hashlib.sha256(doc.model_dump_json().encode()).hexdigest()[:12]
+        self._routes = list(doc.routes)
+        self._experiment_by_route: dict[str, tuple[str, Experiment]] = {
+            e.route: (name, e) for name, e in doc.experiments.items()
+        }
+
+    # --- lookups -----------------------------------------------------------------------
+
+    @property
+    def models(self) -> Mapping[str, Any]:
+        return self.document.models
+
+    def resolve_version(self, model: str, version: str | None) -> str:
+        """Version id for an id or label; None = 'stable' label, else the first version."""
+        entry = self.document.models.get(model)
+        if entry is None:
+            raise ModelNotFound(f"unknown model {model!r}", extra={"model": model})
+        if version is None:
+            return entry.labels.get("stable") or next(iter(entry.versions))
+        resolved = entry.labels.get(version, version)
+        if resolved not in entry.versions:
+            known = sorted([*entry.versions, *entry.labels])
+            raise VersionNotFound(
+                f"model {model!r} has no version or label {version!r} (known: {', '.join(known)})",
+                extra={"model": model, "version": version},
+            )
+        return resolved
+
+    def spec(self, model: str, version: str) -> BackendSpec:
+        spec: BackendSpec = self.document.models[model].versions[version]
+        return spec
+
+    def targets_for(self, model: str, version: str, weight: float = 1.0) -> list[Target]:
+        """One target per replica (remote) or the single in-process target (local)."""
+        urls = replica_urls(self.spec(model, version))
+        if not urls:
+            return [Target(model, version, None, weight)]
+        return [Target(model, version, url, weight) for url in urls]
+
+    def all_targets(self) -> dict[str, tuple[Target, BackendSpec]]:
+        """Every deployable target in the policy, by key (for building backends)."""
+        out: dict[str, tuple[Target, BackendSpec]] = {}
+        for name, entry in self.document.models.items():
+            for version, spec in entry.versions.items():
+                for t in self.targets_for(name, version):
+                    out[t.key] = (t, spec)
+        return out
+
+    def experiment_for(self, route: str) -> tuple[str, Experiment] | None:
+        return self._experiment_by_route.get(route)
+
+    # --- the decision ------------------------------------------------------------------
+
+    def _matches(self, route: Route, facts: RequestFacts) -> bool:
+        m = route.match
+        if m.modality is not None and not facts.modalities <= set(m.modality):
+            return False
+        if m.task is not None:
+            tasks = m.task if isinstance(m.task, list) else [m.task]
+            if facts.task not in tasks:
+                return False
+        if m.model is not None and facts.model != m.model:
+            return False
+        for name, value in m.headers.items():
+            if facts.headers.get(name.lower()) != value:
+                return False
+        return facts.model is None or facts.model in {r.model for r in route.target_refs}
+
+    def match_route(self, facts: RequestFacts) -> Route:
+        for route in self._routes:
+            if self._matches(route, facts):
+                return route
+        if facts.model is not None:
+            if facts.model not in self.document.models:
+                raise ModelNotFound(f"unknown model {facts.model!r}", extra={"model": facts.model})
+            # a known model no route mentions is still directly addressable, like in Triton
+            return Route(name=f"model:{facts.model}", model=facts.model)
+        mods = ", ".join(sorted(facts.modalities))
+        raise NoRoute(f"no route serves task {facts.task.value!r} with modalities [{mods}]")
+
+    def _expand(self, refs: list[TargetRef], model: str | None) -> list[Target]:
+        out: list[Target] = []
+        for ref in refs:
+            if model is not None and ref.model != model:
+                continue
+            version = self.resolve_version(ref.model, ref.version)
+            out.extend(self.targets_for(ref.model, version, ref.weight))
+        return out
+
+    def decide(self, facts: RequestFacts, pick_arm: ArmPicker = None) -> Decision:
+        """Route, model, version (experiment arm), ordered candidate targets and fallbacks.
+
+        ``pick_arm(experiment_name, experiment, unit) -> arm name | None`` is supplied by the
+        experiment engine (sticky hashing, stopped arms); None means no experiment runs.
+        """
+        route = self.match_route(facts)
+        fallback = tuple(self._expand(route.fallback, None))
+        exp = self.experiment_for(route.name)
+        if facts.version is not None:
+            model = facts.model or route.target_refs[0].model
+            version = self.resolve_version(model, facts.version)
+            return Decision(
+                route.name,
+                model,
+                version,
+                tuple(self.targets_for(model, version)),
+                fallback,
+                route,
+                reason=f"version {facts.version!r} requested",
+            )
+        if exp is not None and pick_arm is not None:
+            exp_name, experiment = exp
+            arm = pick_arm(exp_name, experiment, facts.unit)
+            if arm is not None:
+                model = route.target_refs[0].model
+                version = self.resolve_version(model, experiment.arms[arm].version)
+                shadow = None
+                if experiment.shadow:
+                    control = experiment.control or next(iter(experiment.arms))
+                    treatment = arm
+                    control_version = self.resolve_version(model, experiment.arms[control].version)
+                    if treatment != control:
+                        shadow_targets = self.targets_for(model, version)
+                        shadow = shadow_targets[0]
+                        version = control_version
+                    arm = control
+                return Decision(
+                    route.name,
+                    model,
+                    version,
+                    tuple(self.targets_for(model, version)),
+                    fallback,
+                    route,
+                    reason=f"experiment {exp_name!r} arm {arm!r}",
+                    experiment=exp_name,
+                    arm=arm,
+                    shadow=shadow,
+                )
+        targets = self._expand(route.target_refs, facts.model)
+        first = targets[0]
+        return Decision(
+            route.name,
+            first.model,
+            first.version,
+            tuple(targets),
+            fallback,
+            route,
+            reason=f"route {route.name!r} ({route.latency.strategy})",
+        )

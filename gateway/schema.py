@@ -1,0 +1,106 @@
+"""The native wire schema: ``POST /v1/infer`` request and response (DESIGN.md).
+
+These pydantic models are the contract every door converts to and from: the OpenAI and
+KServe v2 doors build an :class:`InferRequest` and read an :class:`InferResponse`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backends import Task
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageRef(_Wire):
+    """An image by value (base64 of PNG/JPEG/WebP/GIF bytes) or, where a route allows, by URL."""
+
+    base64: str | None = Field(None, description="base64 of the encoded image file")
+    url: str | None = Field(
+        None, description="http(s) URL; refused unless the model allows its host"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageRef:
+        if (self.base64 is None) == (self.url is None):
+            raise ValueError("give exactly one of 'base64' or 'url'")
+        return self
+
+
+class InputSpec(_Wire):
+    """One input; its modality is what it carries (several fields = multimodal)."""
+
+    text: str | None = Field(None, max_length=100_000)
+    image: ImageRef | None = None
+    user: str | None = Field(None, max_length=256)
+    history: list[str] | None = Field(None, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> InputSpec:
+        if self.text is None and self.image is None and self.user is None and self.history is None:
+            raise ValueError("an input needs at least one of text, image, user, history")
+        return self
+
+
+class Routing(_Wire):
+    #: experiment unit (e.g. a user id): the same unit always lands in the same arm
+    unit: str | None = Field(None, max_length=256)
+    #: may only tighten the route's own budget
+    latency_budget_ms: float | None = Field(None, gt=0, le=600_000)
+
+
+class InferRequest(_Wire):
+    model: str | None = Field(None, description="logical model; optional when a route matches")
+    version: str | None = Field(None, description="exact version id or a label such as 'stable'")
+    task: Task = Task.EMBED
+    inputs: list[InputSpec] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    routing: Routing = Field(default_factory=Routing)
+    cache: Literal["use", "bypass", "refresh"] = "use"
+
+
+class RouteInfo(BaseModel):
+    """The decision Prism took, so a caller can see (and debug) why it got this answer."""
+
+    rule: str
+    target: str
+    experiment: str | None = None
+    arm: str | None = None
+    cache: Literal["hit", "miss", "bypass", "refresh", "off"] = "miss"
+    fallback: bool = False
+    attempts: int = 1
+    reason: str | None = None
+
+
+def wire_output(output: dict[str, Any]) -> dict[str, Any]:
+    """Arrays (embeddings) as JSON lists; everything else is already JSON-ready."""
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in output.items()}
+
+
+class InferResponse(BaseModel):
+    """The native response. ``outputs`` may hold numpy arrays until a door serialises it."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    id: str
+    model: str
+    version: str
+    outputs: list[dict[str, Any]]
+    route: RouteInfo
+    timing_ms: dict[str, float]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "version": self.version,
+            "outputs": [wire_output(o) for o in self.outputs],
+            "route": self.route.model_dump(exclude_none=True),
+            "timing_ms": self.timing_ms,
+        }

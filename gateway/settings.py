@@ -1,0 +1,35 @@
+"""One settings object for the gateway; every field can be set as ``PRISM_<NAME>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRISM_", extra="ignore")
+
+    policy: Path = Field(DEFAULT_POLICY, description="policy file (YAML)")
+    #: relative model/catalogue paths in the policy resolve against this folder
+    data_dir: Path = Field(default_factory=Path.cwd)
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: Redis shared by all replicas; unset = in-process cache
+    redis_url: str | None = None
+    cache_max_bytes: int = Field(256 * 2**20, ge=0)
+    cache_max_entries: int = Field(100_000, ge=0)
+    #: store cached embeddings as float16 (half the memory, ~1e-3 relative error)
+    cache_half: bool = False
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="larger bodies get 413")
+    max_inputs: int = Field(256, ge=1, description="most inputs one request may carry")
+    #: watch the policy file and reload on change (seconds between checks; 0 = off)
+    policy_watch_s: float = Field(2.0, ge=0)
+    #: API keys accepted as ``Authorization: Bearer``; empty = no auth
+    api_keys: list[str] = Field(default_factory=list)
+    #: load local models in the lifespan (tests of pure routing can switch it off)
+    load_models: bool = True
+    log_level: str = "INFO"
