@@ -249,8 +249,8 @@ class Pipeline:
             for k in owned:
                 cache.finish(k, None, exc)
             raise
-        for k, i in zip(owned, leaders, strict=True):
-            cache.finish(k, outputs[i])
+        for k in owned:
+            cache.finish(k, outputs[seen[k]])
         for i in missing:  # duplicates inside this request
             if outputs[i] is None and keys[i] in seen:
                 outputs[i] = outputs[seen[keys[i]]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from ..runtime import Runtime
@@ -25,7 +27,7 @@ class NativeController(Controller):
 
     @post("/v1/infer", status_code=HTTP_200_OK, summary="Run embed / classify / recommend")
     async def infer(
-        self, request: Request[Any, Any, Any], data: InferRequest, runtime: Runtime
+        self, request: Request[Any, Any, Any], data: JSONBody[InferRequest], runtime: NamedDependency[Runtime]
     ) -> Response[dict[str, Any]]:
         resp = await runtime.pipeline.infer(data, request.headers)
         return Response(resp.to_wire(), headers=route_headers(resp))
@@ -35,7 +37,7 @@ class NativeController(Controller):
         return {"status": "ok"}
 
     @get("/readyz", summary="Readiness: the policy's local models are loaded")
-    async def readyz(self, runtime: Runtime) -> Response[dict[str, Any]]:
+    async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
         models = {
             d.target.key: ("ready" if d.ready else (d.error or "loading"))
             for d in runtime.deployments.all()
@@ -48,5 +50,5 @@ class NativeController(Controller):
         )
 
     @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
-    async def metrics(self, runtime: Runtime) -> bytes:
+    async def metrics(self, runtime: NamedDependency[Runtime]) -> bytes:
         return runtime.metrics.render()

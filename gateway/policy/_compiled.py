@@ -100,6 +100,11 @@ class CompiledPolicy:
         self.loaded_at = time.time()
         self.digest = hashlib.sha256(doc.model_dump_json().encode()).hexdigest()[:12]
         self._routes = list(doc.routes)
+        # a known model no route mentions is still directly addressable, like in Triton;
+        # its implicit route has the defaults (named "model:NAME", which no file can use)
+        self._direct = {
+            name: Route.model_construct(name=f"model:{name}", model=name) for name in doc.models
+        }
         self._experiment_by_route: dict[str, tuple[str, Experiment]] = {
             e.route: (name, e) for name, e in doc.experiments.items()
         }
@@ -173,8 +178,7 @@ class CompiledPolicy:
         if facts.model is not None:
             if facts.model not in self.document.models:
                 raise ModelNotFound(f"unknown model {facts.model!r}", extra={"model": facts.model})
-            # a known model no route mentions is still directly addressable, like in Triton
-            return Route(name=f"model:{facts.model}", model=facts.model)
+            return self._direct[facts.model]
         mods = ", ".join(sorted(facts.modalities))
         raise NoRoute(f"no route serves task {facts.task.value!r} with modalities [{mods}]")
 

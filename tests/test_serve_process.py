@@ -1,0 +1,116 @@
+"""Real `prism serve` processes over HTTP on loopback, sharing a real Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ROOT, GatewayProcess, RedisProcess
+
+POLICY = """
+version: 1
+models:
+  fake:
+    versions:
+      "1": {backend: local, kind: fake, dim: 32, latency_ms: 5}
+routes:
+  - name: text
+    match: {modality: [text]}
+    model: fake
+    cache: {ttl_s: 300}
+"""
+
+
+@pytest.fixture
+def policy(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+def _infer(gw: GatewayProcess, text: str) -> httpx.Response:
+    return httpx.post(gw.url + "/v1/infer", json={"inputs": [{"text": text}]}, timeout=10)
+
+
+@pytest.mark.slow
+def test_two_gateways_share_one_redis_cache(policy: Path, redis_url: str) -> None:
+    a = GatewayProcess(policy, redis_url=redis_url).start()
+    b = GatewayProcess(policy, redis_url=redis_url).start()
+    try:
+        first = _infer(a, "shared across replicas")
+        assert first.status_code == 200 and first.json()["route"]["cache"] == "miss"
+        second = _infer(b, "shared across replicas")
+        assert second.json()["route"]["cache"] == "hit"
+        assert second.json()["outputs"] == first.json()["outputs"]
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.slow
+def test_killing_redis_mid_run_fails_no_request(policy: Path, own_redis: RedisProcess) -> None:
+    gw = GatewayProcess(policy, redis_url=own_redis.url).start()
+    try:
+        statuses: list[str] = []
+        for i in range(40):
+            if i == 10:
+                own_redis.stop()
+            if i == 25:
+                own_redis.start()
+                time.sleep(1.5)  # the cache retries the store after its back-off
+            r = _infer(gw, f"q{i % 5}")
+            assert r.status_code == 200, r.text
+            statuses.append(r.json()["route"]["cache"])
+        assert "off" in statuses[10:25]
+        assert statuses[-5:] == ["hit"] * 5  # recovered by itself and refilled
+        metrics = httpx.get(gw.url + "/metrics").text
+        assert 'prism_cache_lookups_total{result="off"}' in metrics
+    finally:
+        gw.stop()
+
+
+@pytest.mark.slow
+def test_serve_answers_problems_over_real_http(policy: Path) -> None:
+    gw = GatewayProcess(policy).start()
+    try:
+        bad = httpx.post(gw.url + "/v1/infer", content=b"{oops", headers={"content-type": "application/json"})
+        assert bad.status_code == 400
+        assert bad.headers["content-type"].startswith("application/problem+json")
+        assert _infer(gw, "fine").status_code == 200
+        assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
+    finally:
+        gw.stop()
+
+
+def _prism(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_policy_check_cli(tmp_path: Path) -> None:
+    ok = _prism("policy", "check", str(ROOT / "policies" / "default.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.replace("model: fake\n", "model: ghost\n"))
+    res = _prism("policy", "check", str(bad))
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"{bad}:10: routes[0].model: unknown model 'ghost'"
+
+
+def test_every_command_has_help() -> None:
+    for args in (["--help"], ["serve", "--help"], ["policy", "--help"], ["policy", "check", "--help"]):
+        res = _prism(*args)
+        assert res.returncode == 0 and "usage: prism" in res.stdout, args

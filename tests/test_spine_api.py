@@ -1,0 +1,188 @@
+"""The native API end to end through create_app: answers, decisions, and every bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from litestar.testing import AsyncTestClient
+
+from gateway.app import create_app
+from gateway.settings import Settings
+
+POLICY = """
+version: 1
+models:
+  fake:
+    modalities: [text, image]
+    versions:
+      "1": {backend: local, kind: fake, dim: 16}
+      "2": {backend: local, kind: fake, dim: 16, seed: 7}
+    labels: {stable: "1", canary: "2"}
+  other:
+    versions:
+      "1": {backend: local, kind: fake, dim: 4}
+routes:
+  - name: text
+    match: {modality: [text], task: embed}
+    model: fake
+    version: stable
+    cache: {ttl_s: 60}
+  - name: tenant-b
+    match: {modality: [image], headers: {x-tenant: b}}
+    model: fake
+    version: canary
+    cache: {ttl_s: 0}
+"""
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    settings = Settings(policy=policy, policy_watch_s=0, max_inputs=8, max_body_bytes=64 * 1024)
+    async with AsyncTestClient(create_app(settings)) as c:
+        yield c
+
+
+async def test_embed_answers_and_reports_the_decision(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    r = await client.post("/v1/infer", json={"inputs": [{"text": "a red circle"}, {"text": "b"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "fake" and body["version"] == "1"
+    assert body["id"].startswith("req_")
+    vecs = [np.array(o["embedding"]) for o in body["outputs"]]
+    assert [v.shape for v in vecs] == [(16,), (16,)]
+    assert abs(np.linalg.norm(vecs[0]) - 1) < 1e-5
+    assert body["route"]["rule"] == "text"
+    assert body["route"]["target"] == "fake@1/local"
+    assert body["route"]["cache"] == "miss"
+    assert set(body["timing_ms"]) >= {"total", "backend"}
+    assert r.headers["x-prism-cache"] == "miss"
+    assert r.headers["x-prism-route"].startswith("text; target=fake@1/local")
+
+
+async def test_second_identical_request_is_a_cache_hit(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    req = {"inputs": [{"text": "cache me"}]}
+    first = (await client.post("/v1/infer", json=req)).json()
+    second = await client.post("/v1/infer", json=req)
+    assert second.json()["route"]["cache"] == "hit"
+    assert second.headers["x-prism-cache"] == "hit"
+    np.testing.assert_allclose(second.json()["outputs"][0]["embedding"], first["outputs"][0]["embedding"], rtol=1e-6)
+    bypass = (await client.post("/v1/infer", json={**req, "cache": "bypass"})).json()
+    assert bypass["route"]["cache"] == "bypass"
+    refresh = (await client.post("/v1/infer", json={**req, "cache": "refresh"})).json()
+    assert refresh["route"]["cache"] == "refresh"
+
+
+async def test_version_by_label_and_id_and_headers_route(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    by_label = (await client.post("/v1/infer", json={"model": "fake", "version": "canary", "inputs": [{"text": "x"}]})).json()
+    by_id = (await client.post("/v1/infer", json={"model": "fake", "version": "2", "inputs": [{"text": "x"}]})).json()
+    assert by_label["version"] == by_id["version"] == "2"
+    assert by_label["outputs"] == by_id["outputs"]
+    png = base64.b64encode(b"\x89PNG not really").decode()
+    tenant = await client.post("/v1/infer", json={"inputs": [{"image": {"base64": png}}]}, headers={"x-tenant": "b"})
+    assert tenant.status_code == 200, tenant.text
+    assert tenant.json()["route"]["rule"] == "tenant-b"
+    assert tenant.json()["route"]["cache"] == "bypass"  # ttl_s: 0
+
+
+async def test_model_without_route_is_addressable_directly(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    r = await client.post("/v1/infer", json={"model": "other", "inputs": [{"text": "x"}]})
+    assert r.status_code == 200
+    assert r.json()["route"]["rule"] == "model:other"
+    assert len(r.json()["outputs"][0]["embedding"]) == 4
+
+
+def _problem(r, status: int) -> dict:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["status"] == status
+    assert body["detail"] and body["title"] and body["type"].startswith("https://")
+    assert "Traceback" not in r.text
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "path"),
+    [
+        ("{not json", 400, "malformed_body", None),
+        ("[1, 2]", 422, "invalid_input", None),
+        ('{"inputs": []}', 422, "invalid_input", "inputs"),
+        ('{"inputs": [{"text": 5}]}', 422, "invalid_input", "inputs[0].text"),
+        ('{"inputs": [{}]}', 422, "invalid_input", "inputs[0]"),
+        ('{"inputs": [{"text": "x"}], "task": "dance"}', 422, "invalid_input", "task"),
+        ('{"inputs": [{"text": "x"}], "cache": "maybe"}', 422, "invalid_input", "cache"),
+        ('{"inputs": [{"text": "x"}], "surprise": 1}', 422, "invalid_input", "surprise"),
+        ('{"inputs": [{"text": "x"}], "routing": {"latency_budget_ms": -1}}', 422, "invalid_input", "routing.latency_budget_ms"),
+        ('{"inputs": [{"image": {"base64": "@@@not base64"}}]}', 422, "invalid_image", "inputs[0].image.base64"),
+        ('{"inputs": [{"image": {}}]}', 422, "invalid_input", "inputs[0].image"),
+        ('{"model": "nope", "inputs": [{"text": "x"}]}', 404, "model_not_found", None),
+        ('{"model": "fake", "version": "9", "inputs": [{"text": "x"}]}', 404, "version_not_found", None),
+        ('{"model": "fake", "version": "beta", "inputs": [{"text": "x"}]}', 404, "version_not_found", None),
+        ('{"inputs": [{"user": "u1", "history": ["a"]}]}', 422, "no_route", None),
+        (json.dumps({"inputs": [{"text": str(i)} for i in range(9)]}), 422, "invalid_input", "inputs"),
+    ],
+)
+async def test_bad_input_gets_a_problem_document(client: AsyncTestClient, body: str, status: int, code: str, path: str | None) -> None:  # type: ignore[type-arg]
+    r = await client.post("/v1/infer", content=body, headers={"content-type": "application/json"})
+    problem = _problem(r, status)
+    assert problem["code"] == code
+    if path is not None:
+        assert path in [e["path"] for e in problem["errors"]], problem
+    # and the gateway keeps serving
+    ok = await client.post("/v1/infer", json={"inputs": [{"text": "still up"}]})
+    assert ok.status_code == 200
+
+
+async def test_oversize_body_is_413(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    big = json.dumps({"inputs": [{"text": "a" * 70_000}]})
+    problem = _problem(await client.post("/v1/infer", content=big, headers={"content-type": "application/json"}), 413)
+    assert problem["code"] == "payload_too_large"
+
+
+async def test_unknown_endpoint_and_method_are_problems(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    assert _problem(await client.get("/v1/nothing"), 404)["code"] == "not_found"
+    assert _problem(await client.get("/v1/infer"), 405)["code"] == "method_not_allowed"
+
+
+async def test_health_readiness_and_openapi(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["models"] == {"fake@1/local": "ready", "fake@2/local": "ready", "other@1/local": "ready"}
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/v1/infer" in schema["paths"]
+
+
+async def test_readyz_is_503_until_models_load(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    settings = Settings(policy=policy, policy_watch_s=0, load_models=False)
+    async with AsyncTestClient(create_app(settings)) as c:
+        r = await c.get("/readyz")
+        assert r.status_code == 503
+        assert r.headers["retry-after"]
+        problem = _problem(await c.post("/v1/infer", json={"inputs": [{"text": "x"}]}), 503)
+        assert problem["code"] == "not_ready"
+        assert r.headers["retry-after"]
+
+
+async def test_concurrent_identical_misses_are_computed_once(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY.replace("dim: 4}", "dim: 4, latency_ms: 200}"))
+    app = create_app(Settings(policy=policy, policy_watch_s=0))
+    async with AsyncTestClient(app) as c:
+        req = {"model": "other", "inputs": [{"text": "same"}]}
+        import asyncio
+
+        results = await asyncio.gather(*(c.post("/v1/infer", json=req) for _ in range(8)))
+        assert all(r.status_code == 200 for r in results)
+        assert len({json.dumps(r.json()["outputs"]) for r in results}) == 1
+        dep = next(d for d in app.state.runtime.deployments.all() if d.target.key == "other@1/local")
+        assert dep.backend.model._calls == 1
