@@ -15,7 +15,9 @@ from litestar import Litestar, post
 from backends import Batching, FakeSpec, InputItem, LocalBackend, Task
 from backends._fake import FakeModel
 
-backend = LocalBackend(FakeModel(FakeSpec(backend="local", kind="fake", dim=384)), Batching(), name="bare")
+backend = LocalBackend(
+    FakeModel(FakeSpec(backend="local", kind="fake", dim=384)), Batching(), name="bare"
+)
 
 
 @post("/infer", status_code=200)

@@ -107,7 +107,14 @@ def append_csv(file: str, headers: list[str], rows: list[list[object]]) -> Path:
         if new:
             w.writerow([*headers, "machine", "versions", "date"])
         for r in rows:
-            w.writerow([*(f"{c:.4f}" if isinstance(c, float) else c for c in r), machine(), versions(), stamp])
+            w.writerow(
+                [
+                    *(f"{c:.4f}" if isinstance(c, float) else c for c in r),
+                    machine(),
+                    versions(),
+                    stamp,
+                ]
+            )
     return path
 
 

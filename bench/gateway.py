@@ -22,8 +22,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import LoadResult, append_csv, print_table, run_load  # noqa: E402
-from tests.support import GatewayProcess, RedisProcess, free_port, wait_for_port  # noqa: E402
+from bench._common import LoadResult, append_csv, print_table, run_load
+from tests.support import GatewayProcess, RedisProcess, free_port, wait_for_port
 
 POLICY = """
 version: 1
@@ -42,13 +42,17 @@ routes:
 def _native(cache: str, same: bool):  # type: ignore[no-untyped-def]
     async def send(client: httpx.AsyncClient, n: int) -> httpx.Response:
         text = "the same sentence" if same else f"sentence number {n}"
-        return await client.post(URL["prism"] + "/v1/infer", json={"inputs": [{"text": text}], "cache": cache})
+        return await client.post(
+            URL["prism"] + "/v1/infer", json={"inputs": [{"text": text}], "cache": cache}
+        )
 
     return send
 
 
 async def _bare(client: httpx.AsyncClient, n: int) -> httpx.Response:
-    return await client.post(URL["bare"] + "/infer", json={"inputs": [{"text": f"sentence number {n}"}]})
+    return await client.post(
+        URL["bare"] + "/infer", json={"inputs": [{"text": f"sentence number {n}"}]}
+    )
 
 
 URL: dict[str, str] = {}
@@ -60,10 +64,12 @@ async def main(args: argparse.Namespace) -> None:
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
     port = free_port()
-    bare = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_bare.py"), str(port)])
+    bare = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_bare.py"), str(port)])  # noqa: ASYNC220
     redis = RedisProcess().start()
     gw = GatewayProcess(policy, env={"PRISM_LOG_LEVEL": "WARNING"}).start()
-    gw_redis = GatewayProcess(policy, redis_url=redis.url, env={"PRISM_LOG_LEVEL": "WARNING"}).start()
+    gw_redis = GatewayProcess(
+        policy, redis_url=redis.url, env={"PRISM_LOG_LEVEL": "WARNING"}
+    ).start()
     try:
         wait_for_port(port)
         URL["bare"] = f"http://127.0.0.1:{port}"
@@ -74,8 +80,12 @@ async def main(args: argparse.Namespace) -> None:
         for c in args.concurrency:
             for label, _, send, target in plan:
                 URL["prism"] = target.url
-                print(f"  running {label} at concurrency {c} for {args.seconds:.0f} s ...", flush=True)
-                results.append((label, await run_load(label, send, concurrency=c, seconds=args.seconds)))
+                print(
+                    f"  running {label} at concurrency {c} for {args.seconds:.0f} s ...", flush=True
+                )
+                results.append(
+                    (label, await run_load(label, send, concurrency=c, seconds=args.seconds))
+                )
     finally:
         gw.stop()
         gw_redis.stop()
@@ -83,12 +93,23 @@ async def main(args: argparse.Namespace) -> None:
         bare.terminate()
         bare.wait(10)
 
-    headers = ["run", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms", "added p50 ms"]
+    headers = [
+        "run",
+        "concurrency",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "added p50 ms",
+    ]
     rows: list[list[object]] = []
     base = {r.concurrency: r for label, r in results if label.startswith("direct")}
     for label, r in results:
         added = r.pct(50) - base[r.concurrency].pct(50)
-        rows.append([label, r.concurrency, r.requests, r.errors, r.rps, r.pct(50), r.pct(99), added])
+        rows.append(
+            [label, r.concurrency, r.requests, r.errors, r.rps, r.pct(50), r.pct(99), added]
+        )
     print()
     print_table(headers, rows)
     path = append_csv("gateway.csv", headers, rows)
@@ -96,7 +117,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     started = time.perf_counter()

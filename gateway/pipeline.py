@@ -147,7 +147,15 @@ class Pipeline:
         timing = {"queue": 0.0, "backend": 0.0}
         missing = [i for i, o in enumerate(outputs) if o is None]
         if missing:
-            await self._compute(req, decision, items, keys, missing, outputs, route, timing, status)
+            try:
+                await self._compute(
+                    req, decision, items, keys, missing, outputs, route, timing, status
+                )
+            except PrismError as exc:  # failed requests count too (per route, per arm)
+                rt.observe_error(door, decision, exc, (time.perf_counter() - started) * 1000)
+                raise
+        if decision.shadow is not None:
+            rt.shadow(decision, req.task, items, req.parameters, outputs)
 
         # 5. response
         timing["total"] = (time.perf_counter() - started) * 1000
@@ -259,7 +267,5 @@ class Pipeline:
             for i, out in zip(followers, results, strict=True):
                 outputs[i] = out
         if status != "bypass" and leaders:
-            await cache.set_many(
-                {keys[i]: outputs[i] for i in leaders if outputs[i] is not None},
-                decision.cache_ttl_s,
-            )  # type: ignore[misc]
+            fresh = {keys[i]: value for i in leaders if (value := outputs[i]) is not None}
+            await cache.set_many(fresh, decision.cache_ttl_s)

@@ -50,8 +50,19 @@ class RedisProcess:
 
     def start(self) -> RedisProcess:
         self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -68,7 +79,14 @@ class RedisProcess:
 class GatewayProcess:
     """A real ``prism serve`` subprocess on a free loopback port."""
 
-    def __init__(self, policy: Path, *, redis_url: str | None = None, env: dict[str, str] | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        policy: Path,
+        *,
+        redis_url: str | None = None,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.policy = policy
         self.redis_url = redis_url
@@ -82,10 +100,21 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready_timeout_s: float = 120.0) -> GatewayProcess:
-        cmd = [*PRISM, "serve", "--policy", str(self.policy), "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd = [
+            *PRISM,
+            "serve",
+            "--policy",
+            str(self.policy),
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         if self.redis_url:
             cmd += ["--redis-url", self.redis_url]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -9,13 +9,26 @@ import numpy as np
 import pytest
 
 from backends import InputItem, Task
-from gateway.cache import MemoryStore, RedisStore, ResponseCache, cache_key, decode_output, encode_output
+from gateway.cache import (
+    MemoryStore,
+    RedisStore,
+    ResponseCache,
+    cache_key,
+    decode_output,
+    encode_output,
+)
 from tests.support import RedisProcess
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[MemoryStore | RedisStore]:
-    s: MemoryStore | RedisStore = MemoryStore() if request.param == "memory" else RedisStore(redis_url, prefix=f"test:{id(request)}:")
+async def store(
+    request: pytest.FixtureRequest, redis_url: str
+) -> AsyncIterator[MemoryStore | RedisStore]:
+    s: MemoryStore | RedisStore = (
+        MemoryStore()
+        if request.param == "memory"
+        else RedisStore(redis_url, prefix=f"test:{id(request)}:")
+    )
     yield s
     await s.aclose()
 
@@ -62,7 +75,9 @@ def test_cache_key_is_canonical() -> None:
     assert key != cache_key("m", "2", Task.EMBED, a, {"x": 1, "y": 2})
     assert key != cache_key("m", "1", Task.CLASSIFY, a, {"x": 1, "y": 2})
     assert key != cache_key("m", "1", Task.EMBED, InputItem(text="hi!"), {"x": 1, "y": 2})
-    assert cache_key("m", "1", Task.EMBED, InputItem(image=b"abc"), {}) != cache_key("m", "1", Task.EMBED, InputItem(image=b"abd"), {})
+    assert cache_key("m", "1", Task.EMBED, InputItem(image=b"abc"), {}) != cache_key(
+        "m", "1", Task.EMBED, InputItem(image=b"abd"), {}
+    )
 
 
 async def test_response_cache_counts_and_corrupt_entries_are_misses() -> None:

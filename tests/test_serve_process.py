@@ -86,7 +86,9 @@ def test_killing_redis_mid_run_fails_no_request(policy: Path, own_redis: RedisPr
 def test_serve_answers_problems_over_real_http(policy: Path) -> None:
     gw = GatewayProcess(policy).start()
     try:
-        bad = httpx.post(gw.url + "/v1/infer", content=b"{oops", headers={"content-type": "application/json"})
+        bad = httpx.post(
+            gw.url + "/v1/infer", content=b"{oops", headers={"content-type": "application/json"}
+        )
         assert bad.status_code == 400
         assert bad.headers["content-type"].startswith("application/problem+json")
         assert _infer(gw, "fine").status_code == 200
@@ -96,7 +98,13 @@ def test_serve_answers_problems_over_real_http(policy: Path) -> None:
 
 
 def _prism(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_policy_check_cli(tmp_path: Path) -> None:
@@ -111,6 +119,11 @@ def test_policy_check_cli(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help() -> None:
-    for args in (["--help"], ["serve", "--help"], ["policy", "--help"], ["policy", "check", "--help"]):
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["policy", "--help"],
+        ["policy", "check", "--help"],
+    ):
         res = _prism(*args)
         assert res.returncode == 0 and "usage: prism" in res.stdout, args

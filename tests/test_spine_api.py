@@ -72,7 +72,9 @@ async def test_second_identical_request_is_a_cache_hit(client: AsyncTestClient) 
     second = await client.post("/v1/infer", json=req)
     assert second.json()["route"]["cache"] == "hit"
     assert second.headers["x-prism-cache"] == "hit"
-    np.testing.assert_allclose(second.json()["outputs"][0]["embedding"], first["outputs"][0]["embedding"], rtol=1e-6)
+    np.testing.assert_allclose(
+        second.json()["outputs"][0]["embedding"], first["outputs"][0]["embedding"], rtol=1e-6
+    )
     bypass = (await client.post("/v1/infer", json={**req, "cache": "bypass"})).json()
     assert bypass["route"]["cache"] == "bypass"
     refresh = (await client.post("/v1/infer", json={**req, "cache": "refresh"})).json()
@@ -80,12 +82,22 @@ async def test_second_identical_request_is_a_cache_hit(client: AsyncTestClient) 
 
 
 async def test_version_by_label_and_id_and_headers_route(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
-    by_label = (await client.post("/v1/infer", json={"model": "fake", "version": "canary", "inputs": [{"text": "x"}]})).json()
-    by_id = (await client.post("/v1/infer", json={"model": "fake", "version": "2", "inputs": [{"text": "x"}]})).json()
+    by_label = (
+        await client.post(
+            "/v1/infer", json={"model": "fake", "version": "canary", "inputs": [{"text": "x"}]}
+        )
+    ).json()
+    by_id = (
+        await client.post(
+            "/v1/infer", json={"model": "fake", "version": "2", "inputs": [{"text": "x"}]}
+        )
+    ).json()
     assert by_label["version"] == by_id["version"] == "2"
     assert by_label["outputs"] == by_id["outputs"]
     png = base64.b64encode(b"\x89PNG not really").decode()
-    tenant = await client.post("/v1/infer", json={"inputs": [{"image": {"base64": png}}]}, headers={"x-tenant": "b"})
+    tenant = await client.post(
+        "/v1/infer", json={"inputs": [{"image": {"base64": png}}]}, headers={"x-tenant": "b"}
+    )
     assert tenant.status_code == 200, tenant.text
     assert tenant.json()["route"]["rule"] == "tenant-b"
     assert tenant.json()["route"]["cache"] == "bypass"  # ttl_s: 0
@@ -119,17 +131,44 @@ def _problem(r, status: int) -> dict:  # type: ignore[no-untyped-def]
         ('{"inputs": [{"text": "x"}], "task": "dance"}', 422, "invalid_input", "task"),
         ('{"inputs": [{"text": "x"}], "cache": "maybe"}', 422, "invalid_input", "cache"),
         ('{"inputs": [{"text": "x"}], "surprise": 1}', 422, "invalid_input", "surprise"),
-        ('{"inputs": [{"text": "x"}], "routing": {"latency_budget_ms": -1}}', 422, "invalid_input", "routing.latency_budget_ms"),
-        ('{"inputs": [{"image": {"base64": "@@@not base64"}}]}', 422, "invalid_image", "inputs[0].image.base64"),
+        (
+            '{"inputs": [{"text": "x"}], "routing": {"latency_budget_ms": -1}}',
+            422,
+            "invalid_input",
+            "routing.latency_budget_ms",
+        ),
+        (
+            '{"inputs": [{"image": {"base64": "@@@not base64"}}]}',
+            422,
+            "invalid_image",
+            "inputs[0].image.base64",
+        ),
         ('{"inputs": [{"image": {}}]}', 422, "invalid_input", "inputs[0].image"),
         ('{"model": "nope", "inputs": [{"text": "x"}]}', 404, "model_not_found", None),
-        ('{"model": "fake", "version": "9", "inputs": [{"text": "x"}]}', 404, "version_not_found", None),
-        ('{"model": "fake", "version": "beta", "inputs": [{"text": "x"}]}', 404, "version_not_found", None),
+        (
+            '{"model": "fake", "version": "9", "inputs": [{"text": "x"}]}',
+            404,
+            "version_not_found",
+            None,
+        ),
+        (
+            '{"model": "fake", "version": "beta", "inputs": [{"text": "x"}]}',
+            404,
+            "version_not_found",
+            None,
+        ),
         ('{"inputs": [{"user": "u1", "history": ["a"]}]}', 422, "no_route", None),
-        (json.dumps({"inputs": [{"text": str(i)} for i in range(9)]}), 422, "invalid_input", "inputs"),
+        (
+            json.dumps({"inputs": [{"text": str(i)} for i in range(9)]}),
+            422,
+            "invalid_input",
+            "inputs",
+        ),
     ],
 )
-async def test_bad_input_gets_a_problem_document(client: AsyncTestClient, body: str, status: int, code: str, path: str | None) -> None:  # type: ignore[type-arg]
+async def test_bad_input_gets_a_problem_document(
+    client: AsyncTestClient, body: str, status: int, code: str, path: str | None
+) -> None:  # type: ignore[type-arg]
     r = await client.post("/v1/infer", content=body, headers={"content-type": "application/json"})
     problem = _problem(r, status)
     assert problem["code"] == code
@@ -142,7 +181,10 @@ async def test_bad_input_gets_a_problem_document(client: AsyncTestClient, body: 
 
 async def test_oversize_body_is_413(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
     big = json.dumps({"inputs": [{"text": "a" * 70_000}]})
-    problem = _problem(await client.post("/v1/infer", content=big, headers={"content-type": "application/json"}), 413)
+    problem = _problem(
+        await client.post("/v1/infer", content=big, headers={"content-type": "application/json"}),
+        413,
+    )
     assert problem["code"] == "payload_too_large"
 
 
@@ -155,7 +197,11 @@ async def test_health_readiness_and_openapi(client: AsyncTestClient) -> None:  #
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["models"] == {"fake@1/local": "ready", "fake@2/local": "ready", "other@1/local": "ready"}
+    assert ready.json()["models"] == {
+        "fake@1/local": "ready",
+        "fake@2/local": "ready",
+        "other@1/local": "ready",
+    }
     schema = (await client.get("/schema/openapi.json")).json()
     assert "/v1/infer" in schema["paths"]
 
@@ -184,5 +230,7 @@ async def test_concurrent_identical_misses_are_computed_once(tmp_path: Path) -> 
         results = await asyncio.gather(*(c.post("/v1/infer", json=req) for _ in range(8)))
         assert all(r.status_code == 200 for r in results)
         assert len({json.dumps(r.json()["outputs"]) for r in results}) == 1
-        dep = next(d for d in app.state.runtime.deployments.all() if d.target.key == "other@1/local")
+        dep = next(
+            d for d in app.state.runtime.deployments.all() if d.target.key == "other@1/local"
+        )
         assert dep.backend.model._calls == 1

@@ -23,7 +23,9 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 async def encoder() -> LocalBackend:
     spec = TextEncoderSpec(backend="local", kind="text-encoder", source="minilm", device="cpu")
-    backend = LocalBackend(build_local_model(spec, packaged_model_path("minilm")), Batching(max_batch_size=8))
+    backend = LocalBackend(
+        build_local_model(spec, packaged_model_path("minilm")), Batching(max_batch_size=8)
+    )
     await backend.start()
     yield backend
     await backend.aclose()
@@ -38,7 +40,9 @@ async def test_matches_sentence_transformers(encoder: LocalBackend) -> None:
     outputs = await encoder.infer(Task.EMBED, [InputItem(text=s) for s in SENTENCES], {})
     got = np.stack([o["embedding"] for o in outputs])
     assert got.shape == (len(SENTENCES), 384)
-    cosine = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+    cosine = (got * expected).sum(1) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    )
     assert cosine.min() >= 0.9999, cosine
 
 
@@ -46,7 +50,9 @@ async def test_matches_sentence_transformers(encoder: LocalBackend) -> None:
 async def test_concurrent_requests_share_batches_and_agree(encoder: LocalBackend) -> None:
     before = encoder.stats.batches
     one = await encoder.infer(Task.EMBED, [InputItem(text="alone")], {})
-    many = await asyncio.gather(*(encoder.infer(Task.EMBED, [InputItem(text=t)], {}) for t in ["alone", *SENTENCES[:5]]))
+    many = await asyncio.gather(
+        *(encoder.infer(Task.EMBED, [InputItem(text=t)], {}) for t in ["alone", *SENTENCES[:5]])
+    )
     np.testing.assert_allclose(many[0][0]["embedding"], one[0]["embedding"], atol=1e-5)
     assert encoder.stats.batches - before < 7  # six concurrent singles did not need six forwards
     assert encoder.capabilities.dim == 384

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"PR1"
-_DTYPES = {"f4": np.dtype("<f4"), "f2": np.dtype("<f2")}
+_DTYPES: dict[str, np.dtype[Any]] = {"f4": np.dtype("<f4"), "f2": np.dtype("<f2")}
 
 
 def encode_output(output: dict[str, Any], *, half: bool = False) -> bytes:

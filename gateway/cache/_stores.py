@@ -125,7 +125,7 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
+            return bool(await self._redis.ping())  # type: ignore[misc]
         except self._errors:
             return False
 

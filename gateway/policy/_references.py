@@ -88,20 +88,20 @@ def check_references(doc: PolicyDocument) -> list[Problem]:
             chain.add(key)
     for name, exp in doc.experiments.items():
         loc = ("experiments", name)
-        route = next((r for r in doc.routes if r.name == exp.route), None)
-        if route is None:
+        exp_route = next((r for r in doc.routes if r.name == exp.route), None)
+        if exp_route is None:
             problems.append(((*loc, "route"), f"unknown route {exp.route!r}"))
             continue
-        models = {r.model for r in route.target_refs}
+        models = {r.model for r in exp_route.target_refs}
         if len(models) != 1:
             problems.append(((*loc, "route"), f"route {exp.route!r} must serve exactly one model"))
             continue
         model_name = models.pop()
-        model = doc.models.get(model_name)
-        if model is None:
+        exp_model = doc.models.get(model_name)
+        if exp_model is None:
             continue
         for arm_name, arm in exp.arms.items():
-            if arm.version not in model.versions and arm.version not in model.labels:
+            if arm.version not in exp_model.versions and arm.version not in exp_model.labels:
                 problems.append(
                     (
                         (*loc, "arms", arm_name, "version"),

@@ -1,0 +1,21 @@
+# Prism gateway and workers: one image, the command picks the role.
+#   docker build -t prism-gateway:latest .
+#   docker run -p 8080:8080 prism-gateway:latest            # gateway, default policy
+#   docker run prism-gateway:latest prism worker --policy policies/default.yaml --model text-embed@1 --port 9000
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 PRISM_DATA_DIR=/app
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY backends ./backends
+COPY kernels ./kernels
+COPY policies ./policies
+RUN pip install --upgrade pip && pip install .
+
+# the demo CLIP and catalogue are built into the image, so the default policy serves offline
+RUN prism demo build --out /app/models
+
+EXPOSE 8080
+CMD ["prism", "serve", "--host", "0.0.0.0", "--port", "8080", "--data-dir", "/app"]
