@@ -1,0 +1,1 @@
+"""Tests of the kernels package (references, Triton under the interpreter, GPU)."""
