@@ -18,6 +18,8 @@ never correctness.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -54,6 +56,52 @@ def _key_score(key):
 
 
 @triton.jit
+def _absorb_tile(
+    acc,
+    best,
+    rows,
+    items,
+    keep,
+    scale,
+    bias_ptr,
+    ex_rows_ptr,
+    ex_items_ptr,
+    ex_lo,
+    ex_hi,
+    HAS_BIAS: tl.constexpr,
+    HAS_EXCLUDE: tl.constexpr,
+    KP: tl.constexpr,
+):
+    """Merge a tile's scores (``acc``, ``[BLOCK_Q, BLOCK_N]``) into the best ``KP`` keys."""
+    s = acc * scale
+    if HAS_BIAS:
+        s += tl.load(bias_ptr + items, mask=items >= 0, other=0.0).to(tl.float32)[None, :]
+    if HAS_EXCLUDE:
+        for e in range(ex_lo, ex_hi):
+            ex_row = tl.load(ex_rows_ptr + e)
+            ex_item = tl.load(ex_items_ptr + e)
+            keep = keep & ((rows[:, None] != ex_row) | (items[None, :] != ex_item))
+    # -0.0 == 0.0 but their bits differ; one key per score value keeps ties index-ordered.
+    s = tl.where(s == 0.0, 0.0, s)
+    # Tiles go up in item index, so an item scoring exactly the current KP-th best ranks
+    # below it (higher index): only strictly better scores can enter.
+    theta = _key_score(tl.min(best, axis=1))
+    s = tl.where(keep & (s > theta[:, None]), s, _NEG_INF)
+    entering = tl.max(tl.sum((s > _NEG_INF).to(tl.int32), axis=1), axis=0)
+    slots = tl.arange(0, KP)
+    for _ in range(tl.minimum(entering, KP)):
+        top = tl.max(s, axis=1)
+        pick = tl.min(tl.where(s == top[:, None], items[None, :], _INT32_MAX), axis=1)
+        s = tl.where(items[None, :] == pick[:, None], _NEG_INF, s)
+        key = _make_key(top, pick)
+        worst = tl.min(best, axis=1)
+        slot = tl.argmin(best, axis=1)
+        better = (slots[None, :] == slot[:, None]) & (key > worst)[:, None]
+        best = tl.where(better, key[:, None], best)
+    return best
+
+
+@triton.jit
 def _score_kernel(
     q_ptr,
     q_stride,
@@ -85,55 +133,69 @@ def _score_kernel(
     chunk = pid // QB
     rows = (pid % QB) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     live_q = rows < B
-    slots = tl.arange(0, KP)
     best = tl.full([BLOCK_Q, KP], _PAD, tl.int64)
     lo = chunk * chunk_rows
     hi = tl.minimum(lo + chunk_rows, N)
+    ex_lo = 0
+    ex_hi = 0
     if HAS_EXCLUDE:
         ex_lo = tl.load(ex_off_ptr + pid)
         ex_hi = tl.load(ex_off_ptr + pid + 1)
-    for n0 in range(lo, hi, BLOCK_N):
-        items = n0 + tl.arange(0, BLOCK_N)
+    # One flat loop over (tile, k-step) rather than two nested loops: the software pipeliner
+    # then keeps catalogue loads for the next tile in flight while this tile's top-k
+    # selection runs, instead of draining the pipeline at every tile.
+    k_steps = tl.cdiv(D, BLOCK_K)
+    steps = tl.cdiv(hi - lo, BLOCK_N) * k_steps
+    acc = tl.zeros([BLOCK_Q, BLOCK_N], tl.float32)
+    for step in range(0, steps):
+        kk = step % k_steps
+        items = lo + (step // k_steps) * BLOCK_N + tl.arange(0, BLOCK_N)
         live_n = items < hi
-        acc = tl.zeros([BLOCK_Q, BLOCK_N], tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            live_k = ks < D
-            q_ptrs = q_ptr + rows[:, None] * q_stride + ks[None, :]
-            q = tl.load(q_ptrs, mask=live_q[:, None] & live_k[None, :], other=0.0)
-            c_ptrs = c_ptr + items.to(tl.int64)[:, None] * c_stride + ks[None, :]
-            c = tl.load(c_ptrs, mask=live_n[:, None] & live_k[None, :], other=0.0)
-            if UPCAST:
-                q = q.to(tl.float32)
-                c = c.to(tl.float32)
-            acc = tl.dot(q, tl.trans(c), acc, input_precision=PRECISION)
-        s = acc * scale
-        if HAS_BIAS:
-            s += tl.load(bias_ptr + items, mask=live_n, other=0.0).to(tl.float32)[None, :]
-        keep = live_q[:, None] & live_n[None, :]
-        if HAS_EXCLUDE:
-            for e in range(ex_lo, ex_hi):
-                ex_row = tl.load(ex_rows_ptr + e)
-                ex_item = tl.load(ex_items_ptr + e)
-                keep = keep & ((rows[:, None] != ex_row) | (items[None, :] != ex_item))
-        # -0.0 == 0.0 but their bits differ; one key per score value keeps ties index-ordered.
-        s = tl.where(s == 0.0, 0.0, s)
-        # Tiles go up in item index, so an item scoring exactly the current KP-th best ranks
-        # below it (higher index): only strictly better scores can enter.
-        theta = _key_score(tl.min(best, axis=1))
-        s = tl.where(keep & (s > theta[:, None]), s, _NEG_INF)
-        entering = tl.max(tl.sum((s > _NEG_INF).to(tl.int32), axis=1), axis=0)
-        for _ in range(tl.minimum(entering, KP)):
-            top = tl.max(s, axis=1)
-            pick = tl.min(tl.where(s == top[:, None], items[None, :], _INT32_MAX), axis=1)
-            s = tl.where(items[None, :] == pick[:, None], _NEG_INF, s)
-            key = _make_key(top, pick)
-            worst = tl.min(best, axis=1)
-            slot = tl.argmin(best, axis=1)
-            better = (slots[None, :] == slot[:, None]) & (key > worst)[:, None]
-            best = tl.where(better, key[:, None], best)
+        ks = kk * BLOCK_K + tl.arange(0, BLOCK_K)
+        live_k = ks < D
+        q_ptrs = q_ptr + rows[:, None] * q_stride + ks[None, :]
+        q = tl.load(q_ptrs, mask=live_q[:, None] & live_k[None, :], other=0.0)
+        c_ptrs = c_ptr + items.to(tl.int64)[:, None] * c_stride + ks[None, :]
+        c = tl.load(c_ptrs, mask=live_n[:, None] & live_k[None, :], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+            c = c.to(tl.float32)
+        acc = tl.dot(q, tl.trans(c), acc, input_precision=PRECISION)
+        if kk == k_steps - 1:
+            keep = live_q[:, None] & live_n[None, :]
+            best = _absorb_tile(
+                acc,
+                best,
+                rows,
+                tl.where(live_n, items, -1),
+                keep,
+                scale,
+                bias_ptr,
+                ex_rows_ptr,
+                ex_items_ptr,
+                ex_lo,
+                ex_hi,
+                HAS_BIAS,
+                HAS_EXCLUDE,
+                KP,
+            )
+            acc = tl.zeros([BLOCK_Q, BLOCK_N], tl.float32)
+    slots = tl.arange(0, KP)
     out_ptrs = cand_ptr + (rows.to(tl.int64)[:, None] * C + chunk) * KP + slots[None, :]
     tl.store(out_ptrs, best, mask=live_q[:, None])
+
+
+def _score_prune(configs: list[triton.Config], args: dict[str, Any]) -> list[triton.Config]:
+    # Shared memory per pipeline stage holds a query tile and a catalogue tile; keep the
+    # estimate under the 227 KB a Hopper block may use (float32 catalogues need half the depth).
+    size = args["c_ptr"].element_size()
+    block_q = int(args["BLOCK_Q"])
+
+    def smem(c: triton.Config) -> int:
+        return c.num_stages * (block_q + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] * size
+
+    kept = [c for c in configs if smem(c) <= 200 * 1024]
+    return kept or [min(configs, key=smem)]
 
 
 _SCORE = Launcher(
@@ -141,15 +203,17 @@ _SCORE = Launcher(
     [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bn, bk, w, s in (
-            (128, 64, 8, 3),
-            (128, 64, 4, 3),
+            (128, 64, 8, 4),
+            (256, 64, 8, 4),
             (128, 128, 8, 3),
             (256, 64, 8, 3),
+            (128, 64, 4, 4),
             (64, 128, 4, 4),
         )
     ],
     key=["D", "BLOCK_Q", "SIZE_CLASS"],
     interpret=triton.Config({"BLOCK_N": 32, "BLOCK_K": 32}, num_warps=1),
+    prune=_score_prune,
 )
 
 

@@ -73,7 +73,12 @@ class Launcher:
             return
         # Under the interpreter: the fixed small config; on a GPU without autotuning: the first
         # config that fits the call.
-        config = self._interpret if interpreting() else self._prune(list(self._configs), kwargs)[0]
+        if interpreting():
+            config = self._interpret
+        else:
+            # Positional args are a prefix of arg_names; the constexprs come as kwargs.
+            named = {**dict(zip(self._kernel.arg_names, args, strict=False)), **kwargs}
+            config = self._prune(list(self._configs), named)[0]
         meta = {**kwargs, **config.kwargs}
         self._kernel[grid(meta)](
             *args, **meta, num_warps=config.num_warps, num_stages=config.num_stages
