@@ -28,7 +28,7 @@ def test_triton_on_gpu_matches_reference(case: _cases.Case) -> None:
 
 
 def test_score_topk_is_deterministic_on_gpu() -> None:
-    case = _cases.GPU_CASES[-1]
+    case = next(c for c in _cases.GPU_CASES if c.id == "topk-bf16-1e6-k100")
     inputs = _cases.inputs_for(case, "cuda", seed=3)
     first = _cases.run(case, inputs, "triton")
     second = _cases.run(case, inputs, "triton")

@@ -29,7 +29,8 @@ def interpreted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
     out = tmp_path_factory.mktemp("interpret") / "results.pt"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     env.pop("PRISM_KERNELS_AUTOTUNE", None)
     proc = subprocess.run(
         [sys.executable, str(WORKER), str(out)],
