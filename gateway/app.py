@@ -15,6 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from backends import FieldError, InvalidInput
 
+from .admin import AdminController
 from .cache import ResponseCache
 from .doors.native import NativeController
 from .errors import exception_handler, problem_response
@@ -78,7 +79,7 @@ def create_app(
         return rt
 
     app = Litestar(
-        route_handlers=[NativeController],
+        route_handlers=[NativeController, AdminController],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
         exception_handlers={ValidationException: _validation_handler, Exception: exception_handler},

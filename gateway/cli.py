@@ -61,6 +61,51 @@ def _policy_check(args: argparse.Namespace) -> int:
     return status
 
 
+def _policy_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from pydantic import ValidationError
+
+    from backends import PrismError
+
+    from .explain import explain, format_explanation
+    from .policy import PolicyLoadError, compile_policy_file
+
+    raw = args.request
+    try:
+        text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
+        request = json.loads(text)
+        headers = dict(h.split("=", 1) for h in args.header)
+        policy = compile_policy_file(str(args.file))
+        result = explain(policy, request, headers)
+    except PolicyLoadError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    except (OSError, ValueError, ValidationError, PrismError) as exc:
+        # json/pydantic errors are ValueErrors; PrismError: no route, unknown model, ...
+        print(f"cannot explain: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_explanation(result))
+    return 0
+
+
+def _policy_schema(args: argparse.Namespace) -> int:
+    from .policy._schema import render_schema
+
+    text = render_schema()
+    if args.check:
+        current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is stale: run 'prism policy schema'", file=sys.stderr)
+            return 1
+        print(f"{args.out}: up to date")
+        return 0
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prism", description="Prism: a multimodal model gateway (text, image, recommendation)."
@@ -88,6 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("files", nargs="+", type=Path, help="policy files")
     check.set_defaults(handler=_policy_check)
+    explain = psub.add_parser(
+        "explain",
+        help="show the decision for a request, offline",
+        description="Print rule, model, version, arm, ordered targets, fallbacks, cache key "
+        "and why, for one /v1/infer request body.",
+    )
+    explain.add_argument("file", type=Path, help="policy file")
+    explain.add_argument(
+        "--request", required=True, help="request JSON, or @FILE to read it from a file"
+    )
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="NAME=VALUE", help="request header"
+    )
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    explain.set_defaults(handler=_policy_explain)
+    from .policy._schema import SCHEMA_PATH
+
+    schema = psub.add_parser(
+        "schema",
+        help="write the policy JSON Schema",
+        description="Generate the policy JSON Schema from the models (for editor validation).",
+    )
+    schema.add_argument(
+        "--out", type=Path, default=SCHEMA_PATH, help="default: policies/schema.json"
+    )
+    schema.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    schema.set_defaults(handler=_policy_schema)
 
     for register in _EXTENSIONS:
         register(sub)

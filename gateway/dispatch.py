@@ -1,21 +1,38 @@
-"""Executes a routing decision: which target is tried, in what order, with what deadline.
+"""Executes a routing decision: which targets are tried, in what order, until when.
 
-The spine runs ``pinned`` routing: the decision's first target, then its fallbacks, each
-once, inside the route's deadline. Failures that a retry cannot fix (the caller's mistakes,
-an upstream's 4xx) are raised at once.
+One request's life here: the selector orders the route's targets (strategy, latency budget,
+open circuits); the first is called, optionally hedged by a second target; failures worth
+retrying are retried on the next target with exponential backoff and jitter, then the
+route's fallbacks are tried in order; everything inside the route's ``timeout_ms`` deadline.
+Every call updates its target's :class:`~gateway.routing.LatencyTracker` and
+:class:`~gateway.routing.CircuitBreaker`. The caller's mistakes are raised at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backends import BackendError, BackendTimeout, InputItem, NotReady, Output, PrismError, Task
+from backends import (
+    BackendError,
+    BackendTimeout,
+    InputItem,
+    Output,
+    Overloaded,
+    PrismError,
+    Task,
+)
 
 from .deployments import Deployments
-from .policy import Decision, Target
+from .policy import Decision, Route, Target
+from .routing import HealthBook, TargetSelector
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 
 @dataclass
@@ -28,15 +45,50 @@ class DispatchResult:
     backend_ms: float
 
 
-def _retryable(exc: PrismError) -> bool:
+def _worth_retrying(exc: PrismError) -> bool:
+    """Another try (same or other target) may succeed: backend failures, not the caller's.
+
+    ``Overloaded`` covers ``NotReady`` and a full batching queue: exactly what another
+    replica or a fallback is for.
+    """
     if isinstance(exc, BackendError):
         return exc.retryable
-    return isinstance(exc, NotReady)
+    return isinstance(exc, Overloaded)
+
+
+def _against_target(exc: PrismError) -> bool:
+    """Does this failure say the target is unhealthy (circuit breaker, error rate)?"""
+    return isinstance(exc, BackendError) and exc.retryable
+
+
+@dataclass
+class _Attempt:
+    """How one attempt (one call, or a call and its hedge) ended."""
+
+    outputs: list[Output]
+    target: Target
+    calls: int
+    hedged: bool = False
+    error: PrismError | None = None
 
 
 class Dispatcher:
-    def __init__(self, deployments: Deployments) -> None:
+    #: first retry waits about this long; each further retry doubles it (up to the cap)
+    backoff_base_s = 0.05
+    backoff_cap_s = 1.0
+
+    def __init__(
+        self,
+        deployments: Deployments,
+        *,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.deployments = deployments
+        self.metrics = metrics
+        self.health = HealthBook()
+        self.rng = rng or random.Random()
+        self.selector = TargetSelector(self.health, rng=self.rng)
 
     async def run(
         self,
@@ -47,32 +99,206 @@ class Dispatcher:
         *,
         budget_ms: float | None = None,
     ) -> DispatchResult:
-        deadline = time.perf_counter() + decision.timeout_s
-        plan = [(t, False) for t in decision.targets[:1]] + [(t, True) for t in decision.fallback]
+        started = time.perf_counter()
+        route = decision.route
+        deadline = started + decision.timeout_s
+        selection = self.selector.select(
+            decision.rule,
+            decision.targets,
+            route.latency,
+            budget_ms=budget_ms,
+            strict=route.strict,
+            circuit=route.circuit,
+        )
+        primary = list(selection.order)
+        fallback = [
+            t
+            for t in decision.fallback
+            if self.health.of(t, route.circuit).breaker.available() and t not in primary
+        ]
+        notes: list[str] = []
+        calls = 0
         last: PrismError | None = None
-        for attempt, (target, is_fallback) in enumerate(plan, start=1):
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+
+        plan: list[tuple[Target, bool]] = []
+        if primary:
+            plan += [(primary[n % len(primary)], False) for n in range(1 + route.retries)]
+        plan += [(t, True) for t in fallback]
+        if not plan:
+            raise self._all_open(decision)
+
+        for n, (target, is_fallback) in enumerate(plan):
+            if time.perf_counter() >= deadline:
                 break
-            start = time.perf_counter()
-            try:
-                backend = self.deployments.backend(target)
-                outputs = await backend.infer(task, items, parameters, timeout_s=remaining)
-            except PrismError as exc:
-                last = exc
-                if not _retryable(exc):
-                    raise
+            if n > 0 and not self.health.of(target).breaker.available():
+                notes.append(f"{target.key} skipped (circuit opened)")
                 continue
+            if n > 0 and not is_fallback:
+                await self._backoff(n, deadline)
+            alternate = self._alternate(target, primary, fallback) if n == 0 else None
+            done = await self._attempt(target, alternate, route, task, items, parameters, deadline)
+            calls += done.calls
+            if done.error is not None:
+                if not _worth_retrying(done.error):
+                    done.error.extra.setdefault("attempts", calls)
+                    raise done.error
+                last = done.error
+                notes.append(f"{target.key} failed ({last.code})")
+                continue
+            used_fallback = done.target in fallback
+            if done.hedged:
+                notes.append(f"hedged; {done.target.key} answered first")
+            if used_fallback:
+                notes.append(f"fell back to {done.target.key}")
+            reason = "; ".join([decision.reason, selection.reason, *notes])
             return DispatchResult(
-                outputs,
-                target,
-                attempt,
-                is_fallback,
-                decision.reason,
-                (time.perf_counter() - start) * 1000,
+                done.outputs,
+                done.target,
+                calls,
+                used_fallback,
+                reason,
+                (time.perf_counter() - started) * 1000,
             )
-        if last is None:
-            raise BackendTimeout(
-                f"route {decision.rule!r}: deadline of {decision.timeout_s:.3f} s passed"
+
+        if last is None or (time.perf_counter() >= deadline and not _is_timeout(last)):
+            last = BackendTimeout(
+                f"route {decision.rule!r}: the {route.timeout_ms:g} ms deadline passed "
+                f"after {calls} attempt(s)" + (f"; last error: {last.detail}" if last else "")
             )
+        last.extra.setdefault("attempts", calls)
         raise last
+
+    # --- one attempt, maybe hedged ------------------------------------------------------
+
+    @staticmethod
+    def _alternate(target: Target, primary: list[Target], fallback: list[Target]) -> Target | None:
+        """Where a hedge goes: the next primary target, else the first fallback."""
+        for t in [*primary, *fallback]:
+            if t != target:
+                return t
+        return None
+
+    def _hedge_delay_s(self, route: Route, target: Target) -> float | None:
+        if route.hedge_after_ms is None:
+            return None
+        if route.hedge_after_ms == "p95":
+            p95 = self.health.of(target).tracker.p95_ms()
+            return None if p95 is None else p95 / 1000  # nothing measured yet: do not hedge
+        return float(route.hedge_after_ms) / 1000
+
+    async def _attempt(
+        self,
+        target: Target,
+        alternate: Target | None,
+        route: Route,
+        task: Task,
+        items: Sequence[InputItem],
+        parameters: Mapping[str, Any],
+        deadline: float,
+    ) -> _Attempt:
+        delay = self._hedge_delay_s(route, target) if alternate is not None else None
+        if delay is None or alternate is None:
+            try:
+                outputs = await self.call(target, task, items, parameters, deadline=deadline)
+            except PrismError as exc:
+                return _Attempt([], target, 1, error=exc)
+            return _Attempt(outputs, target, 1)
+        first = asyncio.create_task(self.call(target, task, items, parameters, deadline=deadline))
+        tasks: dict[asyncio.Task[list[Output]], Target] = {first: target}
+        try:
+            finished, _ = await asyncio.wait({first}, timeout=delay)
+            if not finished and self.health.of(alternate).breaker.available():
+                second = asyncio.create_task(
+                    self.call(alternate, task, items, parameters, deadline=deadline)
+                )
+                tasks[second] = alternate
+            error: PrismError | None = None
+            pending = set(tasks)
+            while pending:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in finished:
+                    failure = fut.exception()
+                    if failure is None:
+                        return _Attempt(fut.result(), tasks[fut], len(tasks), len(tasks) > 1)
+                    if not isinstance(failure, PrismError):
+                        raise failure
+                    error = failure
+            assert error is not None
+            return _Attempt([], target, len(tasks), len(tasks) > 1, error)
+        finally:
+            # the loser (or both, if our caller went away) is cancelled: a late answer is
+            # worth nothing, and its slot in a batch is better used by someone else
+            for fut in tasks:
+                if not fut.done():
+                    fut.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def call(
+        self,
+        target: Target,
+        task: Task,
+        items: Sequence[InputItem],
+        parameters: Mapping[str, Any],
+        *,
+        deadline: float,
+    ) -> list[Output]:
+        """One call to one target, accounted in its tracker, breaker and metrics."""
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise BackendTimeout(f"{target.key}: no time left before the route's deadline")
+        backend = self.deployments.backend(target)  # NotReady: try elsewhere, not its fault
+        health = self.health.of(target)
+        if not health.breaker.acquire():
+            raise Overloaded(f"{target.key}: circuit open", retry_after_s=1)
+        health.tracker.begin()
+        start = time.perf_counter()
+        try:
+            outputs = await backend.infer(task, items, parameters, timeout_s=remaining)
+        except asyncio.CancelledError:
+            health.tracker.abandon()
+            health.breaker.release()
+            raise
+        except PrismError as exc:
+            self._failed(target, exc, (time.perf_counter() - start) * 1000)
+            raise
+        except Exception as exc:  # a backend bug is still that target's failure
+            err = BackendError(f"{target.key} failed: {type(exc).__name__}")
+            self._failed(target, err, (time.perf_counter() - start) * 1000)
+            raise err from exc
+        ms = (time.perf_counter() - start) * 1000
+        health.tracker.end(ms, ok=True)
+        health.breaker.record(True)
+        if self.metrics is not None:
+            self.metrics.backend_latency.labels(target.key).observe(ms / 1000)
+        return outputs
+
+    def _failed(self, target: Target, exc: PrismError, ms: float) -> None:
+        health = self.health.of(target)
+        if _against_target(exc):
+            health.tracker.end(ms, ok=False)
+            health.breaker.record(False)
+            if self.metrics is not None:
+                self.metrics.upstream_errors.labels(target.key, exc.code).inc()
+        else:
+            # the caller's mistake or a full queue: says nothing about the target's health
+            health.tracker.abandon()
+            health.breaker.release()
+
+    async def _backoff(self, retry: int, deadline: float) -> None:
+        """Exponential backoff with jitter (half to full step), never past the deadline."""
+        step = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (retry - 1))
+        delay = step * (0.5 + self.rng.random() / 2)
+        await asyncio.sleep(max(0.0, min(delay, deadline - time.perf_counter())))
+
+    def _all_open(self, decision: Decision) -> Overloaded:
+        targets = [*decision.targets, *decision.fallback]
+        wait = min((self.health.of(t).breaker.retry_after_s() for t in targets), default=1.0)
+        return Overloaded(
+            f"route {decision.rule!r}: every target's circuit is open "
+            f"({', '.join(t.key for t in targets)})",
+            retry_after_s=max(1, round(wait + 0.5)),
+        )
+
+
+def _is_timeout(exc: PrismError) -> bool:
+    return isinstance(exc, BackendTimeout)

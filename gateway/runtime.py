@@ -13,14 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends import PrismError
+from backends import InputItem, Output, PrismError, Task
 
 from .cache import MemoryStore, RedisStore, ResponseCache
 from .deployments import Deployments
 from .dispatch import Dispatcher
+from .experiments import ExperimentEngine, ShadowMirror
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .policy import CompiledPolicy, Decision, PolicyLoadError, compile_policy_file
+from .policy._watch import PolicyWatcher
 from .schema import RouteInfo
 from .settings import Settings
 
@@ -40,12 +42,19 @@ class Runtime:
         self._policy = policy
         self.cache = cache or self._default_cache(settings)
         self.deployments = Deployments(Path(settings.data_dir), load_models=settings.load_models)
-        self.dispatcher = Dispatcher(self.deployments)
+        self.dispatcher = Dispatcher(self.deployments, metrics=self.metrics)
         self.pipeline = Pipeline(self)
         self.last_reload_error: str | None = None
         self.last_reload_at: float | None = None
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
+        # experiment counters get a Redis client of their own (not the cache's)
+        self.experiments = ExperimentEngine.from_url(
+            settings.redis_url,
+            experiments=lambda: self._policy.document.experiments if self._policy else {},
+        )
+        self.mirror = ShadowMirror(self.dispatcher.call, self.experiments, self.spawn)
+        self.policy_watcher: PolicyWatcher | None = None
 
     @staticmethod
     def _default_cache(settings: Settings) -> ResponseCache:
@@ -72,6 +81,18 @@ class Runtime:
             self._policy = self.load_policy()
         await self.deployments.apply(self._policy)
         self.metrics.policy_valid.set(1)
+        self.experiments.start()
+        self._watch_policy()
+
+    def _watch_policy(self) -> None:
+        """Watch the policy file, when the running policy came from it (tests may pass one)."""
+        path = Path(self.settings.policy)
+        if self.settings.policy_watch_s <= 0 or not path.exists():
+            return
+        if Path(self.policy.source).resolve() != path.resolve():
+            return
+        self.policy_watcher = PolicyWatcher(path, self.settings.policy_watch_s, self.reload)
+        self.policy_watcher.start()
 
     async def reload(self) -> CompiledPolicy:
         """Load, validate, compile, deploy, swap. A bad file leaves the running policy as is."""
@@ -103,13 +124,40 @@ class Runtime:
     # --- hooks the pipeline calls ----------------------------------------------------------
 
     def pick_arm(self, name: str, experiment: Any, unit: str | None) -> str | None:
-        """Experiment arm for this unit; None = no experiment engine (serve the route)."""
-        return None
+        """Experiment arm for this unit (sticky; a stopped arm's units get the control)."""
+        return self.experiments.pick_arm(name, experiment, unit)
 
     def observe(self, door: str, decision: Decision, route: RouteInfo, total_ms: float) -> None:
         labels = (door, decision.rule, decision.model, decision.version)
         self.metrics.requests.labels(*labels, "ok").inc()
         self.metrics.latency.labels(*labels).observe(total_ms / 1000)
+        if decision.experiment is not None and decision.arm is not None:
+            cached = route.cache == "hit"
+            self.experiments.record(
+                decision.experiment, decision.arm, ok=True, latency_ms=total_ms, cached=cached
+            )
+
+    def observe_error(
+        self, door: str, decision: Decision, exc: PrismError, total_ms: float
+    ) -> None:
+        """A request that failed after its decision; server-side failures count against the arm."""
+        labels = (door, decision.rule, decision.model, decision.version)
+        self.metrics.requests.labels(*labels, "error").inc()
+        if decision.experiment is not None and decision.arm is not None and exc.status_code >= 500:
+            self.experiments.record(
+                decision.experiment, decision.arm, ok=False, latency_ms=total_ms
+            )
+
+    def shadow(
+        self,
+        decision: Decision,
+        task: Task,
+        items: list[InputItem],
+        parameters: dict[str, Any],
+        answer: list[Output | None],
+    ) -> None:
+        """Mirror the request to the shadowed arm in the background (never awaited)."""
+        self.mirror.mirror(decision, task, items, parameters, answer)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -125,8 +173,11 @@ class Runtime:
         return self._policy is not None and self.deployments.ready
 
     async def aclose(self) -> None:
+        if self.policy_watcher is not None:
+            await self.policy_watcher.aclose()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.experiments.aclose()
         await self.deployments.aclose()
         await self.cache.aclose()

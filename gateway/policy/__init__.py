@@ -4,6 +4,7 @@ from ._compiled import CompiledPolicy, Decision, RequestFacts, Target
 from ._document import (
     Arm,
     CacheRule,
+    CircuitRule,
     Experiment,
     Guardrails,
     LatencyRule,
@@ -18,6 +19,7 @@ from ._loader import PolicyIssue, PolicyLoadError, format_path, load_policy_file
 __all__ = [
     "Arm",
     "CacheRule",
+    "CircuitRule",
     "CompiledPolicy",
     "Decision",
     "Experiment",

@@ -71,6 +71,8 @@ class Decision:
     arm: str | None = None
     #: the arm whose version answers when shadowing (the treatment is mirrored)
     shadow: Target | None = None
+    #: the mirrored arm's name (``arm`` is then the control that answers)
+    shadow_arm: str | None = None
 
     @property
     def cache_ttl_s(self) -> float:
@@ -219,6 +221,7 @@ class CompiledPolicy:
                 model = route.target_refs[0].model
                 version = self.resolve_version(model, experiment.arms[arm].version)
                 shadow = None
+                shadow_arm = None
                 if experiment.shadow:
                     control = experiment.control or next(iter(experiment.arms))
                     treatment = arm
@@ -226,6 +229,7 @@ class CompiledPolicy:
                     if treatment != control:
                         shadow_targets = self.targets_for(model, version)
                         shadow = shadow_targets[0]
+                        shadow_arm = treatment
                         version = control_version
                     arm = control
                 return Decision(
@@ -239,6 +243,7 @@ class CompiledPolicy:
                     experiment=exp_name,
                     arm=arm,
                     shadow=shadow,
+                    shadow_arm=shadow_arm,
                 )
         targets = self._expand(route.target_refs, facts.model)
         first = targets[0]

@@ -60,6 +60,19 @@ class CacheRule(_Doc):
 class LatencyRule(_Doc):
     budget_ms: float | None = Field(None, gt=0)
     strategy: Literal["pinned", "weighted", "fastest", "least-loaded"] = "pinned"
+    #: 'fastest' sends each target this many calls before trusting its numbers
+    warmup: int = Field(3, ge=0, le=1000)
+    #: 'fastest' tries another target every Nth pick (0 = never), to notice a recovery
+    explore_every: int = Field(50, ge=0)
+
+
+class CircuitRule(_Doc):
+    """When a target's circuit opens (it is skipped) and when it is probed again."""
+
+    failures: int = Field(5, ge=1, description="consecutive failures that open the circuit")
+    error_rate: float = Field(0.5, gt=0, le=1, description="error rate that opens it")
+    min_calls: int = Field(20, ge=1, description="calls in the window before error_rate counts")
+    cooldown_s: float = Field(10.0, gt=0, description="open this long, then one probe call")
 
 
 class Route(_Doc):
@@ -77,6 +90,7 @@ class Route(_Doc):
     strict: bool = False
     #: send a second attempt to another target after this long (or at the first's p95)
     hedge_after_ms: float | Literal["p95"] | None = None
+    circuit: CircuitRule = Field(default_factory=CircuitRule)
 
     @model_validator(mode="after")
     def _one_way_to_name_targets(self) -> Route:

@@ -73,6 +73,31 @@ def _walk(node: yaml.Node | None, loc: Sequence[Any]) -> tuple[list[Any], int | 
     return parts, line
 
 
+def _duplicate_keys(node: yaml.Node | None, parts: list[Any], file: str) -> list[PolicyIssue]:
+    """YAML keeps the last of two equal keys silently; a policy must not (two models 'clip')."""
+    issues: list[PolicyIssue] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for k, v in node.value:
+            key = str(k.value)
+            line = k.start_mark.line + 1
+            if key in first_line:
+                issues.append(
+                    PolicyIssue(
+                        file,
+                        line,
+                        format_path([*parts, key]),
+                        f"duplicate key {key!r} (first on line {first_line[key]})",
+                    )
+                )
+            first_line.setdefault(key, line)
+            issues += _duplicate_keys(v, [*parts, key], file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            issues += _duplicate_keys(child, [*parts, i], file)
+    return issues
+
+
 def format_path(parts: Sequence[Any]) -> str:
     out = ""
     for p in parts:
@@ -106,12 +131,19 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
         raise PolicyLoadError([PolicyIssue(file, line, "", f"invalid YAML: {reason}")]) from exc
     if not isinstance(data, dict):
         raise PolicyLoadError([PolicyIssue(file, 1, "", "a policy must be a YAML mapping")])
+    duplicates = _duplicate_keys(root, [], file)
+    if duplicates:
+        raise PolicyLoadError(duplicates)
     try:
         doc = PolicyDocument.model_validate(data)
     except ValidationError as exc:
         issues = []
         for err in exc.errors():
-            parts, line = _walk(root, err["loc"])
+            loc = tuple(err["loc"])
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                # point at the discriminator key ('kind'), not at the union's own tag
+                loc = (*loc, str(err.get("ctx", {}).get("discriminator", "")).strip("'"))
+            parts, line = _walk(root, loc)
             issues.append(PolicyIssue(file, line, format_path(parts), _message(dict(err))))
         raise PolicyLoadError(issues) from None
     problems = check_references(doc)

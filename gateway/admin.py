@@ -1,0 +1,119 @@
+"""The operator's API: the running policy, reloads, experiments, and target health.
+
+``GET /admin/policy`` shows what is live (digest, source, load time) and the last reload's
+error, so a refused file is visible without reading logs; ``POST /admin/policy/reload``
+reloads now (422 with ``file:line: path: reason`` when the file is refused, the running
+policy untouched). Experiments report per-arm counters shared by all replicas, guardrail
+state and a comparison of arms; ``POST .../resume`` lifts a guardrail stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.status_codes import HTTP_200_OK
+
+from backends import InvalidInput, NotFound
+
+from .experiments import control_arm
+from .policy import Experiment, PolicyLoadError
+from .runtime import Runtime
+
+
+def _experiment(runtime: Runtime, name: str) -> Experiment:
+    experiment = runtime.policy.document.experiments.get(name)
+    if experiment is None:
+        known = ", ".join(sorted(runtime.policy.document.experiments)) or "none"
+        raise NotFound(f"no experiment {name!r} in the running policy (known: {known})")
+    return experiment
+
+
+def policy_status(runtime: Runtime) -> dict[str, Any]:
+    policy = runtime.policy
+    doc = policy.document
+    watcher = getattr(runtime, "policy_watcher", None)
+    return {
+        "digest": policy.digest,
+        "source": policy.source,
+        "loaded_at": policy.loaded_at,
+        "last_reload_at": runtime.last_reload_at,
+        "last_error": runtime.last_reload_error,
+        "watch_s": watcher.interval_s if watcher is not None else 0,
+        "models": {
+            name: {"versions": sorted(entry.versions), "labels": dict(entry.labels)}
+            for name, entry in doc.models.items()
+        },
+        "routes": [r.name for r in doc.routes],
+        "experiments": sorted(doc.experiments),
+    }
+
+
+class AdminController(Controller):
+    path = "/admin"
+    tags = ["admin"]
+
+    @get("/policy", summary="The running policy and the last reload's outcome")
+    async def policy(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+        return policy_status(runtime)
+
+    @post("/policy/reload", status_code=HTTP_200_OK, summary="Reload the policy file now")
+    async def reload(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+        try:
+            await runtime.reload()
+        except PolicyLoadError as exc:
+            exc.extra.setdefault("issues", [str(i) for i in exc.issues])
+            exc.extra.setdefault("running_digest", runtime.policy.digest)
+            raise
+        return policy_status(runtime)
+
+    @get("/experiments", summary="Every experiment of the running policy, with counters")
+    async def experiments(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+        engine = runtime.experiments
+        await engine.sync()
+        return {
+            "experiments": [
+                await engine.report(name, exp)
+                for name, exp in runtime.policy.document.experiments.items()
+            ]
+        }
+
+    @get("/experiments/{name:str}", summary="One experiment: arms, counters, guardrails, stats")
+    async def experiment(self, runtime: NamedDependency[Runtime], name: str) -> dict[str, Any]:
+        experiment = _experiment(runtime, name)
+        await runtime.experiments.sync()
+        return await runtime.experiments.report(name, experiment)
+
+    @post(
+        "/experiments/{name:str}/resume",
+        status_code=HTTP_200_OK,
+        summary="Send traffic to arms a guardrail stopped again",
+    )
+    async def resume(self, runtime: NamedDependency[Runtime], name: str) -> dict[str, Any]:
+        experiment = _experiment(runtime, name)
+        await runtime.experiments.resume(name, experiment)
+        return await runtime.experiments.report(name, experiment)
+
+    @post(
+        "/experiments/{name:str}/stop",
+        status_code=HTTP_200_OK,
+        summary="Stop an arm by hand (its units go to the control arm)",
+    )
+    async def stop(self, runtime: NamedDependency[Runtime], name: str, arm: str) -> dict[str, Any]:
+        experiment = _experiment(runtime, name)
+        if arm not in experiment.arms:
+            raise NotFound(f"experiment {name!r} has no arm {arm!r}")
+        if arm == control_arm(experiment):
+            raise InvalidInput(f"{arm!r} is the control arm: it serves when the others stop")
+        await runtime.experiments.stop(name, arm, "stopped by an operator")
+        return await runtime.experiments.report(name, experiment)
+
+    @get("/targets", summary="Latency, errors, load and circuit state of every target")
+    async def targets(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+        return {
+            "targets": {
+                key: {**health.tracker.snapshot(), "circuit": health.breaker.snapshot()}
+                for key, health in runtime.dispatcher.health.items()
+            }
+        }

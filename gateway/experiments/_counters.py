@@ -1,0 +1,254 @@
+"""Per-arm outcome counters and guardrail state, in-process or shared through Redis.
+
+Each gateway process adds to local deltas on the hot path (no I/O) and pushes them every
+sync; totals are read back from the store, so ``GET /admin/experiments`` on any replica shows
+every replica's traffic. Latencies go into a fixed log-spaced histogram (25% wide buckets) so
+that percentiles merge across processes by adding counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+#: upper edges of the latency buckets in ms (0.5 ms .. ~28 s); one more bucket above
+LATENCY_EDGES_MS: tuple[float, ...] = tuple(0.5 * 1.25**i for i in range(50))
+
+_SCALARS = (
+    "assigned",
+    "cached",
+    "requests",
+    "errors",
+    "latency_sum_ms",
+    "latency_sq_ms",
+    "shadow_requests",
+    "shadow_errors",
+    "cosine_sum",
+    "cosine_count",
+)
+_FLOATS = frozenset({"latency_sum_ms", "latency_sq_ms", "cosine_sum"})
+
+
+def _empty_hist() -> list[int]:
+    return [0] * (len(LATENCY_EDGES_MS) + 1)
+
+
+@dataclass
+class ArmCounts:
+    """What happened to one arm. ``requests`` = answered by a backend (ok + errors)."""
+
+    assigned: int = 0
+    #: answered from the cache: counted, but they say nothing about the arm's model
+    cached: int = 0
+    requests: int = 0
+    errors: int = 0
+    latency_sum_ms: float = 0.0
+    latency_sq_ms: float = 0.0
+    shadow_requests: int = 0
+    shadow_errors: int = 0
+    cosine_sum: float = 0.0
+    cosine_count: int = 0
+    #: successful requests per latency bucket
+    hist: list[int] = field(default_factory=_empty_hist)
+
+    def observe(self, latency_ms: float, *, ok: bool) -> None:
+        self.requests += 1
+        if not ok:
+            self.errors += 1
+            return
+        self.latency_sum_ms += latency_ms
+        self.latency_sq_ms += latency_ms * latency_ms
+        i = 0
+        while i < len(LATENCY_EDGES_MS) and latency_ms > LATENCY_EDGES_MS[i]:
+            i += 1
+        self.hist[i] += 1
+
+    @property
+    def successes(self) -> int:
+        return sum(self.hist)
+
+    def percentile_ms(self, q: float) -> float | None:
+        """Interpolated within its bucket; None without samples."""
+        n = self.successes
+        if n == 0:
+            return None
+        rank = q / 100 * n
+        seen = 0
+        for i, count in enumerate(self.hist):
+            if count and seen + count >= rank:
+                lo = LATENCY_EDGES_MS[i - 1] if i > 0 else 0.0
+                hi = LATENCY_EDGES_MS[i] if i < len(LATENCY_EDGES_MS) else lo * 1.25
+                return lo + (hi - lo) * max(0.0, rank - seen) / count
+            seen += count
+        return LATENCY_EDGES_MS[-1]
+
+    def merge(self, other: ArmCounts, sign: int = 1) -> ArmCounts:
+        out = ArmCounts()
+        for name in _SCALARS:
+            setattr(out, name, getattr(self, name) + sign * getattr(other, name))
+        out.hist = [a + sign * b for a, b in zip(self.hist, other.hist, strict=True)]
+        return out
+
+    def to_fields(self) -> dict[str, float]:
+        """Non-zero fields, as a flat mapping (a Redis hash; ``h<i>`` = histogram bucket i)."""
+        out: dict[str, float] = {n: getattr(self, n) for n in _SCALARS if getattr(self, n)}
+        out.update({f"h{i}": c for i, c in enumerate(self.hist) if c})
+        return out
+
+    @classmethod
+    def from_fields(cls, data: Mapping[Any, Any]) -> ArmCounts:
+        out = cls()
+        names = {f.name for f in fields(cls)}
+        for raw_key, raw_value in data.items():
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            value = float(raw_value)
+            if key.startswith("h") and key[1:].isdigit():
+                index = int(key[1:])
+                if index < len(out.hist):
+                    out.hist[index] = int(value)
+            elif key in names:
+                setattr(out, key, value if key in _FLOATS else int(value))
+        return out
+
+
+@dataclass
+class GuardState:
+    #: arm -> {"reason": ..., "at": unix time}
+    stopped: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: arm -> counts at the last resume: guardrails judge only what came after
+    baseline: dict[str, ArmCounts] = field(default_factory=dict)
+
+
+class CounterStore(Protocol):
+    name: str
+
+    async def push(self, experiment: str, deltas: Mapping[str, ArmCounts]) -> None: ...
+
+    async def totals(self, experiment: str, arms: list[str]) -> dict[str, ArmCounts]: ...
+
+    async def guard(self, experiment: str) -> GuardState: ...
+
+    async def stop(self, experiment: str, arm: str, info: dict[str, Any]) -> bool: ...
+
+    async def resume(self, experiment: str, baseline: Mapping[str, ArmCounts]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryCounterStore:
+    """One process only: the default without Redis."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, str], ArmCounts] = {}
+        self._guards: dict[str, GuardState] = {}
+
+    async def push(self, experiment: str, deltas: Mapping[str, ArmCounts]) -> None:
+        for arm, delta in deltas.items():
+            key = (experiment, arm)
+            self._totals[key] = self._totals.get(key, ArmCounts()).merge(delta)
+
+    async def totals(self, experiment: str, arms: list[str]) -> dict[str, ArmCounts]:
+        return {a: self._totals.get((experiment, a), ArmCounts()).merge(ArmCounts()) for a in arms}
+
+    async def guard(self, experiment: str) -> GuardState:
+        state = self._guards.get(experiment, GuardState())
+        return GuardState(dict(state.stopped), dict(state.baseline))
+
+    async def stop(self, experiment: str, arm: str, info: dict[str, Any]) -> bool:
+        state = self._guards.setdefault(experiment, GuardState())
+        if arm in state.stopped:
+            return False
+        state.stopped[arm] = info
+        return True
+
+    async def resume(self, experiment: str, baseline: Mapping[str, ArmCounts]) -> None:
+        self._guards[experiment] = GuardState({}, dict(baseline))
+
+    async def aclose(self) -> None:
+        pass
+
+
+class RedisCounterStore:
+    """Counters shared by every gateway process: one hash per arm, one for guard state.
+
+    A client of its own (not the cache's) under its own prefix, so flushing or losing the
+    cache never touches experiment results.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, *, prefix: str = "prism:x:", timeout_s: float = 0.5) -> None:
+        import redis.asyncio as redis
+
+        self.prefix = prefix
+        # typed loosely: redis-py's stubs mix sync and async return types
+        self._redis: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+
+    def _arm_key(self, experiment: str, arm: str) -> str:
+        return f"{self.prefix}{experiment}:arm:{arm}"
+
+    def _guard_key(self, experiment: str) -> str:
+        return f"{self.prefix}{experiment}:guard"
+
+    async def push(self, experiment: str, deltas: Mapping[str, ArmCounts]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for arm, delta in deltas.items():
+                key = self._arm_key(experiment, arm)
+                for name, value in delta.to_fields().items():
+                    # a field once written as a float cannot take HINCRBY again
+                    if name in _FLOATS:
+                        pipe.hincrbyfloat(key, name, value)
+                    else:
+                        pipe.hincrby(key, name, int(value))
+            await pipe.execute()
+
+    async def totals(self, experiment: str, arms: list[str]) -> dict[str, ArmCounts]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for arm in arms:
+                pipe.hgetall(self._arm_key(experiment, arm))
+            rows = await pipe.execute()
+        return {arm: ArmCounts.from_fields(row) for arm, row in zip(arms, rows, strict=True)}
+
+    async def guard(self, experiment: str) -> GuardState:
+        raw = await self._redis.hgetall(self._guard_key(experiment))
+        state = GuardState()
+        for k, v in raw.items():
+            kind, _, arm = k.decode().partition(":")
+            if kind == "stopped":
+                state.stopped[arm] = json.loads(v)
+            elif kind == "baseline":
+                state.baseline[arm] = ArmCounts.from_fields(json.loads(v))
+        return state
+
+    async def stop(self, experiment: str, arm: str, info: dict[str, Any]) -> bool:
+        # HSETNX: when several replicas trip the same guardrail, the first one's reason stays
+        return bool(
+            await self._redis.hsetnx(
+                self._guard_key(experiment), f"stopped:{arm}", json.dumps(info)
+            )
+        )
+
+    async def resume(self, experiment: str, baseline: Mapping[str, ArmCounts]) -> None:
+        key = self._guard_key(experiment)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            for arm, counts in baseline.items():
+                pipe.hset(key, f"baseline:{arm}", json.dumps(counts.to_fields()))
+            await pipe.execute()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+def finite(value: float | None, digits: int = 3) -> float | None:
+    """Round for JSON; NaN/inf (never valid JSON) become None."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, digits)

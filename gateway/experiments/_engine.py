@@ -1,0 +1,261 @@
+"""The experiment engine: assigns arms, counts outcomes, enforces guardrails, reports.
+
+The request path only touches memory: :meth:`ExperimentEngine.pick_arm` hashes the unit and
+consults the locally known stopped arms; :meth:`record` adds to local deltas. A background
+:meth:`sync` (every ``sync_s``) pushes the deltas to the store, reads back the shared guard
+state (an arm stopped by any replica is stopped here within one sync), and evaluates the
+guardrails on the shared totals. A Redis outage therefore never fails a request: counts wait
+in memory and assignment keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..policy import Experiment
+from ._assignment import arm_ranges, assign, control_arm
+from ._counters import ArmCounts, CounterStore, GuardState, MemoryCounterStore, finite
+from ._stats import mean_var, two_proportion_z, welch_t
+
+log = logging.getLogger("prism.experiments")
+
+Experiments = Callable[[], Mapping[str, Experiment]]
+
+
+class ExperimentEngine:
+    def __init__(
+        self,
+        store: CounterStore | None = None,
+        *,
+        experiments: Experiments = dict,
+        sync_s: float = 0.5,
+    ) -> None:
+        self.store: CounterStore = store or MemoryCounterStore()
+        #: the running policy's experiments (read at every sync: reloads change them)
+        self.experiments = experiments
+        self.sync_s = sync_s
+        self._deltas: dict[str, dict[str, ArmCounts]] = {}
+        self._guards: dict[str, GuardState] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._sync_lock = asyncio.Lock()
+        self.sync_errors = 0
+
+    @classmethod
+    def from_url(cls, redis_url: str | None, **kwargs: Any) -> ExperimentEngine:
+        if redis_url:
+            from ._counters import RedisCounterStore
+
+            return cls(RedisCounterStore(redis_url), **kwargs)
+        return cls(**kwargs)
+
+    # --- the request path (no I/O) -------------------------------------------------------
+
+    def stopped(self, name: str) -> dict[str, dict[str, Any]]:
+        guard = self._guards.get(name)
+        return guard.stopped if guard is not None else {}
+
+    def pick_arm(self, name: str, experiment: Experiment, unit: str | None) -> str | None:
+        """The arm that serves this unit (stopped arms' units go to the control arm)."""
+        assignment = assign(name, experiment, unit, self.stopped(name))
+        self._delta(name, assignment.arm).assigned += 1
+        return assignment.arm
+
+    def record(
+        self, name: str, arm: str, *, ok: bool, latency_ms: float, cached: bool = False
+    ) -> None:
+        """A request the arm answered (``cached``: the cache answered for it)."""
+        delta = self._delta(name, arm)
+        if cached:
+            delta.cached += 1
+        else:
+            delta.observe(latency_ms, ok=ok)
+
+    def record_shadow(
+        self, name: str, arm: str, *, ok: bool, latency_ms: float, cosines: list[float]
+    ) -> None:
+        """A mirrored call to a shadowed arm: its outcome is that arm's outcome."""
+        delta = self._delta(name, arm)
+        delta.observe(latency_ms, ok=ok)
+        delta.shadow_requests += 1
+        delta.shadow_errors += 0 if ok else 1
+        delta.cosine_sum += sum(cosines)
+        delta.cosine_count += len(cosines)
+
+    def _delta(self, name: str, arm: str) -> ArmCounts:
+        arms = self._deltas.setdefault(name, {})
+        counts = arms.get(arm)
+        if counts is None:
+            counts = arms[arm] = ArmCounts()
+        return counts
+
+    # --- sync: push, read shared state, guardrails ---------------------------------------
+
+    async def sync(self) -> None:
+        async with self._sync_lock:
+            pending, self._deltas = self._deltas, {}
+            try:
+                for name, deltas in pending.items():
+                    await self.store.push(name, deltas)
+                    pending = {k: v for k, v in pending.items() if k != name}
+                for name, experiment in self.experiments().items():
+                    self._guards[name] = await self.store.guard(name)
+                    await self._check_guardrails(name, experiment)
+            except Exception as exc:
+                # counts not yet pushed wait for the next sync; requests never notice
+                for name, deltas in pending.items():
+                    for arm, counts in deltas.items():
+                        self._deltas.setdefault(name, {})[arm] = counts.merge(
+                            self._delta(name, arm)
+                        )
+                self.sync_errors += 1
+                if self.sync_errors in (1, 10) or self.sync_errors % 100 == 0:
+                    log.warning(
+                        "experiment counters not synced (%d times): %r", self.sync_errors, exc
+                    )
+
+    async def _check_guardrails(self, name: str, experiment: Experiment) -> None:
+        rails = experiment.guardrails
+        if rails.max_error_rate is None and rails.max_p95_ms is None:
+            return
+        control = control_arm(experiment)
+        guard = self._guards[name]
+        arms = [a for a in experiment.arms if a != control and a not in guard.stopped]
+        if not arms:
+            return
+        totals = await self.store.totals(name, arms)
+        for arm in arms:
+            counts = totals[arm].merge(guard.baseline.get(arm, ArmCounts()), sign=-1)
+            if counts.requests < rails.min_samples:
+                continue
+            reason = None
+            rate = counts.errors / counts.requests
+            p95 = counts.percentile_ms(95)
+            if rails.max_error_rate is not None and rate > rails.max_error_rate:
+                reason = f"error rate {rate:.2%} > {rails.max_error_rate:.2%}"
+            elif rails.max_p95_ms is not None and p95 is not None and p95 > rails.max_p95_ms:
+                reason = f"p95 {p95:.1f} ms > {rails.max_p95_ms:g} ms"
+            if reason is not None:
+                await self.stop(name, arm, f"guardrail: {reason} over {counts.requests} requests")
+
+    async def stop(self, name: str, arm: str, reason: str) -> bool:
+        info = {"reason": reason, "at": time.time()}
+        first = await self.store.stop(name, arm, info)
+        guard = self._guards.setdefault(name, GuardState())
+        guard.stopped.setdefault(arm, info)
+        if first:
+            log.warning(
+                "experiment %s: arm %r stopped, traffic goes to control: %s", name, arm, reason
+            )
+        return first
+
+    async def resume(self, name: str, experiment: Experiment) -> None:
+        """Operator's resume: stopped arms serve again; guardrails judge only what follows."""
+        await self.sync()
+        totals = await self.store.totals(name, list(experiment.arms))
+        await self.store.resume(name, totals)
+        self._guards[name] = GuardState({}, totals)
+        log.warning("experiment %s resumed by an operator", name)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_s)
+            await self.sync()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="prism-experiments-sync")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.sync()  # the last counts of this process are not lost on shutdown
+        await self.store.aclose()
+
+    # --- reports -------------------------------------------------------------------------
+
+    async def report(self, name: str, experiment: Experiment) -> dict[str, Any]:
+        control = control_arm(experiment)
+        totals = await self.store.totals(name, list(experiment.arms))
+        guard = await self.store.guard(name)
+        ranges = {r.arm: r for r in arm_ranges(experiment)}
+        arms: dict[str, Any] = {}
+        for arm_name, arm in experiment.arms.items():
+            c = totals[arm_name]
+            mean, _ = mean_var(c.latency_sum_ms, c.latency_sq_ms, c.successes)
+            arms[arm_name] = {
+                "version": arm.version,
+                "weight": arm.weight,
+                "buckets": [ranges[arm_name].start, ranges[arm_name].end],
+                "stopped": guard.stopped.get(arm_name),
+                "assigned": c.assigned,
+                "requests": c.requests,
+                "errors": c.errors,
+                "error_rate": finite(c.errors / c.requests, 5) if c.requests else None,
+                "cached": c.cached,
+                "latency_ms": {
+                    "mean": finite(mean) if c.successes else None,
+                    "p50": finite(c.percentile_ms(50)),
+                    "p95": finite(c.percentile_ms(95)),
+                },
+                "shadow": {
+                    "requests": c.shadow_requests,
+                    "errors": c.shadow_errors,
+                    "cosine_mean": finite(c.cosine_sum / c.cosine_count, 5)
+                    if c.cosine_count
+                    else None,
+                    "cosine_count": c.cosine_count,
+                },
+            }
+        cos_n = sum(t.cosine_count for t in totals.values())
+        cos_sum = sum(t.cosine_sum for t in totals.values())
+        return {
+            "name": name,
+            "route": experiment.route,
+            "control": control,
+            "shadow": experiment.shadow,
+            "state": "stopped" if guard.stopped else "running",
+            "guardrails": {**experiment.guardrails.model_dump(), "stopped": guard.stopped},
+            "counters": self.store.name,
+            "arms": arms,
+            "shadow_cosine": {
+                "mean": finite(cos_sum / cos_n, 5) if cos_n else None,
+                "count": cos_n,
+            },
+            "comparison": [
+                _compare(control, totals[control], a, totals[a])
+                for a in experiment.arms
+                if a != control
+            ],
+        }
+
+
+def _compare(control: str, a: ArmCounts, arm: str, b: ArmCounts) -> dict[str, Any]:
+    """Treatment vs control: error rate (two-proportion z) and mean latency (Welch t)."""
+    out: dict[str, Any] = {"arm": arm, "versus": control, "error_rate": None, "latency": None}
+    z = two_proportion_z(a.errors, a.requests, b.errors, b.requests)
+    if z is not None:
+        diff = b.errors / b.requests - a.errors / a.requests
+        out["error_rate"] = {
+            "test": "two-proportion z",
+            "difference": finite(diff, 5),
+            "z": finite(z[0]),
+            "p_value": finite(z[1], 5),
+        }
+    mean_a, var_a = mean_var(a.latency_sum_ms, a.latency_sq_ms, a.successes)
+    mean_b, var_b = mean_var(b.latency_sum_ms, b.latency_sq_ms, b.successes)
+    t = welch_t(mean_a, var_a, a.successes, mean_b, var_b, b.successes)
+    if t is not None:
+        out["latency"] = {
+            "test": "Welch t (mean latency)",
+            "difference_ms": finite(mean_b - mean_a),
+            "t": finite(t[0]),
+            "df": finite(t[1], 1),
+            "p_value": finite(t[2], 5),
+        }
+    return out

@@ -1,0 +1,156 @@
+"""The Dispatcher against real batched fake models: retries, deadlines, fallbacks, breakers, hedges."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backends import (
+    BackendError,
+    BackendTimeout,
+    InputItem,
+    InvalidInput,
+    Modality,
+    Overloaded,
+    Task,
+)
+from gateway.policy import RequestFacts
+
+from .conftest import deployed
+
+ITEMS = [InputItem(text="hello")]
+TEXT = RequestFacts(modalities=frozenset({Modality.TEXT}), task=Task.EMBED)
+
+
+def policy(route: str, **versions: str) -> str:
+    specs = "\n".join(
+        f'      "{v}": {{backend: local, kind: fake, device: cpu, dim: 8, {spec}}}'
+        for v, spec in versions.items()
+    )
+    return f"""
+version: 1
+models:
+  m:
+    versions:
+{specs}
+routes:
+  - name: r
+{route}
+"""
+
+
+async def test_retry_on_the_same_target_succeeds_after_backoff() -> None:
+    text = policy(
+        "    model: m\n    version: '1'\n    retries: 2", **{"1": "fail_every: 2, seed: 1"}
+    )
+    async with deployed(text) as (p, d):
+        d.backoff_base_s = 0.001
+        await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})  # call 1 ok
+        result = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})  # call 2 fails, 3 ok
+        assert result.attempts == 2 and not result.fallback
+        assert "m@1/local failed (backend_error)" in result.reason
+
+
+async def test_fallback_answers_when_retries_are_spent() -> None:
+    route = (
+        "    model: m\n    version: '1'\n    retries: 1\n    fallback: [{model: m, version: '2'}]"
+    )
+    async with deployed(policy(route, **{"1": "fail_every: 1", "2": "seed: 2"})) as (p, d):
+        d.backoff_base_s = 0.001
+        result = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert result.target.key == "m@2/local" and result.fallback and result.attempts == 3
+        assert "fell back to m@2/local" in result.reason
+
+
+async def test_all_failing_raises_the_last_error_with_attempts() -> None:
+    route = "    model: m\n    version: '1'\n    fallback: [{model: m, version: '2'}]"
+    async with deployed(policy(route, **{"1": "fail_every: 1", "2": "fail_every: 1"})) as (p, d):
+        with pytest.raises(BackendError) as info:
+            await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert info.value.status_code == 502 and info.value.extra["attempts"] == 2
+
+
+async def test_callers_mistake_is_never_retried() -> None:
+    route = (
+        "    model: m\n    version: '1'\n    retries: 3\n    fallback: [{model: m, version: '2'}]"
+    )
+    async with deployed(policy(route, **{"1": "", "2": ""})) as (p, d):
+        decision = p.decide(RequestFacts(modalities=frozenset({Modality.TEXT}), task=Task.CLASSIFY))
+        with pytest.raises(InvalidInput) as info:
+            await d.run(decision, Task.CLASSIFY, ITEMS, {})  # classify without labels
+        assert info.value.extra["attempts"] == 1
+        health = d.health.of(decision.targets[0])
+        assert health.breaker.state == "closed" and health.tracker.failures == 0
+
+
+async def test_deadline_covers_every_attempt() -> None:
+    route = "    model: m\n    version: '1'\n    timeout_ms: 150\n    retries: 5"
+    async with deployed(policy(route, **{"1": "latency_ms: 400"})) as (p, d):
+        started = time.perf_counter()
+        with pytest.raises(BackendTimeout) as info:
+            await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert info.value.status_code == 504
+        assert time.perf_counter() - started < 2.0  # one 150 ms deadline, not 6 x 400 ms
+
+
+async def test_breaker_trips_and_traffic_goes_to_fallback_without_failures() -> None:
+    route = (
+        "    model: m\n    version: '1'\n    fallback: [{model: m, version: '2'}]\n"
+        "    circuit: {failures: 3, cooldown_s: 30}"
+    )
+    async with deployed(policy(route, **{"1": "fail_every: 1", "2": "seed: 2"})) as (p, d):
+        results = [await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {}) for _ in range(10)]
+        assert all(r.target.key == "m@2/local" for r in results)
+        assert [r.attempts for r in results[:3]] == [2, 2, 2]
+        assert [r.attempts for r in results[3:]] == [1] * 7  # m@1 skipped: circuit open
+        assert "skipped open circuit: m@1/local" in results[-1].reason
+        assert d.health.of(p.decide(TEXT).targets[0]).breaker.state == "open"
+
+
+async def test_every_circuit_open_is_503_with_retry_after() -> None:
+    route = "    model: m\n    version: '1'\n    circuit: {failures: 1, cooldown_s: 30}"
+    async with deployed(policy(route, **{"1": "fail_every: 1"})) as (p, d):
+        with pytest.raises(BackendError):
+            await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        with pytest.raises(Overloaded) as info:
+            await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert info.value.status_code == 503 and int(info.value.headers["Retry-After"]) >= 1
+
+
+async def test_hedge_to_a_second_target_first_answer_wins() -> None:
+    route = (
+        "    targets: [{model: m, version: '1'}, {model: m, version: '2'}]\n    hedge_after_ms: 20"
+    )
+    async with deployed(policy(route, **{"1": "latency_ms: 500", "2": "seed: 2"})) as (p, d):
+        started = time.perf_counter()
+        result = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert result.target.key == "m@2/local" and result.attempts == 2
+        assert "hedged" in result.reason
+        assert time.perf_counter() - started < 0.45  # did not wait for the slow one
+        slow = d.health.of(p.decide(TEXT).targets[0]).tracker
+        assert slow.in_flight == 0 and slow.failures == 0  # the loser was cancelled, not failed
+
+
+async def test_no_hedge_when_the_first_answers_in_time() -> None:
+    route = (
+        "    targets: [{model: m, version: '1'}, {model: m, version: '2'}]\n    hedge_after_ms: 300"
+    )
+    async with deployed(policy(route, **{"1": "", "2": ""})) as (p, d):
+        result = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert result.target.key == "m@1/local" and result.attempts == 1
+
+
+async def test_strict_budget_refuses_when_no_target_can_meet_it() -> None:
+    route = (
+        "    targets: [{model: m, version: '1'}]\n"
+        "    latency: {budget_ms: 5, strategy: fastest, warmup: 1}\n    strict: true"
+    )
+    async with deployed(policy(route, **{"1": "latency_ms: 20"})) as (p, d):
+        for _ in range(5):  # unmeasured: tried (it may fit); then its p95 is known
+            await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {}, budget_ms=None)
+        with pytest.raises(Overloaded) as info:
+            await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {}, budget_ms=5)
+        assert info.value.headers["Retry-After"] == "1"
+        ok = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {}, budget_ms=500)
+        assert "fits the 500 ms budget" in ok.reason

@@ -1,0 +1,142 @@
+"""Experiments through a whole gateway: arms, per-arm failures, guardrails, resume, shadow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .conftest import Client, GatewayFactory, text_request
+
+AB = """
+version: 1
+models:
+  m:
+    versions:
+      "1": {backend: local, kind: fake, device: cpu, dim: 8, seed: 1}
+      "2": {backend: local, kind: fake, device: cpu, dim: 8, seed: 2, TREATMENT}
+routes:
+  - name: text
+    match: {modality: [text]}
+    model: m
+    cache: {ttl_s: 0}
+experiments:
+  exp:
+    route: text
+    arms:
+      control: {version: "1", weight: 50}
+      treatment: {version: "2", weight: 50}
+    guardrails: {max_error_rate: 0.2, min_samples: 10}
+    shadow: SHADOW
+"""
+
+
+def ab(treatment: str = "", shadow: bool = False, weights: tuple[int, int] = (50, 50)) -> str:
+    text = AB.replace(", TREATMENT", f", {treatment}" if treatment else "")
+    text = text.replace("SHADOW", "true" if shadow else "false")
+    return text.replace(
+        'weight: 50}\n      treatment: {version: "2", weight: 50}',
+        f'weight: {weights[0]}}}\n      treatment: {{version: "2", weight: {weights[1]}}}',
+    )
+
+
+async def report(client: Client, name: str = "exp") -> dict[str, Any]:
+    r = await client.get(f"/admin/experiments/{name}")
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_units_stick_to_arms_and_counters_add_up(gateway: GatewayFactory) -> None:
+    async with gateway(ab()) as client:
+        seen: dict[str, set[str]] = {}
+        for i in range(40):
+            unit = f"u{i % 10}"
+            body = (await client.post("/v1/infer", json=text_request(f"q{i}", unit=unit))).json()
+            seen.setdefault(unit, set()).add(body["route"]["arm"])
+            assert body["version"] == {"control": "1", "treatment": "2"}[body["route"]["arm"]]
+        assert all(len(arms) == 1 for arms in seen.values())
+        rep = await report(client)
+        arms = rep["arms"]
+        assert arms["control"]["assigned"] + arms["treatment"]["assigned"] == 40
+        assert arms["control"]["requests"] + arms["treatment"]["requests"] == 40
+        assert rep["counters"] == "memory" and rep["state"] == "running"
+        listing = (await client.get("/admin/experiments")).json()["experiments"]
+        assert [e["name"] for e in listing] == ["exp"]
+        assert (await client.get("/admin/experiments/nope")).status_code == 404
+
+
+async def test_failed_requests_count_against_their_arm_and_trip_the_guardrail(
+    gateway: GatewayFactory,
+) -> None:
+    async with gateway(ab("fail_every: 1")) as client:
+        statuses = []
+        for i in range(60):
+            r = await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))
+            statuses.append((r.status_code, r.json().get("route", {}).get("arm")))
+            if i == 30:
+                await client.get("/admin/experiments/exp")  # a sync: the guardrail trips
+        assert any(code == 502 for code, _ in statuses[:30])
+        assert all(code == 200 for code, _ in statuses[31:])  # treatment stopped
+        rep = await report(client)
+        treatment = rep["arms"]["treatment"]
+        assert treatment["errors"] >= 10 and treatment["error_rate"] == 1.0
+        assert "guardrail: error rate" in treatment["stopped"]["reason"]
+        assert rep["state"] == "stopped"
+        assert rep["comparison"][0]["error_rate"]["p_value"] < 0.01
+
+        r = await client.post("/admin/experiments/exp/resume")
+        assert r.status_code == 200 and r.json()["state"] == "running"
+        arms = set()
+        for i in range(20):
+            r = await client.post("/v1/infer", json=text_request(f"again{i}", unit=f"u{i}"))
+            arms.add(r.json().get("route", {}).get("arm") if r.status_code == 200 else "failed")
+        assert "failed" in arms  # traffic reaches the treatment again
+
+
+async def test_operator_can_stop_an_arm_but_not_the_control(gateway: GatewayFactory) -> None:
+    async with gateway(ab()) as client:
+        r = await client.post("/admin/experiments/exp/stop", params={"arm": "treatment"})
+        assert r.status_code == 200
+        assert r.json()["arms"]["treatment"]["stopped"]["reason"] == "stopped by an operator"
+        for i in range(10):
+            body = (await client.post("/v1/infer", json=text_request(unit=f"u{i}"))).json()
+            assert body["route"]["arm"] == "control"
+        r = await client.post("/admin/experiments/exp/stop", params={"arm": "control"})
+        assert r.status_code == 422
+
+
+async def test_shadow_never_changes_the_answer(gateway: GatewayFactory) -> None:
+    requests = [text_request(f"q{i}", unit=f"u{i}") for i in range(15)]
+    async with gateway(ab(weights=(100, 0), shadow=False)) as client:
+        plain = [(await client.post("/v1/infer", json=r)).json() for r in requests]
+    async with gateway(ab(weights=(0, 100), shadow=True)) as client:
+        shadowed = [(await client.post("/v1/infer", json=r)).json() for r in requests]
+        await asyncio.sleep(0.2)
+        rep = await report(client)
+    for a, b in zip(plain, shadowed, strict=True):
+        assert (a["version"], a["outputs"]) == (b["version"], b["outputs"]) == ("1", b["outputs"])
+        assert b["route"]["arm"] == "control"
+    treatment = rep["arms"]["treatment"]
+    assert treatment["shadow"]["requests"] == 15 and treatment["shadow"]["errors"] == 0
+    assert rep["shadow_cosine"]["count"] == 15
+    assert -1 <= rep["shadow_cosine"]["mean"] < 0.99  # different seeds: different vectors
+
+
+async def test_slow_failing_shadow_does_not_slow_or_fail_the_caller(
+    gateway: GatewayFactory,
+) -> None:
+    async with gateway(
+        ab("latency_ms: 400, fail_every: 1", weights=(0, 100), shadow=True)
+    ) as client:
+        started = time.perf_counter()
+        bodies = []
+        for i in range(8):
+            r = await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))
+            assert r.status_code == 200
+            bodies.append(r.json())
+        elapsed = time.perf_counter() - started
+        assert elapsed < 2.0  # 8 mirrors of 400 ms each run behind, not in front
+        assert all(b["timing_ms"]["total"] < 300 for b in bodies)
+        await asyncio.sleep(1.0)
+        treatment = (await report(client))["arms"]["treatment"]
+        assert treatment["shadow"]["errors"] >= 1 and treatment["shadow"]["cosine_count"] == 0

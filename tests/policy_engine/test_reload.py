@@ -1,0 +1,116 @@
+"""Hot reload through the admin API and the file watcher: atomic swap, bad files refused."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from .conftest import GatewayFactory, text_request
+
+POLICY = """
+version: 1
+models:
+  m:
+    versions:
+      "1": {backend: local, kind: fake, device: cpu, dim: 8, seed: 1, latency_ms: LATENCY}
+      "2": {backend: local, kind: fake, device: cpu, dim: 8, seed: 2}
+    labels: {stable: "STABLE"}
+routes:
+  - name: text
+    match: {modality: [text]}
+    model: m
+    version: stable
+    cache: {ttl_s: 0}
+"""
+
+
+def policy(stable: str = "1", latency: int = 0) -> str:
+    return POLICY.replace("STABLE", stable).replace("LATENCY", str(latency))
+
+
+async def test_reload_moves_a_label_and_rolls_back(gateway: GatewayFactory, tmp_path: Path) -> None:
+    async with gateway(policy("1")) as client:
+        path = tmp_path / "policy.yaml"
+        before = (await client.get("/admin/policy")).json()
+        assert before["models"]["m"]["labels"] == {"stable": "1"} and before["last_error"] is None
+        assert (await client.post("/v1/infer", json=text_request())).json()["version"] == "1"
+
+        path.write_text(policy("2"))  # promote
+        r = await client.post("/admin/policy/reload")
+        assert r.status_code == 200 and r.json()["digest"] != before["digest"]
+        assert (await client.post("/v1/infer", json=text_request())).json()["version"] == "2"
+
+        path.write_text(policy("1"))  # roll back
+        assert (await client.post("/admin/policy/reload")).status_code == 200
+        assert (await client.post("/v1/infer", json=text_request())).json()["version"] == "1"
+        metrics = (await client.get("/metrics")).text
+        assert 'prism_policy_reloads_total{result="ok"} 2.0' in metrics
+
+
+async def test_bad_file_keeps_the_running_policy(gateway: GatewayFactory, tmp_path: Path) -> None:
+    async with gateway(policy("1")) as client:
+        path = tmp_path / "policy.yaml"
+        digest = (await client.get("/admin/policy")).json()["digest"]
+        path.write_text(policy("1").replace("cache: {ttl_s: 0}", "cache: {ttl: 0}"))
+        r = await client.post("/admin/policy/reload")
+        assert r.status_code == 422 and r.headers["content-type"].startswith(
+            "application/problem+json"
+        )
+        problem = r.json()
+        expected = f"{path}:14: routes[0].cache.ttl: unknown key"
+        assert problem["detail"] == expected and problem["issues"] == [expected]
+        assert problem["running_digest"] == digest
+
+        status = (await client.get("/admin/policy")).json()
+        assert status["digest"] == digest and status["last_error"] == expected
+        assert (await client.post("/v1/infer", json=text_request())).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert 'prism_policy_reloads_total{result="invalid"} 1.0' in metrics
+        assert "prism_policy_last_reload_ok 0.0" in metrics
+
+        path.write_text(policy("2"))  # fixed: the error clears
+        assert (await client.post("/admin/policy/reload")).status_code == 200
+        status = (await client.get("/admin/policy")).json()
+        assert status["last_error"] is None
+        assert "prism_policy_last_reload_ok 1.0" in (await client.get("/metrics")).text
+
+
+async def test_in_flight_requests_finish_on_the_policy_they_started_with(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    async with gateway(policy("1", latency=300)) as client:
+        slow = asyncio.create_task(client.post("/v1/infer", json=text_request("slow")))
+        await asyncio.sleep(0.1)
+        (tmp_path / "policy.yaml").write_text(policy("2"))
+        assert (await client.post("/admin/policy/reload")).status_code == 200
+        fast = await client.post("/v1/infer", json=text_request("fast"))
+        assert fast.json()["version"] == "2"
+        answer = await slow
+        assert answer.status_code == 200 and answer.json()["version"] == "1"
+
+
+async def test_watcher_reloads_on_change_and_reports_a_bad_file(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    async with gateway(policy("1"), policy_watch_s=0.05) as client:
+        path = tmp_path / "policy.yaml"
+        assert (await client.get("/admin/policy")).json()["watch_s"] == 0.05
+
+        async def until(predicate: object, timeout_s: float = 5.0) -> dict[str, object]:
+            for _ in range(int(timeout_s / 0.05)):
+                status = (await client.get("/admin/policy")).json()
+                if predicate(status):  # type: ignore[operator]
+                    return status  # type: ignore[no-any-return]
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"watcher did not act: {status}")
+
+        path.write_text(policy("2"))
+        await until(lambda s: s["models"]["m"]["labels"]["stable"] == "2")
+        assert (await client.post("/v1/infer", json=text_request())).json()["version"] == "2"
+
+        path.write_text("version: 1\nmodels: {}\n")
+        status = await until(lambda s: s["last_error"] is not None)
+        assert status["last_error"].endswith(
+            ":2: models: Dictionary should have at least 1 item after validation, not 0"
+        )
+        assert (await client.post("/v1/infer", json=text_request())).json()["version"] == "2"
