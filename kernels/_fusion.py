@@ -233,10 +233,12 @@ _FUSE = Launcher(
 _BAG = Launcher(
     _bag_kernel,
     [
-        triton.Config({"BLOCK_L": bl}, num_warps=w, num_stages=s)
+        # num_stages=1 only: the one 2-stage pick on the H200 (pooled bag, target shape) took
+        # 2.6x the time of the 1-stage fused-history kernel, which does strictly more work
+        # (bench/results/kernels-h200.csv); pipelining does not help a data-dependent gather.
+        triton.Config({"BLOCK_L": bl}, num_warps=w, num_stages=1)
         for bl in (8, 16, 32)
         for w in (2, 4)
-        for s in (1, 2)
     ],
     key=["D", "M", "SIZE_CLASS"],
     interpret=triton.Config({"BLOCK_L": 4}, num_warps=1),

@@ -5,15 +5,16 @@ blocks of ``BLOCK_Q``. A program scores its query block against its chunk, ``BLO
 time with ``tl.dot`` (float32 accumulation), and keeps each query's best ``KP`` (<= 8) items of
 the chunk as int64 keys (see ``_keys``) in registers. Programs of one chunk are adjacent in the
 grid, so with several query blocks the chunk is served from L2, not read again from memory.
-Only scores at least as good as the current ``KP``-th best enter the selection loop, so after
-the first tiles most rows are rejected with one compare.
+Only scores better than the current ``KP``-th best enter the selection loop, so after the first
+tiles most rows are rejected with one compare. The loop over (tile, k-step) is flat, so Triton's
+pipeliner keeps the next tiles' loads in flight during a tile's selection.
 
 Pass 2 (host, torch): ``topk`` over the ``[B, chunks * KP]`` candidate keys. A chunk may hold
 more than ``KP`` of a query's true top ``k``; that is detected exactly, without rescoring: if
 the chunk's worst kept candidate still ranks above the merged ``k``-th key, its unkept items
-might too. Only such (query, chunk) pairs are rescored in full, in torch. On real-valued data
-that is rare (``k=100`` spread over thousands of chunks); on adversarial data it costs time,
-never correctness.
+might too. Only such pairs are repaired, in torch (``_rescoring``). There are at least ``2k``
+chunks where the catalogue allows, so on real-valued data that is rare; on adversarial data
+(the whole top k in one chunk) it costs time, never correctness.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import _keys, _reference
+from kernels import _keys, _reference, _rescoring
 from kernels._dispatch import interpreting
 from kernels._tuning import Launcher, size_class
 
@@ -34,8 +35,6 @@ _NEG_INF = tl.constexpr(float("-inf"))
 _INT32_MAX = tl.constexpr(2**31 - 1)
 #: Candidates kept per (query, chunk). More costs selection work; fewer costs rescoring.
 _MAX_KEEP = 8
-#: Bytes of float32 catalogue rows gathered at once when rescoring saturated chunks.
-_RESCORE_BYTES = 1 << 28
 
 
 @triton.jit
@@ -217,13 +216,18 @@ _SCORE = Launcher(
 )
 
 
-def _chunk_rows(items: int, query_blocks: int, device: torch.device) -> int:
-    """Rows per program: enough programs to fill the device, rows a multiple of every BLOCK_N."""
+def _chunk_rows(items: int, query_blocks: int, k: int, device: torch.device) -> int:
+    """Rows per program, a multiple of every BLOCK_N.
+
+    Enough programs to fill the device, and at least ``2 * k`` chunks where the catalogue
+    allows: a query's top ``k`` then averages at most half an item per chunk, so a chunk
+    rarely holds more than its ``KP`` kept candidates and rescoring stays rare.
+    """
     if interpreting():
         programs, align = 4, 32
     else:
         programs, align = 8 * torch.cuda.get_device_properties(device).multi_processor_count, 256
-    chunks = max(1, triton.cdiv(programs, query_blocks))
+    chunks = max(triton.cdiv(programs, query_blocks), min(2 * k, triton.cdiv(items, align)), 1)
     return max(align, triton.cdiv(triton.cdiv(items, chunks), align) * align)
 
 
@@ -237,54 +241,6 @@ def _exclusion_segments(
     offsets = torch.zeros(segments + 1, dtype=torch.int32, device=rows.device)
     offsets[1:] = torch.cumsum(torch.bincount(seg, minlength=segments), 0)
     return rows[order].to(torch.int32), items[order].to(torch.int32), offsets
-
-
-def _rescore(
-    queries: Tensor,
-    catalogue: Tensor,
-    k: int,
-    pairs: tuple[Tensor, Tensor] | None,
-    scale: float,
-    bias: Tensor | None,
-    cand: Tensor,
-    saturated: Tensor,
-    chunk_rows: int,
-) -> Tensor:
-    """Merged top-``k`` keys with each saturated (query, chunk) scored in full, in torch."""
-    count, chunks, _ = cand.shape
-    items_total, dim = catalogue.shape
-    device = catalogue.device
-    b_idx, c_idx = saturated.nonzero(as_tuple=True)  # sorted by query, then chunk
-    pairs_n = b_idx.numel()
-    cand = cand.clone()
-    cand[b_idx, c_idx] = _keys.PAD_KEY
-    lookup = torch.full((count, chunks), -1, dtype=torch.int64, device=device)
-    lookup[b_idx, c_idx] = torch.arange(pairs_n, device=device)
-    keep = min(k, chunk_rows)
-    found = torch.empty(pairs_n, keep, dtype=torch.int64, device=device)
-    q32 = queries.float()
-    step = max(1, _RESCORE_BYTES // (4 * chunk_rows * dim))
-    for lo in range(0, pairs_n, step):
-        hi = min(lo + step, pairs_n)
-        items = c_idx[lo:hi, None] * chunk_rows + torch.arange(chunk_rows, device=device)
-        live = items < items_total
-        safe = items.clamp(max=items_total - 1)
-        s = torch.bmm(catalogue[safe].float(), q32[b_idx[lo:hi], :, None]).squeeze(-1) * scale
-        if bias is not None:
-            s = s + bias.float()[safe]
-        s = s.masked_fill(~live, float("-inf"))
-        if pairs is not None:
-            ex_rows, ex_items = pairs
-            ex_chunk = ex_items // chunk_rows
-            owner = lookup[ex_rows, ex_chunk]
-            sel = (owner >= lo) & (owner < hi)
-            s[owner[sel] - lo, ex_items[sel] - ex_chunk[sel] * chunk_rows] = float("-inf")
-        found[lo:hi] = torch.topk(_keys.encode(s, items), keep, dim=1).values
-    per_query = torch.bincount(b_idx, minlength=count)
-    rank = torch.arange(pairs_n, device=device) - (torch.cumsum(per_query, 0) - per_query)[b_idx]
-    extra = torch.full((count, int(per_query.max()) * keep), _keys.PAD_KEY, device=device)
-    extra[b_idx[:, None], rank[:, None] * keep + torch.arange(keep, device=device)] = found
-    return _keys.top_keys(torch.cat([cand.view(count, -1), extra], dim=1), k)
 
 
 def candidates(
@@ -306,7 +262,7 @@ def candidates(
     block_q = 16 if count <= 16 else 32 if count <= 32 else 64
     query_blocks = triton.cdiv(count, block_q)
     keep = min(triton.next_power_of_2(k), _MAX_KEEP)
-    chunk_rows = _chunk_rows(items_total, query_blocks, catalogue.device)
+    chunk_rows = _chunk_rows(items_total, query_blocks, k, catalogue.device)
     chunks = triton.cdiv(items_total, chunk_rows)
     cand = torch.empty(count, chunks, keep, dtype=torch.int64, device=catalogue.device)
     if pairs is not None:
@@ -363,6 +319,10 @@ def score_topk(
     cand, chunk_rows = candidates(q, cat, k, pairs, scale, bias)
     keys = _keys.top_keys(cand.view(count, -1), k)
     saturated = cand.min(dim=2).values > keys[:, -1:]
-    if bool(saturated.any()):
-        keys = _rescore(q, cat, k, pairs, scale, bias, cand, saturated, chunk_rows)
+    rescored = int(saturated.sum())  # the one host sync of the call
+    if rescored and rescored * chunk_rows > items_total:
+        # Cheaper to score the whole catalogue again for the affected queries only.
+        keys = _rescoring.rescan_queries(q, cat, k, pairs, scale, bias, keys, saturated.any(dim=1))
+    elif rescored:
+        keys = _rescoring.rescore_chunks(q, cat, k, pairs, scale, bias, cand, saturated, chunk_rows)
     return _keys.decode(keys)

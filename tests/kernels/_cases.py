@@ -457,7 +457,14 @@ CPU_CASES = [
         "candidates",
         topk_case(70, 130, 12, 3, BF16, integer=True, exclude="list"),
     ),
+    # The top k sits in the last chunks: a few saturated chunks are rescored ...
     Case("topk-f32-rescore", "topk", topk_case(2, 300, 8, 20, F32, sorted_items=True)),
+    # ... or, when that would read more than the catalogue, the affected queries are rescanned.
+    Case(
+        "topk-f32-rescan",
+        "topk",
+        topk_case(3, 300, 8, 150, F32, sorted_items=True, exclude="list"),
+    ),
     Case(
         "topk-f16-bias-scale-list",
         "topk",

@@ -13,6 +13,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 os.environ["TRITON_INTERPRET"] = "1"
 os.environ["PRISM_KERNELS"] = "triton"
@@ -25,15 +26,33 @@ import torch  # noqa: E402
 from tests.kernels import _cases  # noqa: E402
 
 
+def _record_rescoring(paths: list[str]) -> None:
+    """Note in ``paths`` which of score_topk's two rescoring strategies run."""
+    from kernels import _rescoring
+
+    for name in ("rescore_chunks", "rescan_queries"):
+        original = getattr(_rescoring, name)
+
+        def wrapped(*args: Any, _original: Any = original, _name: str = name) -> Any:
+            paths.append(_name)
+            return _original(*args)
+
+        setattr(_rescoring, name, wrapped)
+
+
 def main(out_path: str, wanted: list[str]) -> int:
     torch.set_num_threads(1)  # many tiny numpy ops: threads only add overhead
+    paths: list[str] = []
+    _record_rescoring(paths)
     results: dict[str, dict[str, object]] = {}
     for case in _cases.CPU_CASES:
         if wanted and case.id not in wanted:
             continue
         inputs = _cases.inputs_for(case, "cpu")
+        paths.clear()
         try:
-            results[case.id] = {"inputs": inputs, "output": _cases.run(case, inputs, "triton")}
+            output = _cases.run(case, inputs, "triton")
+            results[case.id] = {"inputs": inputs, "output": output, "paths": list(paths)}
         except Exception:
             results[case.id] = {"error": traceback.format_exc()}
     torch.save(results, out_path)

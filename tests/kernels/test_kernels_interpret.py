@@ -52,3 +52,16 @@ def test_triton_interpreted_matches_reference(
     result = interpreted[case.id]
     assert "error" not in result, result.get("error")
     _cases.check(case, result["inputs"], result["output"])
+
+
+@pytest.mark.parametrize(
+    ("case_id", "path"),
+    [("topk-f32-rescore", "rescore_chunks"), ("topk-f32-rescan", "rescan_queries")],
+)
+def test_both_rescoring_strategies_are_exercised(
+    case_id: str, path: str, interpreted: dict[str, Any]
+) -> None:
+    # These cases put the whole top k in the last chunks; if chunking changes so that they no
+    # longer reach the strategy they are named after, the correctness tests above stop
+    # covering it.
+    assert interpreted[case_id]["paths"] == [path]
