@@ -11,6 +11,7 @@ Every call updates its target's :class:`~gateway.routing.LatencyTracker` and
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,8 @@ from .routing import HealthBook, TargetSelector
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+
+log = logging.getLogger("prism.dispatch")
 
 
 @dataclass
@@ -276,7 +279,15 @@ class Dispatcher:
         health = self.health.of(target)
         if _against_target(exc):
             health.tracker.end(ms, ok=False)
+            trips = health.breaker.trips
             health.breaker.record(False)
+            if health.breaker.trips > trips:
+                log.warning(
+                    "circuit of %s opened (%s); skipped for %.1f s",
+                    target.key,
+                    health.breaker.last_reason,
+                    health.breaker.cooldown_s,
+                )
             if self.metrics is not None:
                 self.metrics.upstream_errors.labels(target.key, exc.code).inc()
         else:

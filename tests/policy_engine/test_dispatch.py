@@ -154,3 +154,17 @@ async def test_strict_budget_refuses_when_no_target_can_meet_it() -> None:
         assert info.value.headers["Retry-After"] == "1"
         ok = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {}, budget_ms=500)
         assert "fits the 500 ms budget" in ok.reason
+
+
+async def test_hedge_at_p95_waits_for_a_measured_p95() -> None:
+    route = (
+        "    targets: [{model: m, version: '1'}, {model: m, version: '2'}]\n    hedge_after_ms: p95"
+    )
+    async with deployed(policy(route, **{"1": "latency_ms: 150", "2": "seed: 2"})) as (p, d):
+        first = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert first.target.key == "m@1/local"  # nothing measured: no hedge
+        slow = d.health.of(p.decide(TEXT).targets[0]).tracker
+        for _ in range(30):  # as if it usually answered in 10 ms
+            slow.end(10, ok=True)
+        hedged = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert hedged.target.key == "m@2/local" and hedged.attempts == 2
