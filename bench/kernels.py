@@ -379,11 +379,11 @@ def run_case(
     base = {**meta, "kernel": kind, "dtype": "bf16", "copy_gbps": round(copy_gbps, 1)}
     try:
         if kind == "fuse":
-            case = fuse_case(*shape, dev, compiled, target)
+            case = fuse_case(*shape, dev=dev, compiled=compiled, target=target)
         elif kind == "topk":
-            case = topk_case(*shape, dev, compiled, target)
+            case = topk_case(*shape, dev=dev, compiled=compiled, target=target)
         else:
-            case = bag_case(kind, *shape, dev, compiled, target)
+            case = bag_case(kind, *shape, dev=dev, compiled=compiled, target=target)
     except Exception as exc:  # e.g. out of memory: record and move on
         return [{**base, "impl": "setup", "note": f"{type(exc).__name__}: {exc}"[:200]}]
     base.update(case.dims)
