@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
+
+from backends import Overloaded
 
 #: upper edges of the latency buckets in ms (0.5 ms .. ~28 s); one more bucket above
 LATENCY_EDGES_MS: tuple[float, ...] = tuple(0.5 * 1.25**i for i in range(50))
@@ -173,6 +176,13 @@ class MemoryCounterStore:
         pass
 
 
+class CountersUnavailable(Overloaded):
+    """The shared counter store cannot be reached: requests go on, reports wait (503)."""
+
+    code = "counters_unavailable"
+    title = "Experiment counters unavailable"
+
+
 class RedisCounterStore:
     """Counters shared by every gateway process: one hash per arm, one for guard state.
 
@@ -190,6 +200,16 @@ class RedisCounterStore:
         self._redis: Any = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            raise CountersUnavailable(
+                f"experiment counters unavailable: redis {type(exc).__name__}", retry_after_s=5
+            ) from exc
 
     def _arm_key(self, experiment: str, arm: str) -> str:
         return f"{self.prefix}{experiment}:arm:{arm}"
@@ -198,50 +218,55 @@ class RedisCounterStore:
         return f"{self.prefix}{experiment}:guard"
 
     async def push(self, experiment: str, deltas: Mapping[str, ArmCounts]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for arm, delta in deltas.items():
-                key = self._arm_key(experiment, arm)
-                for name, value in delta.to_fields().items():
-                    # a field once written as a float cannot take HINCRBY again
-                    if name in _FLOATS:
-                        pipe.hincrbyfloat(key, name, value)
-                    else:
-                        pipe.hincrby(key, name, int(value))
-            await pipe.execute()
+        with self._mapped():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for arm, delta in deltas.items():
+                    key = self._arm_key(experiment, arm)
+                    for name, value in delta.to_fields().items():
+                        # a field once written as a float cannot take HINCRBY again
+                        if name in _FLOATS:
+                            pipe.hincrbyfloat(key, name, value)
+                        else:
+                            pipe.hincrby(key, name, int(value))
+                await pipe.execute()
 
     async def totals(self, experiment: str, arms: list[str]) -> dict[str, ArmCounts]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for arm in arms:
-                pipe.hgetall(self._arm_key(experiment, arm))
-            rows = await pipe.execute()
-        return {arm: ArmCounts.from_fields(row) for arm, row in zip(arms, rows, strict=True)}
+        with self._mapped():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for arm in arms:
+                    pipe.hgetall(self._arm_key(experiment, arm))
+                rows = await pipe.execute()
+            return {arm: ArmCounts.from_fields(row) for arm, row in zip(arms, rows, strict=True)}
 
     async def guard(self, experiment: str) -> GuardState:
-        raw = await self._redis.hgetall(self._guard_key(experiment))
-        state = GuardState()
-        for k, v in raw.items():
-            kind, _, arm = k.decode().partition(":")
-            if kind == "stopped":
-                state.stopped[arm] = json.loads(v)
-            elif kind == "baseline":
-                state.baseline[arm] = ArmCounts.from_fields(json.loads(v))
-        return state
+        with self._mapped():
+            raw = await self._redis.hgetall(self._guard_key(experiment))
+            state = GuardState()
+            for k, v in raw.items():
+                kind, _, arm = k.decode().partition(":")
+                if kind == "stopped":
+                    state.stopped[arm] = json.loads(v)
+                elif kind == "baseline":
+                    state.baseline[arm] = ArmCounts.from_fields(json.loads(v))
+            return state
 
     async def stop(self, experiment: str, arm: str, info: dict[str, Any]) -> bool:
-        # HSETNX: when several replicas trip the same guardrail, the first one's reason stays
-        return bool(
-            await self._redis.hsetnx(
-                self._guard_key(experiment), f"stopped:{arm}", json.dumps(info)
+        with self._mapped():
+            # HSETNX: when several replicas trip the same guardrail, the first one's reason stays
+            return bool(
+                await self._redis.hsetnx(
+                    self._guard_key(experiment), f"stopped:{arm}", json.dumps(info)
+                )
             )
-        )
 
     async def resume(self, experiment: str, baseline: Mapping[str, ArmCounts]) -> None:
-        key = self._guard_key(experiment)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            for arm, counts in baseline.items():
-                pipe.hset(key, f"baseline:{arm}", json.dumps(counts.to_fields()))
-            await pipe.execute()
+        with self._mapped():
+            key = self._guard_key(experiment)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                for arm, counts in baseline.items():
+                    pipe.hset(key, f"baseline:{arm}", json.dumps(counts.to_fields()))
+                await pipe.execute()
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -140,3 +140,19 @@ async def test_slow_failing_shadow_does_not_slow_or_fail_the_caller(
         await asyncio.sleep(1.0)
         treatment = (await report(client))["arms"]["treatment"]
         assert treatment["shadow"]["errors"] >= 1 and treatment["shadow"]["cosine_count"] == 0
+
+
+async def test_dead_redis_fails_no_request_and_reports_say_503(gateway: GatewayFactory) -> None:
+    from tests.support import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    async with gateway(ab(), redis_url=dead) as client:
+        arms = set()
+        for i in range(10):
+            r = await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))
+            assert r.status_code == 200
+            arms.add(r.json()["route"]["arm"])
+        assert arms == {"control", "treatment"}  # assignment needs no Redis
+        r = await client.get("/admin/experiments/exp")
+        assert r.status_code == 503 and r.json()["code"] == "counters_unavailable"
+        assert r.headers["retry-after"] == "5"
