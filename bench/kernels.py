@@ -118,8 +118,9 @@ def _compiled(fn: Callable[..., Any], enabled: bool) -> Callable[..., Any] | Non
 
 
 def fuse_case(
-    b: int, d: int, dev: torch.device, compiled: Callable[..., Any] | None, target: bool = False
+    shape: tuple[int, ...], dev: torch.device, compiled: Callable[..., Any] | None, target: bool
 ) -> Case:
+    b, d = shape
     m = 3
     parts = [torch.randn(b, d, device=dev, dtype=BF16) for _ in range(m)]
     w = torch.rand(m, device=dev) + 0.1
@@ -133,13 +134,12 @@ def fuse_case(
 
 def bag_case(
     kind: str,
-    n: int,
-    d: int,
-    b: int,
+    shape: tuple[int, ...],
     dev: torch.device,
     compiled: Callable[..., Any] | None,
-    target: bool = False,
+    target: bool,
 ) -> Case:
+    n, d, b = shape
     length = 50
     table = torch.randn(n, d, device=dev, dtype=BF16)
     idx2d = torch.randint(0, n, (b, length), device=dev, dtype=torch.int32)
@@ -165,13 +165,9 @@ def bag_case(
 
 
 def topk_case(
-    n: int,
-    d: int,
-    b: int,
-    dev: torch.device,
-    compiled: Callable[..., Any] | None,
-    target: bool = False,
+    shape: tuple[int, ...], dev: torch.device, compiled: Callable[..., Any] | None, target: bool
 ) -> Case:
+    n, d, b = shape
     k = 100
     cat = torch.randn(n, d, device=dev, dtype=BF16)
     q = torch.randn(b, d, device=dev, dtype=BF16)
@@ -379,11 +375,11 @@ def run_case(
     base = {**meta, "kernel": kind, "dtype": "bf16", "copy_gbps": round(copy_gbps, 1)}
     try:
         if kind == "fuse":
-            case = fuse_case(*shape, dev=dev, compiled=compiled, target=target)
+            case = fuse_case(shape, dev, compiled, target)
         elif kind == "topk":
-            case = topk_case(*shape, dev=dev, compiled=compiled, target=target)
+            case = topk_case(shape, dev, compiled, target)
         else:
-            case = bag_case(kind, *shape, dev=dev, compiled=compiled, target=target)
+            case = bag_case(kind, shape, dev, compiled, target)
     except Exception as exc:  # e.g. out of memory: record and move on
         return [{**base, "impl": "setup", "note": f"{type(exc).__name__}: {exc}"[:200]}]
     base.update(case.dims)
