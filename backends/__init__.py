@@ -1,7 +1,7 @@
 """Prism backends: one :class:`Backend` interface, local models and remote servers."""
 
 from ._base import Backend, Capabilities, InputItem, LocalModel, Modality, Output, Task
-from ._batching import LocalBackend
+from ._batching import BatchStats, LocalBackend
 from ._errors import (
     BackendError,
     BackendTimeout,
@@ -26,6 +26,7 @@ from ._errors import (
     VersionNotFound,
 )
 from ._registry import build_backend, build_local_model, replica_urls, resolve_device
+from ._remote import RemoteBackend, RemoteStats
 from ._specs import (
     BackendSpec,
     Batching,
@@ -46,6 +47,7 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "BadRequest",
+    "BatchStats",
     "Batching",
     "CacheUnavailable",
     "Capabilities",
@@ -74,6 +76,8 @@ __all__ = [
     "PolicyError",
     "PrismError",
     "RecommenderSpec",
+    "RemoteBackend",
+    "RemoteStats",
     "Task",
     "TextEncoderSpec",
     "Unauthorized",

@@ -6,6 +6,9 @@ preferred size), groups inputs that share a task and parameters, and runs one ``
 worker thread. The queue is bounded: past ``max_queue_size`` inputs a caller gets
 :class:`Overloaded` (503 + Retry-After) at once rather than a slow timeout later. A caller
 that gives up (cancelled, deadline) is dropped before its batch runs when it has not started.
+
+Inputs of another group met while filling a batch are carried over (they lead the next
+batches, in arrival order) rather than put back, so groups never mix and none starves.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +27,8 @@ from typing import Any
 from ._base import Backend, Capabilities, InputItem, LocalModel, Output, Task
 from ._errors import BackendError, BackendTimeout, NotReady, Overloaded, PrismError
 from ._specs import Batching
+
+log = logging.getLogger("prism.batching")
 
 
 @dataclass(eq=False)
@@ -40,17 +47,19 @@ class BatchStats:
 
     batches: int = 0
     inputs: int = 0
+    #: inputs refused with Overloaded (queue full)
     rejected: int = 0
+    #: inputs whose caller left before their forward started: never computed
+    dropped: int = 0
     last_batch_size: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    #: batch size -> number of forwards of that size (at most max_batch_size keys)
+    sizes: Counter[int] = field(default_factory=Counter)
 
     def record(self, size: int) -> None:
         self.batches += 1
         self.inputs += size
         self.last_batch_size = size
-        # bounded history for histograms; metrics drain it
-        if len(self.batch_sizes) < 10_000:
-            self.batch_sizes.append(size)
+        self.sizes[size] += 1
 
 
 def _group_key(task: Task, parameters: Mapping[str, Any]) -> str:
@@ -66,6 +75,13 @@ class LocalBackend(Backend):
         self.name = name
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] | None = None
+        #: taken off the queue, waiting for a batch of their own group
+        self._carry: deque[_Pending] = deque()
+        #: admitted inputs still being prepared: they count against max_queue_size already,
+        #: or concurrent callers would all pass the check while none is queued yet
+        self._preparing = 0
+        #: the batch in its forward now (answered with an error if the batcher closes)
+        self._running: list[_Pending] = []
         self._collector: asyncio.Task[None] | None = None
         # one thread runs forwards (torch parallelises inside); prepare gets its own threads
         # so decoding the next requests overlaps the current forward
@@ -80,7 +96,8 @@ class LocalBackend(Backend):
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        queued = self._queue.qsize() if self._queue is not None else 0
+        return queued + len(self._carry) + self._preparing
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -104,24 +121,36 @@ class LocalBackend(Backend):
         *,
         timeout_s: float | None = None,
     ) -> list[Output]:
-        if self._queue is None:
+        if self._queue is None or self._collector is None or self._collector.done():
             raise NotReady(f"model {self.name} is not loaded yet", retry_after_s=5)
-        if self._queue.qsize() + len(items) > self.batching.max_queue_size:
+        if self.queue_depth + len(items) > self.batching.max_queue_size:
             self.stats.rejected += len(items)
             raise Overloaded(
                 f"{self.name}: queue full ({self.batching.max_queue_size} inputs waiting)",
                 retry_after_s=1,
             )
+        queue = self._queue
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(
-            *(self._prepare(loop, i, task, item, parameters) for i, item in enumerate(items))
-        )
-        group = _group_key(task, parameters)
-        pending = [_Pending(task, group, parameters, p, loop.create_future()) for p in prepared]
-        for p in pending:
-            self._queue.put_nowait(p)
+        pending: list[_Pending] = []
+        self._preparing += len(items)
         try:
+            # the deadline covers prepare too: decoding a huge image is part of the wait
             async with asyncio.timeout(timeout_s):
+                try:
+                    prepared = await asyncio.gather(
+                        *(
+                            self._prepare(loop, i, task, it, parameters)
+                            for i, it in enumerate(items)
+                        )
+                    )
+                finally:
+                    self._preparing -= len(items)
+                group = _group_key(task, parameters)
+                pending = [
+                    _Pending(task, group, parameters, p, loop.create_future()) for p in prepared
+                ]
+                for p in pending:
+                    queue.put_nowait(p)
                 return list(await asyncio.gather(*(p.future for p in pending)))
         except TimeoutError as exc:
             raise BackendTimeout(f"{self.name} did not answer within {timeout_s:.3f} s") from exc
@@ -147,22 +176,38 @@ class LocalBackend(Backend):
             exc.input_index = index
             raise
 
+    def _live(self, p: _Pending) -> bool:
+        if p.future.done():  # its caller left (cancelled, deadline): never compute it
+            self.stats.dropped += 1
+            return False
+        return True
+
     async def _collect(self) -> None:
         assert self._queue is not None
         queue = self._queue
         max_size = self.batching.max_batch_size
         preferred = set(self.batching.preferred_batch_sizes)
         delay_s = self.batching.max_queue_delay_ms / 1000
-        loop = asyncio.get_running_loop()
-        carry: list[_Pending] = []
         while True:
-            first = carry.pop(0) if carry else await queue.get()
+            first = self._carry.popleft() if self._carry else await queue.get()
+            if not self._live(first):
+                continue
             batch = [first]
+            # carried inputs of this group waited longest: they join first
+            rest: deque[_Pending] = deque()
+            for p in self._carry:
+                if not self._live(p):
+                    continue
+                if p.group == first.group and len(batch) < max_size:
+                    batch.append(p)
+                else:
+                    rest.append(p)
+            self._carry = rest
             deadline = first.enqueued + delay_s
             # take what is already waiting, then wait for company until the deadline
             while len(batch) < max_size:
                 try:
-                    nxt = carry.pop(0) if carry else queue.get_nowait()
+                    nxt = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0 or len(batch) in preferred:
@@ -172,43 +217,63 @@ class LocalBackend(Backend):
                             nxt = await queue.get()
                     except TimeoutError:
                         break
+                if not self._live(nxt):
+                    continue
                 if nxt.group != first.group:
-                    carry.append(nxt)  # different task/parameters: next batch
-                    if len(carry) > max_size:
-                        break
+                    self._carry.append(nxt)  # different task/parameters: a later batch
+                    if len(self._carry) >= max_size:
+                        break  # enough of others waiting: stop filling this one
                     continue
                 batch.append(nxt)
-            live = [p for p in batch if not p.future.cancelled()]
-            if not live:
-                continue
-            self.stats.record(len(live))
             try:
-                outputs = await loop.run_in_executor(
-                    self._forward_pool,
-                    self.model.forward,
-                    first.task,
-                    [p.prepared for p in live],
-                    first.parameters,
+                await self._run(batch)
+            except Exception:  # a bug here must not stop the batcher for everyone
+                log.exception("%s: batch failed unexpectedly", self.name)
+                self._fail(batch, BackendError(f"{self.name} failed unexpectedly"))
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        # callers may have left while the batch filled up
+        live = [p for p in batch if self._live(p)]
+        if not live:
+            return
+        first = live[0]
+        self.stats.record(len(live))
+        loop = asyncio.get_running_loop()
+        self._running = live
+        try:
+            outputs = await loop.run_in_executor(
+                self._forward_pool,
+                self.model.forward,
+                first.task,
+                [p.prepared for p in live],
+                first.parameters,
+            )
+            if len(outputs) != len(live):
+                raise BackendError(
+                    f"{self.name} returned {len(outputs)} outputs for {len(live)} inputs"
                 )
-                if len(outputs) != len(live):
-                    raise BackendError(
-                        f"{self.name} returned {len(outputs)} outputs for {len(live)} inputs"
-                    )
-            except Exception as exc:
-                err = (
-                    exc
-                    if isinstance(exc, PrismError)
-                    else BackendError(f"{self.name} failed: {type(exc).__name__}")
-                )
-                if err is not exc:
-                    err.__cause__ = exc
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(err)
-                continue
-            for p, out in zip(live, outputs, strict=True):
-                if not p.future.done():
-                    p.future.set_result(out)
+        except Exception as exc:
+            err = (
+                exc
+                if isinstance(exc, PrismError)
+                else BackendError(f"{self.name} failed: {type(exc).__name__}")
+            )
+            if err is not exc:
+                err.__cause__ = exc
+            self._running = []
+            self._fail(live, err)
+            return
+        # not in a ``finally``: when aclose cancels us mid-forward, it answers these callers
+        self._running = []
+        for p, out in zip(live, outputs, strict=True):
+            if not p.future.done():
+                p.future.set_result(out)
+
+    @staticmethod
+    def _fail(pending: Sequence[_Pending], err: BaseException) -> None:
+        for p in pending:
+            if not p.future.done():
+                p.future.set_exception(err)
 
     async def aclose(self) -> None:
         if self._collector is not None:
@@ -216,6 +281,12 @@ class LocalBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
         self._loaded = False
+        # whoever still waits gets an answer now rather than at their deadline
+        waiting = [*self._running, *self._carry]
+        while self._queue is not None and not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        self._carry.clear()
+        self._fail(waiting, NotReady(f"{self.name} is shutting down", retry_after_s=1))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._forward_pool, self.model.close)
         self._forward_pool.shutdown(wait=False)

@@ -17,7 +17,9 @@ from backends import FieldError, InvalidInput
 
 from .admin import AdminController
 from .cache import ResponseCache
+from .doors.kserve import gateway_kserve_router
 from .doors.native import NativeController
+from .doors.openai import openai_router
 from .errors import exception_handler, problem_response
 from .policy import CompiledPolicy
 from .runtime import Runtime
@@ -79,7 +81,12 @@ def create_app(
         return rt
 
     app = Litestar(
-        route_handlers=[NativeController, AdminController],
+        route_handlers=[
+            NativeController,
+            AdminController,
+            openai_router(),
+            gateway_kserve_router(),
+        ],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
         exception_handlers={ValidationException: _validation_handler, Exception: exception_handler},

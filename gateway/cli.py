@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     schema.set_defaults(handler=_policy_schema)
 
+    from .worker import add_worker_parser
+
+    add_worker_parser(sub)
+
     for register in _EXTENSIONS:
         register(sub)
     return parser

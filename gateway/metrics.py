@@ -1,8 +1,25 @@
-"""Prometheus metrics, one registry per app (tests build many apps in one process)."""
+"""Prometheus metrics, one registry per app (tests build many apps in one process).
+
+Counters the data path updates live here; what backends count themselves (batch sizes,
+queue depth, upstream calls) is read at scrape time by :class:`BackendCollector`, so the
+hot path never touches Prometheus objects and ``backends`` never imports ``gateway``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from backends import Backend, LocalBackend, RemoteBackend
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -47,16 +64,65 @@ class Metrics:
         self.policy_valid = Gauge(
             "prism_policy_last_reload_ok", "1 when the last policy reload succeeded", registry=r
         )
-        self.batch_size = Histogram(
-            "prism_batch_size",
-            "Inputs per model forward",
-            ["target"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "prism_queue_depth", "Inputs waiting in a local model's batcher", ["target"], registry=r
-        )
+
+    def watch_backends(self, source: Callable[[], Iterable[tuple[str, Backend]]]) -> None:
+        """Export the stats of the backends ``source()`` lists (target key, backend)."""
+        self.registry.register(BackendCollector(source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class BackendCollector(Collector):
+    """Batcher and upstream statistics, collected from the live backends at scrape time."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, Backend]]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        sizes = HistogramMetricFamily(
+            "prism_batch_size", "Inputs per model forward", labels=["target"]
+        )
+        depth = GaugeMetricFamily(
+            "prism_queue_depth", "Inputs waiting in a local model's batcher", labels=["target"]
+        )
+        refused = CounterMetricFamily(
+            "prism_batcher_inputs",
+            "Inputs a batcher did not compute: rejected (queue full) or dropped (caller left)",
+            labels=["target", "outcome"],
+        )
+        calls = CounterMetricFamily(
+            "prism_upstream_calls",
+            "Calls to a remote upstream by outcome (ok or an error code)",
+            labels=["target", "outcome"],
+        )
+        latency = SummaryMetricFamily(
+            "prism_upstream_call_seconds", "Duration of calls to an upstream", labels=["target"]
+        )
+        healthy = GaugeMetricFamily(
+            "prism_upstream_healthy", "1 when the last probe or call reached it", labels=["target"]
+        )
+        for target, backend in self.source():
+            if isinstance(backend, LocalBackend):
+                stats = backend.stats
+                buckets, running = [], 0
+                for bound in BATCH_BUCKETS:
+                    running += sum(
+                        n for size, n in stats.sizes.items() if bound // 2 < size <= bound
+                    )
+                    buckets.append((str(bound), running))
+                buckets.append(("+Inf", stats.batches))
+                sizes.add_metric([target], buckets, sum_value=stats.inputs)
+                depth.add_metric([target], backend.queue_depth)
+                refused.add_metric([target, "rejected"], stats.rejected)
+                refused.add_metric([target, "dropped"], stats.dropped)
+            elif isinstance(backend, RemoteBackend):
+                rs = backend.stats
+                for outcome, n in sorted(rs.calls.items()):
+                    calls.add_metric([target, outcome], n)
+                latency.add_metric([target], rs.latency_count, rs.latency_s_sum)
+                healthy.add_metric([target], 1.0 if backend.healthy else 0.0)
+        yield from (sizes, depth, refused, calls, latency, healthy)

@@ -42,6 +42,10 @@ class Runtime:
         self._policy = policy
         self.cache = cache or self._default_cache(settings)
         self.deployments = Deployments(Path(settings.data_dir), load_models=settings.load_models)
+        # batch sizes, queue depths and upstream calls are read from the backends at scrape time
+        self.metrics.watch_backends(
+            lambda: [(d.target.key, d.backend) for d in self.deployments.all()]
+        )
         self.dispatcher = Dispatcher(self.deployments, metrics=self.metrics)
         self.pipeline = Pipeline(self)
         self.last_reload_error: str | None = None

@@ -1,0 +1,242 @@
+"""What every remote backend shares: a pooled client, deadlines, error mapping, health probes.
+
+One :class:`httpx.AsyncClient` per upstream replica keeps connections alive (bounded by the
+spec's ``max_connections``). Every call runs under the caller's deadline (``timeout_s``), and
+every foreign failure is mapped into Prism's exception tree right here, at the boundary:
+
+================================== ==================================================
+what happened                      raised
+================================== ==================================================
+deadline passed, read/write timeout :class:`BackendTimeout` (504, retryable)
+refused, reset, closed, DNS         :class:`BackendUnavailable` (502, retryable)
+upstream 5xx                        :class:`BackendError` (502, retryable)
+upstream 4xx                        :class:`UpstreamRejected` (502, not retryable)
+not JSON / wrong shapes             :class:`BackendError` "upstream answered garbage"
+================================== ==================================================
+
+A probe task started in :meth:`RemoteBackend.start` refreshes a cached health flag every
+``health_interval_s``; :meth:`health` only reads it, so readiness checks and breakers cost no
+network round trip. Calls also update it (a refused connection marks the upstream down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ._base import Backend
+from ._errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    PrismError,
+    UpstreamRejected,
+)
+
+log = logging.getLogger("prism.remote")
+
+#: a call without a deadline of its own still ends (seconds)
+DEFAULT_TIMEOUT_S = 60.0
+#: how much of an upstream's error message a caller gets to see
+MAX_UPSTREAM_MESSAGE = 300
+
+
+@dataclass
+class RemoteStats:
+    """Counters the metrics endpoint reads at scrape time (outcome = "ok" or an error code)."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    latency_s_sum: float = 0.0
+    latency_count: int = 0
+
+    def record(self, outcome: str, seconds: float) -> None:
+        self.calls[outcome] += 1
+        self.latency_s_sum += seconds
+        self.latency_count += 1
+
+
+def _upstream_message(resp: httpx.Response) -> str:
+    """The upstream's own error text ({"error": "..."}, OpenAI's or plain), shortened."""
+    try:
+        body = resp.json()
+    except ValueError:
+        text = resp.text.strip()
+    else:
+        err = body.get("error", body) if isinstance(body, dict) else body
+        if isinstance(err, dict):
+            err = err.get("message") or err.get("detail") or err
+        text = err if isinstance(err, str) else json.dumps(err)
+    return text[:MAX_UPSTREAM_MESSAGE] or resp.reason_phrase
+
+
+class RemoteBackend(Backend):
+    """Base of the HTTP backends; subclasses implement ``infer`` with :meth:`call`."""
+
+    #: GET this path; 200 = healthy
+    probe_path: str = "/"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        name: str,
+        max_connections: int = 64,
+        health_interval_s: float = 5.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+        self.max_connections = max_connections
+        self.health_interval_s = health_interval_s
+        self.headers = headers or {}
+        self.stats = RemoteStats()
+        self._client: httpx.AsyncClient | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._healthy = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self.headers,
+            limits=httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+                keepalive_expiry=30,
+            ),
+            timeout=DEFAULT_TIMEOUT_S,
+            # an upstream is a peer inside the deployment, not a place to follow links to
+            follow_redirects=False,
+            trust_env=False,
+        )
+        # one probe now so readiness is right from the start, but never hold startup long:
+        # an upstream that is down at boot may come up later, the probe loop will notice
+        await self._probe_once(timeout_s=min(2.0, self.health_interval_s))
+        self._prober = asyncio.create_task(self._probe_loop(), name=f"{self.name}-probe")
+
+    async def health(self) -> bool:
+        return self._healthy
+
+    @property
+    def healthy(self) -> bool:
+        """The cached health flag (what the last probe or call found), without awaiting."""
+        return self._healthy
+
+    async def aclose(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        if self._client is not None:
+            await self._client.aclose()
+        self._healthy = False
+
+    # --- health --------------------------------------------------------------------------
+
+    async def probe(self, client: httpx.AsyncClient) -> bool:
+        """One health check; subclasses may learn more (e.g. model metadata) on the way."""
+        resp = await client.get(self.probe_path)
+        return resp.status_code == 200
+
+    async def _probe_once(self, timeout_s: float) -> None:
+        assert self._client is not None
+        was = self._healthy
+        try:
+            async with asyncio.timeout(timeout_s):
+                self._healthy = await self.probe(self._client)
+        except (httpx.HTTPError, TimeoutError, ValueError, PrismError):
+            self._healthy = False
+        if was != self._healthy:
+            log.info("%s is %s", self.name, "healthy" if self._healthy else "unhealthy")
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            await self._probe_once(timeout_s=self.health_interval_s)
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def garbage(self, why: str) -> BackendError:
+        return BackendError(f"upstream {self.base_url} answered garbage: {why}")
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout_s: float | None,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """One request under a deadline; returns a 2xx response or raises a mapped error."""
+        if self._client is None:
+            raise BackendUnavailable(f"{self.name} is not started")
+        deadline = timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S
+        started = time.perf_counter()
+        try:
+            try:
+                async with asyncio.timeout(deadline):
+                    resp = await self._client.request(
+                        method,
+                        path,
+                        json=json_body,
+                        content=content,
+                        headers=headers,
+                        timeout=deadline,
+                    )
+            except TimeoutError as exc:
+                raise BackendTimeout(
+                    f"upstream {self.base_url} did not answer within {deadline:.3f} s"
+                ) from exc
+            except httpx.TimeoutException as exc:
+                raise BackendTimeout(
+                    f"upstream {self.base_url} timed out ({type(exc).__name__})"
+                ) from exc
+            except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                self._healthy = False
+                raise BackendUnavailable(
+                    f"upstream {self.base_url} is unreachable ({type(exc).__name__})"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise BackendError(
+                    f"calling upstream {self.base_url} failed ({type(exc).__name__})"
+                ) from exc
+            self._raise_for_status(resp)
+        except PrismError as exc:
+            self.stats.record(exc.code, time.perf_counter() - started)
+            raise
+        self.stats.record("ok", time.perf_counter() - started)
+        self._healthy = True
+        return resp
+
+    def _raise_for_status(self, resp: httpx.Response) -> None:
+        status = resp.status_code
+        if status < 300:
+            return
+        where = f"upstream {self.base_url}"
+        extra = {"upstream": self.base_url, "upstream_status": status}
+        message = _upstream_message(resp)
+        if 400 <= status < 500:
+            raise UpstreamRejected(
+                f"{where} rejected the request ({status}): {message}", extra=extra
+            )
+        if status == 503:
+            raise BackendUnavailable(f"{where} is unavailable (503): {message}", extra=extra)
+        raise BackendError(f"{where} failed ({status}): {message}", extra=extra)
+
+    def parse_json(self, resp: httpx.Response) -> Any:
+        """The response's JSON, or the "garbage" error."""
+        try:
+            return resp.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self.garbage("the body is not JSON") from exc

@@ -1,0 +1,206 @@
+"""What the KServe v2 door sits on: the whole gateway, or one backend (``prism worker``).
+
+The door speaks HTTP and tensors only; a :class:`ModelServer` answers the questions behind
+it (which models, which versions, ready or not, run this). :class:`PipelineModelServer`
+answers them from the policy and runs requests through :meth:`Pipeline.infer` (policy,
+cache, experiments); ``gateway.worker.BackendModelServer`` answers them for a single
+in-process backend.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import ValidationError
+
+from backends import Capabilities, FieldError, InputItem, InvalidInput, Modality, Output, Task
+
+from ..schema import ImageRef, InferRequest, InputSpec, Routing
+from .native import route_headers
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+CacheMode = Literal["use", "bypass", "refresh"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model version as a door describes it."""
+
+    name: str
+    version: str
+    versions: tuple[str, ...]
+    modalities: frozenset[Modality]
+    tasks: frozenset[Task]
+    dim: int | None = None
+
+
+@dataclass
+class Answer:
+    model: str
+    version: str
+    outputs: list[Output]
+    #: extra response headers (the native door's x-prism-* decision headers)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ModelServer(Protocol):
+    #: the ``door`` label of this server's metrics
+    door: str
+
+    async def ready(self) -> bool: ...
+
+    def models(self) -> list[ServedModel]: ...
+
+    def describe(self, model: str, version: str | None) -> ServedModel:
+        """Raises ModelNotFound / VersionNotFound."""
+        ...
+
+    async def model_ready(self, model: ServedModel) -> bool: ...
+
+    async def infer(
+        self,
+        model: str,
+        version: str | None,
+        task: Task,
+        items: Sequence[InputItem],
+        parameters: dict[str, Any],
+        *,
+        unit: str | None = None,
+        cache: CacheMode = "use",
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer: ...
+
+
+def describe_capabilities(
+    name: str,
+    version: str,
+    versions: Sequence[str],
+    caps: Capabilities | None,
+    modalities: Sequence[Modality] = (),
+    tasks: frozenset[Task] = frozenset(),
+) -> ServedModel:
+    """Declared (policy) modalities/tasks win; else the backend's; else everything."""
+    return ServedModel(
+        name=name,
+        version=version,
+        versions=tuple(versions),
+        modalities=frozenset(modalities) or (caps.modalities if caps else frozenset(Modality)),
+        tasks=tasks or (caps.tasks if caps else frozenset(Task)),
+        dim=caps.dim if caps else None,
+    )
+
+
+_INPUTS_BY_MODALITY = {"text": ("text",), "image": ("image",), "user": ("user", "history")}
+_TASK_OUTPUTS: dict[Task, list[tuple[str, str]]] = {
+    Task.EMBED: [("embedding", "FP32")],
+    Task.CLASSIFY: [("label", "BYTES"), ("score", "FP32")],
+    Task.RECOMMEND: [("item", "BYTES"), ("score", "FP32")],
+}
+
+
+def model_metadata(m: ServedModel) -> dict[str, Any]:
+    inputs = [
+        {"name": name, "datatype": "BYTES", "shape": [-1]}
+        for modality in ("text", "image", "user")
+        if modality in m.modalities
+        for name in _INPUTS_BY_MODALITY[modality]
+    ]
+    outputs: dict[str, dict[str, Any]] = {}
+    for task in (t for t in Task if t in m.tasks):
+        for name, datatype in _TASK_OUTPUTS[task]:
+            width = m.dim if name == "embedding" and m.dim else -1
+            outputs.setdefault(name, {"name": name, "datatype": datatype, "shape": [-1, width]})
+    return {
+        "name": m.name,
+        "versions": list(m.versions),
+        "platform": "prism",
+        "inputs": inputs,
+        "outputs": list(outputs.values()),
+    }
+
+
+def _input_spec(item: InputItem) -> InputSpec:
+    image = ImageRef(base64=base64.b64encode(item.image).decode()) if item.image else None
+    history = list(item.history) if item.history is not None else None
+    return InputSpec(text=item.text, image=image, user=item.user, history=history)
+
+
+class PipelineModelServer:
+    """The gateway behind the KServe door: every request goes through the pipeline."""
+
+    def __init__(self, runtime: Runtime, *, door: str = "kserve") -> None:
+        self.rt = runtime
+        self.door = door
+
+    async def ready(self) -> bool:
+        return self.rt.ready
+
+    def _caps(self, model: str, version: str) -> Capabilities | None:
+        for dep in self.rt.deployments.all():
+            if dep.target.model == model and dep.target.version == version and dep.ready:
+                return dep.backend.capabilities
+        return None
+
+    def describe(self, model: str, version: str | None) -> ServedModel:
+        policy = self.rt.policy
+        resolved = policy.resolve_version(model, version)
+        entry = policy.models[model]
+        return describe_capabilities(
+            model,
+            resolved,
+            list(entry.versions),
+            self._caps(model, resolved),
+            entry.modalities,
+            entry.tasks,
+        )
+
+    def models(self) -> list[ServedModel]:
+        out: list[ServedModel] = []
+        for name, entry in self.rt.policy.models.items():
+            for version in entry.versions:
+                out.append(self.describe(name, version))
+        return out
+
+    async def model_ready(self, model: ServedModel) -> bool:
+        for dep in self.rt.deployments.all():
+            same = (dep.target.model, dep.target.version) == (model.name, model.version)
+            if same and dep.ready and await dep.backend.health():
+                return True
+        return False
+
+    async def infer(
+        self,
+        model: str,
+        version: str | None,
+        task: Task,
+        items: Sequence[InputItem],
+        parameters: dict[str, Any],
+        *,
+        unit: str | None = None,
+        cache: CacheMode = "use",
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        try:
+            req = InferRequest(
+                model=model,
+                version=version,
+                task=task,
+                inputs=[_input_spec(it) for it in items],
+                parameters=parameters,
+                routing=Routing(unit=unit),
+                cache=cache,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "request"
+            raise InvalidInput(
+                f"{where}: {first['msg']}", errors=[FieldError(where, first["msg"])]
+            ) from exc
+        resp = await self.rt.pipeline.infer(req, headers, door=self.door)
+        return Answer(resp.model, resp.version, resp.outputs, route_headers(resp))

@@ -1,0 +1,290 @@
+"""The KServe v2 / Open Inference Protocol door, as Triton Inference Server speaks it over HTTP.
+
+=========================================================== ===================================
+``GET /v2``                                                 server metadata (name, extensions)
+``GET /v2/health/live``, ``/v2/health/ready``               200 when live / ready (else 503)
+``GET /v2/models/{m}[/versions/{v}]``                       model metadata: inputs, outputs
+``GET /v2/models/{m}[/versions/{v}]/ready``                 200 when that version can serve
+``POST /v2/models/{m}[/versions/{v}]/infer``                run it (JSON or binary tensors)
+``POST /v2/repository/index``                               every model version and its state
+=========================================================== ===================================
+
+The tensor conventions (input and output names, datatypes, shapes, parameters, Triton's
+binary extension) are documented in :mod:`backends._v2`, shared with the remote
+``KServeBackend`` so a gateway can route to a ``prism worker`` or to any Prism-shaped Triton
+model. ``{v}`` may be a version id or a label (``stable``). Errors follow the protocol:
+``{"error": "<message>"}`` with 400 (bad tensors, bad parameters), 404 (unknown model or
+version), 502/504 (backend failed), 503 + Retry-After (overloaded / not ready).
+
+The same :class:`KServeController` serves the gateway (a :class:`PipelineModelServer`:
+policy, cache and experiments apply) and ``prism worker`` (one backend); the router built
+by :func:`kserve_router` injects which one as the ``model_server`` dependency.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import zlib
+from typing import Any, Literal, NamedTuple
+
+from litestar import Controller, Request, Response, Router, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+
+from backends import BadRequest, PrismError, Task
+from backends._v2 import (
+    CONTROL_PARAMETERS,
+    OUTPUTS_BY_TASK,
+    TensorFormatError,
+    outputs_to_tensors,
+    read_tensors,
+    split_body,
+    tensors_to_items,
+    write_tensors,
+)
+
+from ..runtime import Runtime
+from ._model_server import ModelServer, PipelineModelServer, model_metadata
+
+log = logging.getLogger("prism.kserve")
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def v2_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Every error of this door as ``{"error": "..."}``; never a stack trace."""
+    if isinstance(exc, PrismError):
+        status, message, headers = exc.status_code, exc.detail, exc.headers
+    elif isinstance(exc, HTTPException) and exc.status_code < 500:
+        status, message, headers = exc.status_code, str(exc.detail), {}
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        status, message, headers = 500, "internal error; see the server's logs", {}
+    # the protocol knows "bad request", not "unprocessable": a wrong input is a 400 here
+    status = 400 if status == 422 else status
+    code = exc.code if isinstance(exc, PrismError) else str(status)
+    _count_error(request, code)
+    return Response({"error": message}, status_code=status, headers=headers)
+
+
+def _count_error(request: Request[Any, Any, Any], code: str) -> None:
+    state = request.app.state
+    metrics = getattr(getattr(state, "runtime", None), "metrics", None) or state.get("metrics")
+    if metrics is not None:
+        model = request.path_params.get("model", "")
+        version = request.path_params.get("version", "")
+        metrics.requests.labels("kserve", "", model, version, code).inc()
+
+
+async def _read_body(request: Request[Any, Any, Any]) -> bytes:
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "").lower()
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadRequest(f"body is not valid {encoding}") from exc
+    return body
+
+
+class _Control(NamedTuple):
+    task: Task
+    unit: str | None
+    cache: Literal["use", "bypass", "refresh"]
+    binary_output: bool
+
+
+def _parameters(doc: dict[str, Any]) -> tuple[_Control, dict[str, Any]]:
+    """Prism's control parameters and the model's own parameters, from a request."""
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise TensorFormatError("'parameters' must be an object")
+    try:
+        task = Task(params.get("task", "embed"))
+    except ValueError as exc:
+        known = ", ".join(t.value for t in Task)
+        raise TensorFormatError(f"parameter 'task' must be one of {known}") from exc
+    model_params = {k: v for k, v in params.items() if k not in CONTROL_PARAMETERS}
+    labels = model_params.get("labels")
+    if isinstance(labels, str):  # tritonclient users often send a JSON array in a string
+        try:
+            model_params["labels"] = json.loads(labels)
+        except ValueError:
+            model_params["labels"] = [s.strip() for s in labels.split(",") if s.strip()]
+    if "labels" in model_params and not (
+        isinstance(model_params["labels"], list)
+        and all(isinstance(x, str) for x in model_params["labels"])
+    ):
+        raise TensorFormatError("parameter 'labels' must be a list of strings")
+    if "top_k" in model_params:
+        try:
+            model_params["top_k"] = int(model_params["top_k"])
+        except (TypeError, ValueError) as exc:
+            raise TensorFormatError("parameter 'top_k' must be an integer") from exc
+    cache = params.get("cache", "use")
+    if cache not in ("use", "bypass", "refresh"):
+        raise TensorFormatError("parameter 'cache' must be use, bypass or refresh")
+    unit = params.get("unit")
+    if unit is not None and not isinstance(unit, str):
+        raise TensorFormatError("parameter 'unit' must be a string")
+    binary = bool(params.get("binary_data_output", False))
+    return _Control(task, unit, cache, binary), model_params
+
+
+def _requested(doc: dict[str, Any], task: Task, default_binary: bool) -> dict[str, bool]:
+    """Output name -> send as binary; all of the task's outputs when none are named."""
+    produced = OUTPUTS_BY_TASK[task]
+    raw = doc.get("outputs")
+    if raw is None:
+        return {name: default_binary for name in produced}
+    if not isinstance(raw, list):
+        raise TensorFormatError("'outputs' must be a list")
+    wanted: dict[str, bool] = {}
+    for i, out in enumerate(raw):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise TensorFormatError(f"outputs[{i}] must be an object with a 'name'")
+        if out["name"] not in produced:
+            raise TensorFormatError(
+                f"unknown output {out['name']!r}; task {task.value!r} produces {', '.join(produced)}"
+            )
+        params = out.get("parameters") or {}
+        wanted[out["name"]] = bool(params.get("binary_data", default_binary))
+    return wanted
+
+
+class KServeController(Controller):
+    """The v2 endpoints; ``model_server`` is injected by :func:`kserve_router`."""
+
+    path = "/v2"
+    tags = ["kserve-v2"]
+
+    @get("/", summary="Server metadata")
+    async def server_metadata(self) -> dict[str, Any]:
+        return {"name": "prism", "version": "1", "extensions": ["binary_tensor_data"]}
+
+    # probes carry no API key: health and readiness stay open like /healthz and /readyz
+    @get("/health/live", summary="Liveness", opt={"public": True})
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @get("/health/ready", summary="Readiness", opt={"public": True})
+    async def ready(self, model_server: NamedDependency[ModelServer]) -> Response[dict[str, bool]]:
+        ok = await model_server.ready()
+        return Response({"ready": ok}, status_code=200 if ok else 503)
+
+    @get(
+        ["/models/{model:str}", "/models/{model:str}/versions/{version:str}"],
+        summary="Model metadata",
+    )
+    async def metadata(
+        self,
+        model_server: NamedDependency[ModelServer],
+        model: FromPath[str],
+        version: FromPath[str | None] = None,
+    ) -> dict[str, Any]:
+        return model_metadata(model_server.describe(model, version))
+
+    @get(
+        ["/models/{model:str}/ready", "/models/{model:str}/versions/{version:str}/ready"],
+        summary="Model readiness",
+        opt={"public": True},
+    )
+    async def model_ready(
+        self,
+        model_server: NamedDependency[ModelServer],
+        model: FromPath[str],
+        version: FromPath[str | None] = None,
+    ) -> Response[dict[str, Any]]:
+        served = model_server.describe(model, version)
+        ok = await model_server.model_ready(served)
+        return Response({"name": model, "ready": ok}, status_code=200 if ok else 503)
+
+    @post("/repository/index", status_code=200, summary="Every model version and its state")
+    async def index(self, model_server: NamedDependency[ModelServer]) -> list[dict[str, str]]:
+        return [
+            {
+                "name": m.name,
+                "version": m.version,
+                "state": "READY" if await model_server.model_ready(m) else "UNAVAILABLE",
+            }
+            for m in model_server.models()
+        ]
+
+    @post(
+        ["/models/{model:str}/infer", "/models/{model:str}/versions/{version:str}/infer"],
+        status_code=200,
+        summary="Inference (JSON tensors or Triton's binary extension)",
+    )
+    async def infer(
+        self,
+        request: Request[Any, Any, Any],
+        model_server: NamedDependency[ModelServer],
+        model: FromPath[str],
+        version: FromPath[str | None] = None,
+    ) -> Response[bytes]:
+        model_server.describe(model, version)  # unknown model/version: 404 before parsing
+        try:
+            doc, tail = split_body(await _read_body(request), request.headers.get(HEADER_LENGTH))
+            inputs = read_tensors(doc.get("inputs"), tail)
+            binary_inputs = frozenset(
+                e["name"]
+                for e in doc["inputs"]
+                if isinstance(e.get("parameters"), dict) and "binary_data_size" in e["parameters"]
+            )
+            items = tensors_to_items(inputs, binary_inputs)
+            control, params = _parameters(doc)
+            wanted = _requested(doc, control.task, control.binary_output)
+        except TensorFormatError as exc:
+            raise BadRequest(str(exc)) from exc
+        answer = await model_server.infer(
+            model,
+            version,
+            control.task,
+            items,
+            params,
+            unit=control.unit,
+            cache=control.cache,
+            headers=request.headers,
+        )
+        tensors = [t for t in outputs_to_tensors(control.task, answer.outputs) if t.name in wanted]
+        entries, blob = write_tensors(tensors, wanted)
+        body: dict[str, Any] = {
+            "model_name": answer.model,
+            "model_version": answer.version,
+            "outputs": entries,
+        }
+        if isinstance(doc.get("id"), str):
+            body["id"] = doc["id"]
+        head = json.dumps(body, separators=(",", ":")).encode()
+        headers = dict(answer.headers)
+        if not blob:
+            return Response(head, media_type="application/json", headers=headers)
+        headers[HEADER_LENGTH] = str(len(head))
+        return Response(head + blob, media_type="application/octet-stream", headers=headers)
+
+
+def kserve_router(model_server: Provide) -> Router:
+    """The v2 door on top of whatever ``model_server`` provides."""
+    return Router(
+        path="/",
+        route_handlers=[KServeController],
+        dependencies={"model_server": model_server},
+        exception_handlers={Exception: v2_error},
+    )
+
+
+def _pipeline_server(runtime: NamedDependency[Runtime]) -> ModelServer:
+    return PipelineModelServer(runtime)
+
+
+def gateway_kserve_router() -> Router:
+    """The v2 door of the full gateway (policy, cache, experiments)."""
+    return kserve_router(Provide(_pipeline_server, sync_to_thread=False))
+
+
+__all__ = ["KServeController", "gateway_kserve_router", "kserve_router", "model_metadata"]

@@ -1,0 +1,212 @@
+"""The OpenAI-compatible door: ``POST /v1/embeddings``, ``GET /v1/models[/{model}]``.
+
+The official ``openai`` client works against it unchanged (``base_url=".../v1"``). Requests
+go through the same pipeline as ``/v1/infer`` (policy, cache, experiments), with:
+
+- ``model``: a logical model, optionally ``name@version`` (a version id or a label);
+- ``input``: a string or a list of non-empty strings (token arrays are refused: Prism
+  tokenizes with the model's own tokenizer);
+- ``encoding_format``: ``float`` (default) or ``base64`` (little-endian float32, what the
+  ``openai`` client asks for by default);
+- ``dimensions``: accepted only when it equals the model's width (no model here is
+  Matryoshka-trained, so truncating would silently degrade quality: refused with 400);
+- ``user``: the experiment unit (``routing.unit``), so a user stays in one arm.
+
+``usage`` counts whitespace-separated words: an approximation, the door does not tokenize.
+Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; caller
+mistakes are 400 (OpenAI never answers 422), unknown models 404, overload 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from litestar import Controller, Request, Response, Router, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+
+from backends import (
+    BadRequest,
+    FieldError,
+    InputItem,
+    ModelNotFound,
+    PrismError,
+    Task,
+    VersionNotFound,
+)
+
+from ..runtime import Runtime
+from ._model_server import PipelineModelServer
+
+log = logging.getLogger("prism.openai")
+
+
+class OpenAIRequestError(BadRequest):
+    """A malformed OpenAI request, naming the offending ``param``."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message, errors=[FieldError(param, message)] if param else None)
+        self.param = param
+
+
+def _error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def openai_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Every error of this door in OpenAI's format; never a stack trace."""
+    param: str | None = None
+    if isinstance(exc, PrismError):
+        status, message, headers, code = exc.status_code, exc.detail, exc.headers, exc.code
+        if isinstance(exc, OpenAIRequestError):
+            param = exc.param
+        elif isinstance(exc, ModelNotFound | VersionNotFound):
+            param = "model"
+        elif exc.errors:
+            param = "input"  # the pipeline names inputs[i]: in OpenAI's terms that is `input`
+    elif isinstance(exc, HTTPException) and exc.status_code < 500:
+        status, message, headers, code = exc.status_code, str(exc.detail), {}, None
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        status, message, headers, code = 500, "internal error; see the gateway's logs", {}, None
+    status = 400 if status == 422 else status
+    rt = getattr(request.app.state, "runtime", None)
+    if rt is not None:
+        rt.metrics.requests.labels("openai", "", "", "", code or str(status)).inc()
+    body = {
+        "error": {"message": message, "type": _error_type(status), "param": param, "code": code}
+    }
+    return Response(body, status_code=status, headers=headers)
+
+
+def _split_model(raw: Any) -> tuple[str, str | None]:
+    if not isinstance(raw, str) or not raw:
+        raise OpenAIRequestError("you must provide a model parameter (a string)", "model")
+    name, _, version = raw.partition("@")
+    return name, version or None
+
+
+def _texts(raw: Any) -> list[str]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise OpenAIRequestError("'input' must be a string or a non-empty list of strings", "input")
+    for i, x in enumerate(raw):
+        if isinstance(x, int) or (isinstance(x, list) and x and isinstance(x[0], int)):
+            raise OpenAIRequestError(
+                "token arrays are not supported: send text (Prism tokenizes with the model's tokenizer)",
+                "input",
+            )
+        if not isinstance(x, str):
+            raise OpenAIRequestError(f"input[{i}] must be a string", "input")
+        if not x:
+            raise OpenAIRequestError(f"input[{i}] is empty", "input")
+    return list(raw)
+
+
+def _model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "prism"}
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+    tags = ["openai"]
+
+    @post("/embeddings", status_code=200, summary="OpenAI-compatible embeddings")
+    async def embeddings(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    ) -> Response[Any]:
+        try:
+            doc = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise OpenAIRequestError("the body is not valid JSON", None) from exc
+        if not isinstance(doc, dict):
+            raise OpenAIRequestError("the body must be a JSON object", None)
+        name, version = _split_model(doc.get("model"))
+        texts = _texts(doc.get("input"))
+        fmt = doc.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise OpenAIRequestError(
+                "'encoding_format' must be 'float' or 'base64'", "encoding_format"
+            )
+        user = doc.get("user")
+        if user is not None and not isinstance(user, str):
+            raise OpenAIRequestError("'user' must be a string", "user")
+        server = PipelineModelServer(runtime, door="openai")
+        served = server.describe(name, version)  # unknown model or version: 404
+        dims = doc.get("dimensions")
+        if dims is not None and (
+            not isinstance(dims, int) or served.dim is None or dims != served.dim
+        ):
+            width = f"{served.dim} dimensions" if served.dim else "a fixed width"
+            raise OpenAIRequestError(
+                f"model {name!r} does not support 'dimensions' other than its own ({width})",
+                "dimensions",
+            )
+        answer = await server.infer(
+            name,
+            version,
+            Task.EMBED,
+            [InputItem(text=t) for t in texts],
+            {},
+            unit=user,
+            headers=request.headers,
+        )
+        data = []
+        for i, out in enumerate(answer.outputs):
+            vec = np.asarray(out["embedding"], dtype=np.float32)
+            if dims is not None and vec.shape[0] != dims:
+                raise OpenAIRequestError(
+                    f"model {name!r} answered {vec.shape[0]} dimensions, not {dims}", "dimensions"
+                )
+            emb: Any = (
+                base64.b64encode(vec.astype("<f4").tobytes()).decode()
+                if fmt == "base64"
+                else vec.tolist()
+            )
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = sum(len(t.split()) for t in texts)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response(body, headers=answer.headers)
+
+    @get("/models", summary="Models that embed (OpenAI-compatible)")
+    async def list_models(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+        created = int(runtime.policy.loaded_at)
+        server = PipelineModelServer(runtime, door="openai")
+        names = [
+            name
+            for name in runtime.policy.models
+            if Task.EMBED in server.describe(name, None).tasks
+        ]
+        return {"object": "list", "data": [_model_card(n, created) for n in names]}
+
+    @get("/models/{model:str}", summary="One model (OpenAI-compatible)")
+    async def get_model(
+        self, runtime: NamedDependency[Runtime], model: FromPath[str]
+    ) -> dict[str, Any]:
+        name, version = _split_model(model)
+        PipelineModelServer(runtime, door="openai").describe(name, version)
+        return _model_card(model, int(runtime.policy.loaded_at))
+
+
+def openai_router() -> Router:
+    return Router(
+        path="/", route_handlers=[OpenAIController], exception_handlers={Exception: openai_error}
+    )
+
+
+__all__ = ["OpenAIController", "openai_error", "openai_router"]

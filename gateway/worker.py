@@ -1,0 +1,222 @@
+"""``prism worker``: one local model version of a policy, served alone over KServe v2.
+
+Heavy models run as their own processes (a Kubernetes Deployment each, scaled on their own);
+the gateway reaches them with ``backend: kserve`` like any Triton/KServe server::
+
+    prism worker --policy policies/default.yaml --model text-embed@1 --port 9000
+    # gateway policy:  "2": {backend: kserve, url: http://text-worker:9000, remote_model: text-embed}
+
+The worker runs the same KServe door as the gateway (:mod:`gateway.doors.kserve`) on a
+:class:`BackendModelServer`: the model's batcher, no policy routing, no cache (the gateway in
+front caches). It also answers ``/healthz``, ``/readyz`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from backends import (
+    Backend,
+    InputItem,
+    KServeSpec,
+    ModelNotFound,
+    OpenAISpec,
+    PrismError,
+    Task,
+    VersionNotFound,
+    build_backend,
+)
+
+from .doors._model_server import Answer, CacheMode, ModelServer, ServedModel, describe_capabilities
+from .doors.kserve import kserve_router
+from .errors import exception_handler
+from .metrics import Metrics
+from .policy import ModelEntry, compile_policy_file
+
+log = logging.getLogger("prism.worker")
+
+
+class BackendModelServer:
+    """One backend behind the KServe door: ``model`` at ``version`` (or one of its labels)."""
+
+    door = "kserve"
+
+    def __init__(
+        self,
+        backend: Backend,
+        model: str,
+        version: str,
+        entry: ModelEntry,
+        metrics: Metrics,
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.backend = backend
+        self.model = model
+        self.version = version
+        self.entry = entry
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.aliases = {version} | {k for k, v in entry.labels.items() if v == version}
+
+    async def ready(self) -> bool:
+        return await self.backend.health()
+
+    def describe(self, model: str, version: str | None) -> ServedModel:
+        if model != self.model:
+            raise ModelNotFound(f"unknown model {model!r}; this worker serves {self.model!r}")
+        if version is not None and version not in self.aliases:
+            raise VersionNotFound(
+                f"model {model!r} has no version {version!r} here; this worker serves {self.version!r}"
+            )
+        return describe_capabilities(
+            model,
+            self.version,
+            [self.version],
+            self.backend.capabilities,
+            self.entry.modalities,
+            self.entry.tasks,
+        )
+
+    def models(self) -> list[ServedModel]:
+        return [self.describe(self.model, None)]
+
+    async def model_ready(self, model: ServedModel) -> bool:
+        return await self.backend.health()
+
+    async def infer(
+        self,
+        model: str,
+        version: str | None,
+        task: Task,
+        items: Sequence[InputItem],
+        parameters: dict[str, Any],
+        *,
+        unit: str | None = None,
+        cache: CacheMode = "use",
+        headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        started = time.perf_counter()
+        labels = ("kserve", "worker", self.model, self.version)
+        # failures propagate to the door, whose error handler counts them
+        outputs = await self.backend.infer(task, items, parameters, timeout_s=self.timeout_s)
+        self.metrics.requests.labels(*labels, "ok").inc()
+        self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+        return Answer(self.model, self.version, outputs)
+
+
+def create_worker_app(
+    policy: Path, model_ref: str, *, data_dir: Path | None = None, timeout_s: float = 30.0
+) -> Litestar:
+    """A KServe v2 app serving ``model_ref`` (``NAME``, ``NAME@VERSION`` or ``NAME@LABEL``)."""
+    compiled = compile_policy_file(str(policy))
+    name, _, wanted = model_ref.partition("@")
+    version = compiled.resolve_version(name, wanted or None)
+    spec = compiled.spec(name, version)
+    if isinstance(spec, KServeSpec | OpenAISpec):
+        raise PrismError(f"{name}@{version} is a remote backend; a worker serves local models")
+    key = f"{name}@{version}/local"
+    backend = build_backend(spec, base_dir=data_dir or Path.cwd(), name=key)
+    metrics = Metrics()
+    metrics.watch_backends(lambda: [(key, backend)])
+    server = BackendModelServer(
+        backend, name, version, compiled.models[name], metrics, timeout_s=timeout_s
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await backend.start()
+        log.info("worker serves %s over KServe v2", key)
+        try:
+            yield
+        finally:
+            await backend.aclose()
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz")
+    async def readyz() -> Response[dict[str, Any]]:
+        ok = await backend.health()
+        return Response({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+    @get("/metrics", media_type="text/plain; version=0.0.4", sync_to_thread=False)
+    def metrics_endpoint() -> bytes:
+        return metrics.render()
+
+    def provide_server() -> ModelServer:
+        return server
+
+    return Litestar(
+        route_handlers=[
+            kserve_router(Provide(provide_server, sync_to_thread=False)),
+            healthz,
+            readyz,
+            metrics_endpoint,
+        ],
+        lifespan=[lifespan],
+        exception_handlers={Exception: exception_handler},
+        state=State({"metrics": metrics}),
+        openapi_config=None,
+        debug=False,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app = create_worker_app(
+            args.policy, args.model, data_dir=args.data_dir, timeout_s=args.timeout_s
+        )
+    except PrismError as exc:
+        print(f"prism worker: {exc.detail}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def add_worker_parser(sub: Any) -> None:
+    """Register ``prism worker`` on the CLI's sub-parsers."""
+    worker = sub.add_parser(
+        "worker",
+        help="serve one local model over KServe v2",
+        description="Serve one local model version of a policy over KServe v2 "
+        "(so a gateway can route to it with backend: kserve).",
+    )
+    worker.add_argument("--policy", type=Path, required=True, help="policy file defining the model")
+    worker.add_argument(
+        "--model", required=True, help="NAME@VERSION (a version id or label; NAME alone = stable)"
+    )
+    worker.add_argument("--port", type=int, default=9000, help="port (default 9000)")
+    worker.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    worker.add_argument(
+        "--data-dir", type=Path, help="folder relative model paths resolve in (default: cwd)"
+    )
+    worker.add_argument(
+        "--timeout-s", type=float, default=30.0, help="deadline per request (default 30)"
+    )
+    worker.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    worker.set_defaults(handler=_run)

@@ -1,0 +1,182 @@
+"""KServeBackend and OpenAIBackend against a real upstream that misbehaves on purpose.
+
+Every failure of the upstream must arrive as the right class of Prism's exception tree
+(status, retryable or not), with a message that names the upstream and leaks nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import pytest
+
+from backends import (
+    Backend,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    InputItem,
+    InvalidInput,
+    KServeSpec,
+    OpenAISpec,
+    Task,
+    UpstreamRejected,
+    build_backend,
+)
+from backends._kserve import KServeBackend
+from backends._openai import OpenAIBackend, api_base
+from tests.support import free_port
+from tests.upstream import Upstream, vector
+
+TEXTS = [InputItem(text="a red circle"), InputItem(text="a blue square")]
+
+
+@pytest.fixture
+async def make(upstream: Upstream) -> AsyncIterator[Callable[..., object]]:
+    """Build and start a backend of ``kind`` for upstream model ``mode``; closed after."""
+    started: list[Backend] = []
+
+    async def _make(kind: str, mode: str, *, url: str | None = None, **extra: object) -> Backend:
+        spec_cls = KServeSpec if kind == "kserve" else OpenAISpec
+        spec = spec_cls(
+            backend=kind, url=url or upstream.url, remote_model=mode, health_interval_s=0.2, **extra
+        )
+        backend = build_backend(spec, base_dir=".", name=f"{mode}@1/{upstream.url}")  # type: ignore[arg-type]
+        await backend.start()
+        started.append(backend)
+        return backend
+
+    yield _make
+    for b in started:
+        await b.aclose()
+
+
+@pytest.mark.parametrize("kind", ["kserve", "openai"])
+async def test_ok_embeds_like_the_upstream(make, kind: str) -> None:  # type: ignore[no-untyped-def]
+    backend = await make(kind, "ok")
+    assert await backend.health()
+    out = await backend.infer(Task.EMBED, TEXTS, {}, timeout_s=5)
+    for item, o in zip(TEXTS, out, strict=True):
+        assert o["embedding"].dtype == np.float32
+        np.testing.assert_allclose(o["embedding"], vector(item.text or "", 8), rtol=1e-6)
+    assert backend.capabilities.dim == 8
+
+
+async def test_kserve_reads_capabilities_from_metadata_and_classifies(make) -> None:  # type: ignore[no-untyped-def]
+    backend = await make("kserve", "ok")
+    assert backend.capabilities.modalities == {"text"}
+    out = await backend.infer(
+        Task.CLASSIFY, TEXTS, {"labels": ["red", "blue", "green"]}, timeout_s=5
+    )
+    assert [len(o["labels"]) for o in out] == [3, 3]
+    assert {x["label"] for x in out[0]["labels"]} == {"red", "blue", "green"}
+
+
+@pytest.mark.parametrize("kind", ["kserve", "openai"])
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ("garbage", BackendError, "answered garbage"),
+        ("wrong-shape", BackendError, "answered garbage"),
+        ("500", BackendError, "failed (500)"),
+        ("503", BackendUnavailable, "unavailable (503)"),
+        ("400", UpstreamRejected, "rejected the request (400): failure 400 on purpose"),
+        ("close", BackendUnavailable, "unreachable"),
+    ],
+)
+async def test_failures_map_into_the_exception_tree(
+    make, upstream: Upstream, kind: str, mode: str, error: type, message: str
+) -> None:  # type: ignore[no-untyped-def]
+    backend = await make(kind, mode)
+    with pytest.raises(error) as info:
+        await backend.infer(Task.EMBED, TEXTS, {}, timeout_s=5)
+    exc = info.value
+    assert type(exc) is error, repr(exc)
+    assert message in exc.detail and upstream.url in exc.detail
+    assert "Traceback" not in exc.detail
+    assert exc.status_code == 502
+    assert exc.retryable == (mode != "400")  # a 4xx will not get better elsewhere
+
+
+@pytest.mark.parametrize("kind", ["kserve", "openai"])
+async def test_a_hanging_upstream_meets_the_deadline(make, kind: str) -> None:  # type: ignore[no-untyped-def]
+    backend = await make(kind, "hang")
+    started = time.perf_counter()
+    with pytest.raises(BackendTimeout) as info:
+        await backend.infer(Task.EMBED, TEXTS, {}, timeout_s=0.3)
+    assert 0.25 < time.perf_counter() - started < 2
+    assert info.value.status_code == 504
+    # the pool survives: the next call on the same client works
+    ok = await make(kind, "ok")
+    assert len(await ok.infer(Task.EMBED, TEXTS, {}, timeout_s=5)) == 2
+
+
+@pytest.mark.parametrize("kind", ["kserve", "openai"])
+async def test_nobody_listening_is_unavailable_and_unhealthy(make, kind: str) -> None:  # type: ignore[no-untyped-def]
+    backend = await make(kind, "ok", url=f"http://127.0.0.1:{free_port()}")
+    assert not await backend.health()
+    with pytest.raises(BackendUnavailable):
+        await backend.infer(Task.EMBED, TEXTS, {}, timeout_s=2)
+
+
+async def test_probe_task_follows_upstream_health(make, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    backend = await make("kserve", "ok")
+    assert await backend.health()
+    upstream.healthy = False
+    await asyncio.sleep(0.6)  # health_interval_s = 0.2
+    assert not await backend.health()
+    upstream.healthy = True
+    await asyncio.sleep(0.6)
+    assert await backend.health()
+
+
+async def test_connections_are_pooled_and_kept_alive(make, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+    backend = await make("kserve", "ok", max_connections=4)
+    before = upstream.connections
+    for _ in range(10):
+        await backend.infer(Task.EMBED, TEXTS, {}, timeout_s=5)
+    await asyncio.gather(*(backend.infer(Task.EMBED, TEXTS, {}, timeout_s=5) for _ in range(32)))
+    assert upstream.connections - before <= 4  # 42 calls, at most max_connections sockets
+
+
+async def test_stats_count_outcomes(make) -> None:  # type: ignore[no-untyped-def]
+    ok, bad = await make("openai", "ok"), await make("openai", "500")
+    await ok.infer(Task.EMBED, TEXTS, {}, timeout_s=5)
+    with pytest.raises(BackendError):
+        await bad.infer(Task.EMBED, TEXTS, {}, timeout_s=5)
+    assert ok.stats.calls["ok"] == 1 and bad.stats.calls["backend_error"] == 1
+
+
+async def test_openai_backend_only_embeds_text(make) -> None:  # type: ignore[no-untyped-def]
+    backend = await make("openai", "ok")
+    with pytest.raises(InvalidInput):
+        await backend.infer(Task.CLASSIFY, TEXTS, {"labels": ["a"]})
+    with pytest.raises(InvalidInput) as info:
+        await backend.infer(Task.EMBED, [InputItem(text="x"), InputItem(image=b"\x89PNG")], {})
+    assert info.value.input_index == 1
+
+
+async def test_openai_api_key_comes_from_the_environment(
+    make, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BackendUnavailable, match="PRISM_TEST_KEY"):
+        await make("openai", "ok", api_key_env="PRISM_TEST_KEY")
+    monkeypatch.setenv("PRISM_TEST_KEY", "sk-test")
+    backend = await make("openai", "ok", api_key_env="PRISM_TEST_KEY")
+    assert isinstance(backend, OpenAIBackend)
+    assert backend.headers["Authorization"] == "Bearer sk-test"
+
+
+def test_api_base() -> None:
+    assert api_base("http://h:1") == "http://h:1/v1"
+    assert api_base("http://h:1/") == "http://h:1/v1"
+    assert api_base("https://api.example.com/openai/v1") == "https://api.example.com/openai/v1"
+
+
+def test_kserve_paths_quote_names() -> None:
+    b = KServeBackend("http://h:1", "a/b", "2", name="x")
+    assert b.model_path == "/v2/models/a%2Fb/versions/2"
+    assert b.probe_path == "/v2/models/a%2Fb/versions/2/ready"
