@@ -16,6 +16,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from backends import FieldError, InvalidInput
 
 from .admin import AdminController
+from .auth import api_key_guard
 from .cache import ResponseCache
 from .doors.kserve import gateway_kserve_router
 from .doors.native import NativeController
@@ -89,6 +90,7 @@ def create_app(
         ],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
+        guards=[api_key_guard(settings.api_keys)],
         exception_handlers={ValidationException: _validation_handler, Exception: exception_handler},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

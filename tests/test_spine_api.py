@@ -234,3 +234,27 @@ async def test_concurrent_identical_misses_are_computed_once(tmp_path: Path) -> 
             d for d in app.state.runtime.deployments.all() if d.target.key == "other@1/local"
         )
         assert dep.backend.model._calls == 1
+
+
+async def test_api_keys_guard_everything_but_probes(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    settings = Settings(policy=policy, policy_watch_s=0, api_keys=["s3cret"])
+    async with AsyncTestClient(create_app(settings)) as c:
+        req = {"inputs": [{"text": "x"}]}
+        missing = _problem(await c.post("/v1/infer", json=req), 401)
+        assert missing["code"] == "unauthorized"
+        assert (
+            _problem(
+                await c.post("/v1/infer", json=req, headers={"authorization": "Bearer nope"}), 401
+            )["detail"]
+            == "invalid API key"
+        )
+        assert (
+            await c.post("/v1/infer", json=req, headers={"authorization": "Bearer s3cret"})
+        ).status_code == 200
+        assert (
+            await c.post("/v1/infer", json=req, headers={"x-api-key": "s3cret"})
+        ).status_code == 200
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/readyz")).status_code == 200

@@ -27,16 +27,19 @@ class NativeController(Controller):
 
     @post("/v1/infer", status_code=HTTP_200_OK, summary="Run embed / classify / recommend")
     async def infer(
-        self, request: Request[Any, Any, Any], data: JSONBody[InferRequest], runtime: NamedDependency[Runtime]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[InferRequest],
+        runtime: NamedDependency[Runtime],
     ) -> Response[dict[str, Any]]:
         resp = await runtime.pipeline.infer(data, request.headers)
         return Response(resp.to_wire(), headers=route_headers(resp))
 
-    @get("/healthz", summary="Liveness: the process is up")
+    @get("/healthz", summary="Liveness: the process is up", opt={"public": True})
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", summary="Readiness: the policy's local models are loaded")
+    @get("/readyz", summary="Readiness: the policy's local models are loaded", opt={"public": True})
     async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
         models = {
             d.target.key: ("ready" if d.ready else (d.error or "loading"))
@@ -49,6 +52,11 @@ class NativeController(Controller):
             headers={} if ready else {"Retry-After": "5"},
         )
 
-    @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+    @get(
+        "/metrics",
+        summary="Prometheus metrics",
+        media_type="text/plain; version=0.0.4",
+        opt={"public": True},
+    )
     async def metrics(self, runtime: NamedDependency[Runtime]) -> bytes:
         return runtime.metrics.render()
