@@ -7,8 +7,10 @@ canonical form, once, so the two implementations never disagree on what the call
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import TypeAlias
 
 import torch
@@ -40,28 +42,72 @@ def modality_list(embs: Tensor | Sequence[Tensor]) -> list[Tensor]:
         parts = list(embs)
     if not parts:
         raise ValueError("embs must hold at least one modality")
-    shape = parts[0].shape
+    first = parts[0]
+    if not isinstance(first, Tensor):
+        raise ValueError("embs[0] must be a [B, D] tensor")
+    shape, device = first.shape, first.device
     for m, t in enumerate(parts):
-        if not isinstance(t, Tensor) or t.dim() != 2:
-            raise ValueError(f"embs[{m}] must be a [B, D] tensor")
-        if t.shape != shape:
-            raise ValueError(f"embs[{m}] has shape {tuple(t.shape)}, expected {tuple(shape)}")
-        if t.device != parts[0].device:
-            raise ValueError(f"embs[{m}] is on {t.device}, expected {parts[0].device}")
-        check_float(f"embs[{m}]", t)
+        # One combined test on the hot path; the messages are built only on failure.
+        if not (
+            isinstance(t, Tensor)
+            and t.shape == shape
+            and t.dtype in FLOAT_DTYPES
+            and (m == 0 or t.device == device)
+        ):
+            _modality_error(m, t, shape, device)
+    if len(shape) != 2:
+        raise ValueError("embs[0] must be a [B, D] tensor")
     return [t if t.stride(-1) == 1 else t.contiguous() for t in parts]
+
+
+def _modality_error(m: int, t: object, shape: torch.Size, device: torch.device) -> None:
+    if not isinstance(t, Tensor) or t.dim() != 2:
+        raise ValueError(f"embs[{m}] must be a [B, D] tensor")
+    if t.shape != shape:
+        raise ValueError(f"embs[{m}] has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if t.device != device:
+        raise ValueError(f"embs[{m}] is on {t.device}, expected {device}")
+    check_float(f"embs[{m}]", t)
+
+
+#: Weights as the kernels take them: a float32 tensor ``[M]`` or ``[B, M]`` on the device, or
+#: ``M`` Python floats (shared by all rows) that travel as kernel arguments, not as a copy.
+Weights: TypeAlias = Tensor | tuple[float, ...]
 
 
 def modality_weights(
     weights: Tensor | Sequence[float], rows: int, modalities: int, device: torch.device
-) -> Tensor:
-    """Return the weights as float32 ``[M]`` or ``[B, M]`` on ``device`` (never expanded)."""
+) -> Weights:
+    """Return the weights as ``M`` floats when they are host values shared by all rows (a
+    sequence of numbers or a CPU ``[M]`` tensor: no host-to-device copy per call), else as a
+    float32 ``[M]`` or ``[B, M]`` tensor on ``device`` (never expanded)."""
+    if isinstance(weights, (list, tuple)) and all(isinstance(x, (int, float)) for x in weights):
+        if len(weights) != modalities:
+            raise ValueError(
+                f"weights must be [{modalities}] or [{rows}, {modalities}], got ({len(weights)},)"
+            )
+        # Rounded to float32 here, as torch.as_tensor would: the kernels compute in float32.
+        return tuple(array("f", weights))
+    if (
+        isinstance(weights, Tensor)
+        and weights.device.type == "cpu"
+        and device.type != "cpu"
+        and weights.shape == (modalities,)
+    ):
+        return tuple(weights.to(torch.float32).tolist())
     w = torch.as_tensor(weights, dtype=torch.float32, device=device)
     if w.shape not in ((modalities,), (rows, modalities)):
         raise ValueError(
             f"weights must be [{modalities}] or [{rows}, {modalities}], got {tuple(w.shape)}"
         )
     return w
+
+
+def weights_tensor(weights: Weights, device: torch.device) -> Tensor:
+    """``weights`` as a float32 tensor on ``device`` (the references take tensors)."""
+    if isinstance(weights, Tensor):
+        return weights
+    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def modality_mask(
@@ -72,6 +118,8 @@ def modality_mask(
         return None
     if mask.shape != (rows, modalities):
         raise ValueError(f"mask must be [{rows}, {modalities}], got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool and mask.device == device:
+        return mask
     return mask.to(device=device, dtype=torch.bool)
 
 
@@ -79,18 +127,31 @@ def modality_mask(
 class Bags:
     """Jagged bags in the layout of ``torch.nn.functional.embedding_bag``.
 
-    ``indices`` is ``[L]`` (int32 or int64); bag ``b`` holds ``indices[offsets[b]:end_b]`` with
-    ``end_b = offsets[b + 1]``, or ``L`` for the last bag unless ``include_last_offset``.
+    ``indices`` is ``[L]`` (int32 or int64). With ``length`` set, bag ``b`` is
+    ``indices[b * length:(b + 1) * length]`` and ``offsets`` is None (2-D input: no offsets
+    tensor is built, the kernel computes them). Otherwise bag ``b`` holds
+    ``indices[offsets[b]:end_b]`` with ``end_b = offsets[b + 1]``, or ``L`` for the last bag
+    unless ``include_last_offset``.
     """
 
     indices: Tensor
-    offsets: Tensor
+    offsets: Tensor | None
     weights: Tensor | None
     include_last_offset: bool
     count: int
+    length: int | None = None
+
+    def starts(self) -> Tensor:
+        """``[B]`` int64 start of each bag."""
+        if self.offsets is None:
+            step = max(self.length or 0, 1)
+            return torch.arange(0, self.count * step, step, device=self.indices.device)
+        return self.offsets[: self.count].long()
 
     def ends(self) -> Tensor:
         """``[B]`` int64 exclusive end of each bag."""
+        if self.offsets is None:
+            return self.starts() + (self.length or 0)
         if self.include_last_offset:
             return self.offsets[1:].long()
         tail = torch.tensor([self.indices.numel()], device=self.offsets.device)
@@ -98,7 +159,7 @@ class Bags:
 
     def lengths(self) -> Tensor:
         """``[B]`` int64 number of indices in each bag."""
-        return self.ends() - self.offsets[: self.count].long()
+        return self.ends() - self.starts()
 
 
 def bags(
@@ -122,9 +183,9 @@ def bags(
         if offsets is not None:
             raise ValueError("offsets must be None when indices is 2-D [B, L]")
         count, length = indices.shape
-        flat = indices.reshape(-1).contiguous()
-        starts = torch.arange(0, count * length, max(length, 1), device=device)[:count]
-        return Bags(flat, starts, per_sample_weights, False, count)
+        return Bags(
+            indices.reshape(-1).contiguous(), None, per_sample_weights, False, count, length
+        )
     if indices.dim() != 1 or offsets is None or offsets.dim() != 1:
         raise ValueError("indices must be 1-D with 1-D offsets, or 2-D [B, L] without offsets")
     if offsets.dtype not in INDEX_DTYPES:
@@ -132,13 +193,11 @@ def bags(
     count = offsets.numel() - (1 if include_last_offset else 0)
     if count < 0:
         raise ValueError("offsets is empty but include_last_offset=True")
-    return Bags(
-        indices.contiguous(),
-        offsets.to(device).contiguous(),
-        per_sample_weights,
-        include_last_offset,
-        count,
-    )
+    if offsets.device != device or not offsets.is_contiguous():
+        offsets = offsets.to(device).contiguous()
+    if not indices.is_contiguous():
+        indices = indices.contiguous()
+    return Bags(indices, offsets, per_sample_weights, include_last_offset, count)
 
 
 def exclusion_pairs(
@@ -153,7 +212,8 @@ def exclusion_pairs(
       query's run, the last run ends at ``E``) or ``[B + 1]`` (CSR, ``offsets[B] == E``);
     * a 2-D int tensor ``[B, H]`` padded with negative values.
 
-    Negative indices are dropped; indices ``>= N`` are dropped later by the caller.
+    Negative item ids may remain in the result and mean "nothing" (filtering them on the
+    device would cost a host sync); every consumer ignores them, and ids ``>= N`` too.
     """
     if exclude is None:
         return None
@@ -161,8 +221,8 @@ def exclusion_pairs(
         if exclude.dim() != 2 or exclude.shape[0] != queries:
             raise ValueError(f"an exclude tensor must be [{queries}, H]")
         rows = torch.arange(queries, device=device).repeat_interleave(exclude.shape[1])
-        items = exclude.reshape(-1).to(device=device, dtype=torch.int64)
-    elif isinstance(exclude, tuple):
+        return rows, exclude.reshape(-1).to(device=device, dtype=torch.int64)
+    if isinstance(exclude, tuple):
         if len(exclude) != 2:
             raise ValueError("the tuple form of exclude is (indices, offsets)")
         items = exclude[0].to(device=device, dtype=torch.int64).reshape(-1)
@@ -172,24 +232,29 @@ def exclusion_pairs(
         if offsets.numel() != queries + 1:
             raise ValueError(f"exclude offsets must have {queries} or {queries + 1} entries")
         rows = torch.arange(queries, device=device).repeat_interleave(offsets.diff())
-    else:
-        if len(exclude) != queries:
-            raise ValueError(
-                f"exclude must have one entry per query ({queries}), got {len(exclude)}"
-            )
-        per_query = [torch.as_tensor(e, dtype=torch.int64).reshape(-1).cpu() for e in exclude]
-        counts = torch.tensor([e.numel() for e in per_query], dtype=torch.int64)
-        rows = torch.arange(queries).repeat_interleave(counts).to(device)
-        items = (torch.cat(per_query) if per_query else torch.empty(0, dtype=torch.int64)).to(
-            device
-        )
-    keep = items >= 0
-    return rows[keep], items[keep]
+        return rows, items
+    if len(exclude) != queries:
+        raise ValueError(f"exclude must have one entry per query ({queries}), got {len(exclude)}")
+    if not any(isinstance(e, Tensor) for e in exclude):
+        # Host data (the usual case: a user's history from a store): flatten and drop the
+        # negative ids in Python, then one host-to-device copy.
+        counts = [len(e) for e in exclude]
+        flat = torch.tensor(list(chain.from_iterable(exclude)), dtype=torch.int64)
+        rows = torch.arange(queries).repeat_interleave(torch.tensor(counts, dtype=torch.int64))
+        keep = flat >= 0
+        pairs = torch.stack([rows[keep], flat[keep]]).to(device)
+        return pairs[0], pairs[1]
+    per_query = [torch.as_tensor(e, dtype=torch.int64).reshape(-1).cpu() for e in exclude]
+    counts_t = torch.tensor([e.numel() for e in per_query], dtype=torch.int64)
+    rows = torch.arange(queries).repeat_interleave(counts_t).to(device)
+    items = (torch.cat(per_query) if per_query else torch.empty(0, dtype=torch.int64)).to(device)
+    return rows, items
 
 
 def promote(*dtypes: torch.dtype) -> torch.dtype:
     """The dtype that holds all of ``dtypes`` (``torch.promote_types`` folded)."""
     out = dtypes[0]
     for d in dtypes[1:]:
-        out = torch.promote_types(out, d)
+        if d is not out:
+            out = torch.promote_types(out, d)
     return out

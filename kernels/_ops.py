@@ -46,7 +46,7 @@ def fuse_modalities(
     m = _inputs.modality_mask(mask, rows, len(parts), device)
     dtype = out_dtype or _inputs.promote(*(p.dtype for p in parts))
     if _dispatch.choose(device, backend) == "reference":
-        return _reference.fuse(parts, w, m, dtype)
+        return _reference.fuse(parts, _inputs.weights_tensor(w, device), m, dtype)
     from kernels import _fusion
 
     return _fusion.fuse(parts, w, m, dtype)
@@ -143,7 +143,8 @@ def fuse_with_history(
     m = _inputs.modality_mask(mask, bags.count, len(parts) + 1, table.device)
     dtype = out_dtype or _inputs.promote(table.dtype, *(p.dtype for p in parts))
     if _dispatch.choose(table.device, backend) == "reference":
-        return _reference.fuse_history(parts, w, m, table, bags, dtype)
+        w_t = _inputs.weights_tensor(w, table.device)
+        return _reference.fuse_history(parts, w_t, m, table, bags, dtype)
     from kernels import _fusion
 
     return _fusion.pool(table, bags, "sum", False, dtype, fuse_with=(parts, w, m))
@@ -191,15 +192,16 @@ def score_topk(
         raise ValueError(f"k must be >= 0, got {k}")
     _inputs.check_float("queries", queries)
     _inputs.check_float("catalogue", catalogue)
-    if queries.device != catalogue.device:
-        raise ValueError(f"queries are on {queries.device}, the catalogue on {catalogue.device}")
+    device = catalogue.device
+    if queries.device != device:
+        raise ValueError(f"queries are on {queries.device}, the catalogue on {device}")
     if bias is not None and bias.shape != (catalogue.shape[0],):
         raise ValueError(f"bias must be [{catalogue.shape[0]}], got {tuple(bias.shape)}")
-    pairs = _inputs.exclusion_pairs(exclude, queries.shape[0], catalogue.device)
+    pairs = _inputs.exclusion_pairs(exclude, queries.shape[0], device)
     if k == 0:
-        empty = torch.empty(queries.shape[0], 0, device=catalogue.device)
+        empty = torch.empty(queries.shape[0], 0, device=device)
         return empty, empty.long()
-    if _dispatch.choose(catalogue.device, backend) == "reference":
+    if _dispatch.choose(device, backend) == "reference":
         return _reference.score_topk(queries, catalogue, k, pairs, scale, bias)
     from kernels import _scoring
 

@@ -56,7 +56,7 @@ def pool(table: Tensor, bags: Bags, mode: str, normalize: bool) -> Tensor:
     owner = torch.arange(bags.count, device=table.device).repeat_interleave(lengths)
     # Indices past the last bag's end (include_last_offset=True) belong to no bag.
     out = torch.zeros(bags.count, table.shape[1], device=table.device, dtype=torch.float32)
-    start = int(bags.offsets[0]) if bags.count else 0
+    start = int(bags.starts()[0]) if bags.count else 0
     out.index_add_(0, owner, rows[start : start + owner.numel()])
     if mode == "mean":
         out = out / lengths.clamp(min=1).unsqueeze(1).float()

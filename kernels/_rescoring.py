@@ -54,8 +54,10 @@ def rescore_chunks(
         s = s.masked_fill(~live, float("-inf"))
         if pairs is not None:
             ex_rows, ex_items = pairs
-            ex_chunk = ex_items // chunk_rows
-            owner = lookup[ex_rows, ex_chunk]
+            # Ids outside [0, N) stay in the pairs (see _inputs.exclusion_pairs): no owner.
+            valid = (ex_items >= 0) & (ex_items < items_total)
+            ex_chunk = torch.where(valid, ex_items // chunk_rows, 0)
+            owner = torch.where(valid, lookup[ex_rows, ex_chunk], -1)
             sel = (owner >= lo) & (owner < hi)
             s[owner[sel] - lo, ex_items[sel] - ex_chunk[sel] * chunk_rows] = float("-inf")
         found[lo:hi] = torch.topk(_keys.encode(s, items), keep, dim=1).values

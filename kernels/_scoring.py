@@ -5,16 +5,26 @@ blocks of ``BLOCK_Q``. A program scores its query block against its chunk, ``BLO
 time with ``tl.dot`` (float32 accumulation), and keeps each query's best ``KP`` (<= 8) items of
 the chunk as int64 keys (see ``_keys``) in registers. Programs of one chunk are adjacent in the
 grid, so with several query blocks the chunk is served from L2, not read again from memory.
-Only scores better than the current ``KP``-th best enter the selection loop, so after the first
-tiles most rows are rejected with one compare. The loop over (tile, k-step) is flat, so Triton's
-pipeliner keeps the next tiles' loads in flight during a tile's selection.
+Only scores above a threshold enter the selection loop, which extracts one item per query per
+round and raises the threshold after each; a round costs two row reductions over the tile, so
+the number of rounds per tile is what the kernel's speed depends on beyond memory.
 
-Pass 2 (host, torch): ``topk`` over the ``[B, chunks * KP]`` candidate keys. A chunk may hold
-more than ``KP`` of a query's true top ``k``; that is detected exactly, without rescoring: if
-the chunk's worst kept candidate still ranks above the merged ``k``-th key, its unkept items
-might too. Only such pairs are repaired, in torch (``_rescoring``). There are at least ``2k``
-chunks where the catalogue allows, so on real-valued data that is rare; on adversarial data
-(the whole top k in one chunk) it costs time, never correctness.
+The threshold is the larger of the chunk's current ``KP``-th best and an optional per-query
+*floor*. Early in a chunk the first is low and most items would enter; the floor fixes that. A
+short pre-pass (the same kernel with ``BOUND_SLOTS > 0``) scores the first ``bound_rows`` rows
+of every chunk and writes each tile's best score per query; the ``k``-th largest of those tile
+maxima is a score that ``k`` distinct items reach, so no item below it can be in the top ``k``.
+The main pass drops items at or below a slightly relaxed floor (the two passes round alike, but
+nothing here relies on it): after the merge, a query whose ``k``-th score is not above its
+floor is rescanned exactly, so the floor can cost time but never correctness.
+
+Pass 2 (``_finish_kernel`` after one ``torch.topk`` over the ``[B, chunks * KP]`` candidate
+keys): decodes the top ``k`` and counts saturated (query, chunk) pairs and floor violations in
+one launch, read back with the call's one host sync. A chunk is saturated when its worst kept
+candidate still ranks above the merged ``k``-th key: its unkept items might too. Only such
+pairs are repaired, in torch (``_rescoring``). There are at least ``2k`` chunks where the
+catalogue allows, so on real-valued data that is rare; on adversarial data (the whole top k in
+one chunk) it costs time, never correctness.
 """
 
 from __future__ import annotations
@@ -27,40 +37,54 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels import _keys, _reference, _rescoring
-from kernels._dispatch import interpreting
-from kernels._tuning import Launcher, size_class
+from kernels._tuning import INTERPRET, Launcher, pow2, size_class, sm_count
 
-_PAD = tl.constexpr(_keys.PAD_KEY)
-_NEG_INF = tl.constexpr(float("-inf"))
-_INT32_MAX = tl.constexpr(2**31 - 1)
+# The kernels spell their constants as literals, not module-level tl.constexpr globals: Triton
+# compares every global a kernel reads with its compile-time value on each launch (~1 us
+# apiece). PAD = -(2**63) is _keys.PAD_KEY (checked below); 3.4028234663852886e38 is the
+# largest float32; 2147483647 is the largest int32.
+assert _keys.PAD_KEY == -9223372036854775808
 #: Candidates kept per (query, chunk). More costs selection work; fewer costs rescoring.
 _MAX_KEEP = 8
+#: The floor is relaxed by this fraction of its magnitude before the main pass uses it.
+_FLOOR_SLACK = 2.0**-12  # the literal 0.000244140625 in _relaxed_floor
+#: Rows per chunk scored by the floor pre-pass, and the least chunk length that gets one
+#: (shorter chunks reach a high KP-th best soon enough on their own).
+_BOUND_ROWS = 32 if INTERPRET else 256
+_BOUND_MIN_CHUNK = 4 * _BOUND_ROWS if INTERPRET else 16 * _BOUND_ROWS
+#: Tile-maximum slots per chunk in the pre-pass output: bound_rows / the smallest BLOCK_N.
+_BOUND_SLOTS = _BOUND_ROWS // (32 if INTERPRET else 64)
 
 
 @triton.jit
 def _make_key(score, index):
-    """int64 key of float32 ``score`` and ``index``; -inf and NaN give ``_PAD``."""
+    """int64 key of float32 ``score`` and ``index``; -inf and NaN give ``PAD_KEY``."""
     bits = score.to(tl.int32, bitcast=True)
     ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
     key = (ordered.to(tl.int64) << 32) | (0xFFFFFFFF - index.to(tl.int64))
-    return tl.where(score > _NEG_INF, key, _PAD)
+    return tl.where(score > float("-inf"), key, -9223372036854775808)
 
 
 @triton.jit
 def _key_score(key):
-    """float32 score of an int64 key; ``_PAD`` gives -inf."""
+    """float32 score of an int64 key; ``PAD_KEY`` gives -inf."""
     ordered = (key >> 32).to(tl.int32)
     bits = tl.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
-    return tl.where(key == _PAD, _NEG_INF, bits.to(tl.float32, bitcast=True))
+    return tl.where(key == -9223372036854775808, float("-inf"), bits.to(tl.float32, bitcast=True))
 
 
 @triton.jit
-def _absorb_tile(
+def _relaxed_floor(f):
+    """The floor the main pass uses for a pre-pass bound ``f`` (see ``relaxed_floor``)."""
+    return tl.where(f == float("inf"), 3.4028234663852886e38, f - tl.abs(f) * 0.000244140625)
+
+
+@triton.jit
+def _tile_scores(
     acc,
-    best,
     rows,
     items,
-    keep,
+    live,
     scale,
     bias_ptr,
     ex_rows_ptr,
@@ -69,9 +93,8 @@ def _absorb_tile(
     ex_hi,
     HAS_BIAS: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
-    KP: tl.constexpr,
 ):
-    """Merge a tile's scores (``acc``, ``[BLOCK_Q, BLOCK_N]``) into the best ``KP`` keys."""
+    """Scores of a tile (``acc``, ``[BLOCK_Q, BLOCK_N]``); dead and excluded entries -inf."""
     s = acc * scale
     if HAS_BIAS:
         s += tl.load(bias_ptr + items, mask=items >= 0, other=0.0).to(tl.float32)[None, :]
@@ -79,24 +102,34 @@ def _absorb_tile(
         for e in range(ex_lo, ex_hi):
             ex_row = tl.load(ex_rows_ptr + e)
             ex_item = tl.load(ex_items_ptr + e)
-            keep = keep & ((rows[:, None] != ex_row) | (items[None, :] != ex_item))
-    # -0.0 == 0.0 but their bits differ; one key per score value keeps ties index-ordered.
-    s = tl.where(s == 0.0, 0.0, s)
-    # Tiles go up in item index, so an item scoring exactly the current KP-th best ranks
-    # below it (higher index): only strictly better scores can enter.
-    theta = _key_score(tl.min(best, axis=1))
-    s = tl.where(keep & (s > theta[:, None]), s, _NEG_INF)
-    entering = tl.max(tl.sum((s > _NEG_INF).to(tl.int32), axis=1), axis=0)
+            live = live & ((rows[:, None] != ex_row) | (items[None, :] != ex_item))
+    return tl.where(live, s, float("-inf"))
+
+
+@triton.jit
+def _absorb_tile(s, best, items, floor, KP: tl.constexpr):
+    """Merge a tile's scores ``s`` (``[BLOCK_Q, BLOCK_N]``, NaN allowed) into the best ``KP``
+    keys of each query, taking only items above ``floor`` (``[BLOCK_Q]``)."""
     slots = tl.arange(0, KP)
-    for _ in range(tl.minimum(entering, KP)):
-        top = tl.max(s, axis=1)
-        pick = tl.min(tl.where(s == top[:, None], items[None, :], _INT32_MAX), axis=1)
-        s = tl.where(items[None, :] == pick[:, None], _NEG_INF, s)
-        key = _make_key(top, pick)
-        worst = tl.min(best, axis=1)
+    worst = tl.min(best, axis=1)
+    # Tiles go up in item index, so an item scoring exactly the current KP-th best ranks below
+    # it (higher index): only strictly better scores can enter. NaN never does.
+    theta = tl.maximum(_key_score(worst), floor)
+    s = tl.where(s > theta[:, None], s, float("-inf"))
+    top = tl.max(s, axis=1)
+    # One item per query per round, best first (ties: lower index first); after each, the
+    # threshold rises to the new KP-th best, so the rest of the tile often drops out at once.
+    while tl.max(top, axis=0) > float("-inf"):
+        pick = tl.min(tl.where(s == top[:, None], items[None, :], 2147483647), axis=1)
+        # -0.0 == 0.0 but their bits differ; one key per score value keeps ties index-ordered.
+        key = _make_key(tl.where(top == 0.0, 0.0, top), pick)
         slot = tl.argmin(best, axis=1)
         better = (slots[None, :] == slot[:, None]) & (key > worst)[:, None]
         best = tl.where(better, key[:, None], best)
+        worst = tl.min(best, axis=1)
+        theta = tl.maximum(_key_score(worst), floor)
+        s = tl.where((items[None, :] != pick[:, None]) & (s > theta[:, None]), s, float("-inf"))
+        top = tl.max(s, axis=1)
     return best
 
 
@@ -107,7 +140,9 @@ def _score_kernel(
     c_ptr,
     c_stride,
     bias_ptr,
-    cand_ptr,
+    out_ptr,
+    floor_ptr,
+    floor_stride,
     ex_rows_ptr,
     ex_items_ptr,
     ex_off_ptr,
@@ -117,24 +152,36 @@ def _score_kernel(
     C,
     QB,
     chunk_rows,
+    bound_rows,
     scale,
-    SIZE_CLASS,
     HAS_BIAS: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
+    HAS_FLOOR: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     KP: tl.constexpr,
+    BOUND_SLOTS: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    """Main pass (``BOUND_SLOTS == 0``): int64 ``out[B, C, KP]``, each (query, chunk)'s best
+    keys. Pre-pass (``BOUND_SLOTS > 0``): float32 ``out[B, C, BOUND_SLOTS]``, the best score
+    of each of the chunk's first tiles (its first ``bound_rows`` rows), -inf past them."""
     pid = tl.program_id(0)
     chunk = pid // QB
     rows = (pid % QB) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     live_q = rows < B
-    best = tl.full([BLOCK_Q, KP], _PAD, tl.int64)
+    rows64 = rows.to(tl.int64)
+    best = tl.full([BLOCK_Q, KP], -9223372036854775808, tl.int64)
     lo = chunk * chunk_rows
     hi = tl.minimum(lo + chunk_rows, N)
+    if BOUND_SLOTS > 0:
+        hi = tl.minimum(hi, lo + bound_rows)
+    floor = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    if HAS_FLOOR:
+        f = tl.load(floor_ptr + rows64 * floor_stride, mask=live_q, other=float("-inf"))
+        floor = _relaxed_floor(f)
     ex_lo = 0
     ex_hi = 0
     if HAS_EXCLUDE:
@@ -144,9 +191,9 @@ def _score_kernel(
     # then keeps catalogue loads for the next tile in flight while this tile's top-k
     # selection runs, instead of draining the pipeline at every tile.
     k_steps = tl.cdiv(D, BLOCK_K)
-    steps = tl.cdiv(hi - lo, BLOCK_N) * k_steps
+    tiles = tl.cdiv(hi - lo, BLOCK_N)
     acc = tl.zeros([BLOCK_Q, BLOCK_N], tl.float32)
-    for step in range(0, steps):
+    for step in range(0, tiles * k_steps):
         kk = step % k_steps
         items = lo + (step // k_steps) * BLOCK_N + tl.arange(0, BLOCK_N)
         live_n = items < hi
@@ -161,13 +208,12 @@ def _score_kernel(
             c = c.to(tl.float32)
         acc = tl.dot(q, tl.trans(c), acc, input_precision=PRECISION)
         if kk == k_steps - 1:
-            keep = live_q[:, None] & live_n[None, :]
-            best = _absorb_tile(
+            items = tl.where(live_n, items, -1)
+            s = _tile_scores(
                 acc,
-                best,
                 rows,
-                tl.where(live_n, items, -1),
-                keep,
+                items,
+                live_q[:, None] & live_n[None, :],
                 scale,
                 bias_ptr,
                 ex_rows_ptr,
@@ -176,24 +222,92 @@ def _score_kernel(
                 ex_hi,
                 HAS_BIAS,
                 HAS_EXCLUDE,
-                KP,
             )
+            if BOUND_SLOTS > 0:
+                tile_max = tl.max(
+                    tl.where(s > float("-inf"), s, float("-inf")), axis=1
+                )  # NaN -> -inf
+                slot = (rows64 * C + chunk) * BOUND_SLOTS + step // k_steps
+                tl.store(out_ptr + slot, tile_max, mask=live_q)
+            else:
+                best = _absorb_tile(s, best, items, floor, KP)
             acc = tl.zeros([BLOCK_Q, BLOCK_N], tl.float32)
+    if BOUND_SLOTS > 0:
+        slots = tl.arange(0, BOUND_SLOTS)
+        unused = tl.full([BLOCK_Q, BOUND_SLOTS], float("-inf"), tl.float32)
+        out_ptrs = out_ptr + (rows64[:, None] * C + chunk) * BOUND_SLOTS + slots[None, :]
+        tl.store(out_ptrs, unused, mask=live_q[:, None] & (slots[None, :] >= tiles))
+    else:
+        slots = tl.arange(0, KP)
+        out_ptrs = out_ptr + (rows64[:, None] * C + chunk) * KP + slots[None, :]
+        tl.store(out_ptrs, best, mask=live_q[:, None])
+
+
+@triton.jit
+def _finish_kernel(
+    keys_ptr,
+    cand_ptr,
+    floor_ptr,
+    floor_stride,
+    scores_ptr,
+    index_ptr,
+    counts_ptr,
+    k,
+    C,
+    HAS_FLOOR: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Per query: decode the top ``k`` keys; add its saturated chunks to ``counts[0]`` and 1
+    to ``counts[1]`` if its ``k``-th score is not above its floor."""
+    b = tl.program_id(0).to(tl.int64)
+    for j in range(0, k, BLOCK_K):
+        offs = j + tl.arange(0, BLOCK_K)
+        live = offs < k
+        key = tl.load(keys_ptr + b * k + offs, mask=live, other=-9223372036854775808)
+        index = tl.where(key == -9223372036854775808, -1, 0xFFFFFFFF - (key & 0xFFFFFFFF))
+        tl.store(scores_ptr + b * k + offs, _key_score(key), mask=live)
+        tl.store(index_ptr + b * k + offs, index, mask=live)
+    kth = tl.load(keys_ptr + b * k + k - 1)
+    saturated = tl.zeros([BLOCK_C], tl.int32)
     slots = tl.arange(0, KP)
-    out_ptrs = cand_ptr + (rows.to(tl.int64)[:, None] * C + chunk) * KP + slots[None, :]
-    tl.store(out_ptrs, best, mask=live_q[:, None])
+    for c0 in range(0, C, BLOCK_C):
+        chunks = c0 + tl.arange(0, BLOCK_C)
+        ptrs = cand_ptr + (b * C + chunks[:, None]) * KP + slots[None, :]
+        kept = tl.load(ptrs, mask=(chunks < C)[:, None], other=-9223372036854775808)
+        saturated += (tl.min(kept, axis=1) > kth).to(tl.int32)
+    tl.atomic_add(counts_ptr, tl.sum(saturated, axis=0))
+    if HAS_FLOOR:
+        floor = _relaxed_floor(tl.load(floor_ptr + b * floor_stride))
+        violated = (floor > float("-inf")) & (_key_score(kth) <= floor)
+        tl.atomic_add(counts_ptr + 1, violated.to(tl.int32))
+
+
+def relaxed_floor(bound: Tensor) -> Tensor:
+    """Torch twin of ``_relaxed_floor`` (the repair path recomputes the violations)."""
+    inf = torch.full_like(bound, float("inf"))
+    return torch.where(
+        bound == inf, torch.finfo(torch.float32).max, bound - bound.abs() * _FLOOR_SLACK
+    )
 
 
 def _score_prune(configs: list[triton.Config], args: dict[str, Any]) -> list[triton.Config]:
     # Shared memory per pipeline stage holds a query tile and a catalogue tile; keep the
     # estimate under the 227 KB a Hopper block may use (float32 catalogues need half the depth).
+    # The pre-pass reads a few tiles per chunk: a BLOCK_N the slots cannot hold is out.
     size = args["c_ptr"].element_size()
     block_q = int(args["BLOCK_Q"])
+    slots = int(args["BOUND_SLOTS"])
 
     def smem(c: triton.Config) -> int:
         return c.num_stages * (block_q + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] * size
 
-    kept = [c for c in configs if smem(c) <= 200 * 1024]
+    kept = [
+        c
+        for c in configs
+        if smem(c) <= 200 * 1024 and (slots == 0 or c.kwargs["BLOCK_N"] * slots >= _BOUND_ROWS)
+    ]
     return kept or [min(configs, key=smem)]
 
 
@@ -202,15 +316,13 @@ _SCORE = Launcher(
     [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bn, bk, w, s in (
-            (128, 64, 8, 4),
-            (256, 64, 8, 4),
-            (128, 128, 8, 3),
-            (256, 64, 8, 3),
             (128, 64, 4, 4),
+            (128, 64, 8, 4),
+            (256, 64, 8, 3),
+            (128, 128, 8, 3),
             (64, 128, 4, 4),
         )
     ],
-    key=["D", "BLOCK_Q", "SIZE_CLASS"],
     interpret=triton.Config({"BLOCK_N": 32, "BLOCK_K": 32}, num_warps=1),
     prune=_score_prune,
 )
@@ -223,24 +335,95 @@ def _chunk_rows(items: int, query_blocks: int, k: int, device: torch.device) -> 
     allows: a query's top ``k`` then averages at most half an item per chunk, so a chunk
     rarely holds more than its ``KP`` kept candidates and rescoring stays rare.
     """
-    if interpreting():
+    if INTERPRET:
         programs, align = 4, 32
     else:
-        programs, align = 8 * torch.cuda.get_device_properties(device).multi_processor_count, 256
-    chunks = max(triton.cdiv(programs, query_blocks), min(2 * k, triton.cdiv(items, align)), 1)
-    return max(align, triton.cdiv(triton.cdiv(items, chunks), align) * align)
+        programs, align = 8 * sm_count(device.index or 0), 256
+    chunks = max(_cdiv(programs, query_blocks), min(2 * k, _cdiv(items, align)), 1)
+    return max(align, _cdiv(_cdiv(items, chunks), align) * align)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _exclusion_segments(
-    pairs: tuple[Tensor, Tensor], chunk_rows: int, block_q: int, query_blocks: int, segments: int
+    pairs: tuple[Tensor, Tensor],
+    items_total: int,
+    chunk_rows: int,
+    block_q: int,
+    query_blocks: int,
+    segments: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(rows, items, offsets): exclusions grouped by program (chunk x query block), CSR."""
+    """(rows, items, offsets): exclusions grouped by program (chunk x query block), CSR.
+
+    Ids outside ``[0, N)`` become -1 (matches no live item) in segment 0: no host sync."""
     rows, items = pairs
-    seg = (items // chunk_rows) * query_blocks + rows // block_q
+    valid = (items >= 0) & (items < items_total)
+    seg = torch.where(valid, items // chunk_rows, 0) * query_blocks + rows // block_q
     order = torch.argsort(seg)
     offsets = torch.zeros(segments + 1, dtype=torch.int32, device=rows.device)
     offsets[1:] = torch.cumsum(torch.bincount(seg, minlength=segments), 0)
+    items = torch.where(valid, items, -1)
     return rows[order].to(torch.int32), items[order].to(torch.int32), offsets
+
+
+def _launch(
+    out: Tensor,
+    queries: Tensor,
+    catalogue: Tensor,
+    k: int,
+    ex: tuple[Tensor, Tensor, Tensor] | None,
+    scale: float,
+    bias: Tensor | None,
+    floor: Tensor | None,
+    chunk_rows: int,
+    block_q: int,
+    bound_slots: int = 0,
+) -> None:
+    count, dim = queries.shape
+    items_total = catalogue.shape[0]
+    chunks, query_blocks = out.shape[1], _cdiv(count, block_q)
+    key = (
+        block_q, pow2(dim), size_class(items_total), catalogue.dtype, bound_slots,
+        bias is not None, ex is not None, floor is not None,
+    )  # fmt: skip
+    _SCORE(
+        key,
+        lambda meta: (chunks * query_blocks,),
+        queries,
+        queries.stride(0),
+        catalogue,
+        catalogue.stride(0),
+        bias if bias is not None else out,
+        out,
+        floor if floor is not None else out,
+        floor.stride(0) if floor is not None else 0,
+        *(ex if ex is not None else (out, out, out)),
+        count,
+        items_total,
+        dim,
+        chunks,
+        query_blocks,
+        chunk_rows,
+        _BOUND_ROWS,
+        float(scale),
+        HAS_BIAS=bias is not None,
+        HAS_EXCLUDE=ex is not None,
+        HAS_FLOOR=floor is not None,
+        UPCAST=INTERPRET,
+        PRECISION="ieee" if catalogue.dtype == torch.float32 else None,
+        KP=out.shape[2] if bound_slots == 0 else 1,
+        BOUND_SLOTS=bound_slots,
+        BLOCK_Q=block_q,
+    )
+
+
+def _layout(count: int, items_total: int, k: int, device: torch.device) -> tuple[int, int, int]:
+    """(block_q, chunk_rows, chunks) of a call."""
+    block_q = 16 if count <= 16 else 32 if count <= 32 else 64
+    chunk_rows = _chunk_rows(items_total, _cdiv(count, block_q), k, device)
+    return block_q, chunk_rows, _cdiv(items_total, chunk_rows)
 
 
 def candidates(
@@ -250,49 +433,26 @@ def candidates(
     pairs: tuple[Tensor, Tensor] | None,
     scale: float,
     bias: Tensor | None,
+    floor: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """Pass 1: int64 ``[B, chunks, KP]`` best keys of each (query, chunk), unordered within the
-    last dimension (``PAD_KEY`` where a chunk has fewer items), and ``chunk_rows``.
+    last dimension (``PAD_KEY`` where a chunk has fewer items above ``floor``), and
+    ``chunk_rows``.
 
-    ``queries`` must already be in the catalogue's dtype, both with unit stride along D, and
-    ``pairs`` restricted to items ``< N``; ``B, N, D, k >= 1``.
+    ``queries`` must already be in the catalogue's dtype, both with unit stride along D;
+    ``B, N, D, k >= 1``. ``floor``: float32 ``[B]`` (any stride) pre-pass bounds, or None.
     """
-    count, dim = queries.shape
+    count = queries.shape[0]
     items_total = catalogue.shape[0]
-    block_q = 16 if count <= 16 else 32 if count <= 32 else 64
-    query_blocks = triton.cdiv(count, block_q)
-    keep = min(triton.next_power_of_2(k), _MAX_KEEP)
-    chunk_rows = _chunk_rows(items_total, query_blocks, k, catalogue.device)
-    chunks = triton.cdiv(items_total, chunk_rows)
+    block_q, chunk_rows, chunks = _layout(count, items_total, k, catalogue.device)
+    keep = min(pow2(k), _MAX_KEEP)
     cand = torch.empty(count, chunks, keep, dtype=torch.int64, device=catalogue.device)
+    ex = None
     if pairs is not None:
-        ex = _exclusion_segments(pairs, chunk_rows, block_q, query_blocks, chunks * query_blocks)
-    else:
-        ex = (cand, cand, cand)
-    _SCORE(
-        lambda meta: (chunks * query_blocks,),
-        queries,
-        queries.stride(0),
-        catalogue,
-        catalogue.stride(0),
-        bias if bias is not None else cand,
-        cand,
-        *ex,
-        count,
-        items_total,
-        dim,
-        chunks,
-        query_blocks,
-        chunk_rows,
-        float(scale),
-        size_class(count, items_total),
-        HAS_BIAS=bias is not None,
-        HAS_EXCLUDE=pairs is not None,
-        UPCAST=interpreting(),
-        PRECISION="ieee" if catalogue.dtype == torch.float32 else None,
-        KP=keep,
-        BLOCK_Q=block_q,
-    )
+        query_blocks = _cdiv(count, block_q)
+        segments = chunks * query_blocks
+        ex = _exclusion_segments(pairs, items_total, chunk_rows, block_q, query_blocks, segments)
+    _launch(cand, queries, catalogue, k, ex, scale, bias, floor, chunk_rows, block_q)
     return cand, chunk_rows
 
 
@@ -309,20 +469,99 @@ def score_topk(
     items_total = catalogue.shape[0]
     if items_total == 0 or dim == 0 or count == 0:
         return _reference.score_topk(queries, catalogue, k, pairs, scale, bias)
+    device = catalogue.device
     # A GEMM in the catalogue's dtype: round the (small) queries once, here.
-    q = queries.to(catalogue.dtype)
+    q = queries if queries.dtype == catalogue.dtype else queries.to(catalogue.dtype)
     q = q if q.stride(1) == 1 else q.contiguous()
     cat = catalogue if catalogue.stride(1) == 1 else catalogue.contiguous()
+    block_q, chunk_rows, chunks = _layout(count, items_total, k, device)
+    query_blocks = _cdiv(count, block_q)
+    keep = min(pow2(k), _MAX_KEEP)
+    ex = None
     if pairs is not None:
-        inside = pairs[1] < items_total
-        pairs = (pairs[0][inside], pairs[1][inside])
-    cand, chunk_rows = candidates(q, cat, k, pairs, scale, bias)
+        ex = _exclusion_segments(
+            pairs, items_total, chunk_rows, block_q, query_blocks, chunks * query_blocks
+        )
+    floor = None
+    if chunk_rows >= _BOUND_MIN_CHUNK and chunks >= 2 * k:
+        # Long chunks, and at least 2k tile maxima: the pre-pass costs ~1/16 of a read.
+        floor = _floor(q, cat, k, ex, scale, bias, chunk_rows, block_q, chunks)
+    cand = torch.empty(count, chunks, keep, dtype=torch.int64, device=device)
+    _launch(cand, q, cat, k, ex, scale, bias, floor, chunk_rows, block_q)
     keys = _keys.top_keys(cand.view(count, -1), k)
+    scores = torch.empty(count, k, dtype=torch.float32, device=device)
+    index = torch.empty(count, k, dtype=torch.int64, device=device)
+    counts = torch.zeros(2, dtype=torch.int32, device=device)
+    _finish_kernel[(count,)](
+        keys,
+        cand,
+        floor if floor is not None else scores,
+        floor.stride(0) if floor is not None else 0,
+        scores,
+        index,
+        counts,
+        k,
+        chunks,
+        HAS_FLOOR=floor is not None,
+        KP=keep,
+        BLOCK_K=min(pow2(k), 1024),
+        BLOCK_C=min(pow2(chunks), 256),
+        num_warps=1 if INTERPRET else 4,
+    )
+    saturated_pairs, violations = counts.tolist()  # the one host sync of the call
+    if not saturated_pairs and not violations:
+        return scores, index
+    return _repair(q, cat, k, pairs, scale, bias, cand, keys, floor, chunk_rows, saturated_pairs)
+
+
+def _floor(
+    q: Tensor,
+    cat: Tensor,
+    k: int,
+    ex: tuple[Tensor, Tensor, Tensor] | None,
+    scale: float,
+    bias: Tensor | None,
+    chunk_rows: int,
+    block_q: int,
+    chunks: int,
+) -> Tensor:
+    """Pre-pass: float32 ``[B]`` (a strided view) ``k``-th largest tile maximum per query."""
+    count = q.shape[0]
+    tile_max = torch.empty(count, chunks, _BOUND_SLOTS, dtype=torch.float32, device=cat.device)
+    _launch(tile_max, q, cat, k, ex, scale, bias, None, chunk_rows, block_q, _BOUND_SLOTS)
+    return torch.topk(tile_max.view(count, -1), k, dim=1).values[:, k - 1]
+
+
+def _repair(
+    q: Tensor,
+    cat: Tensor,
+    k: int,
+    pairs: tuple[Tensor, Tensor] | None,
+    scale: float,
+    bias: Tensor | None,
+    cand: Tensor,
+    keys: Tensor,
+    floor: Tensor | None,
+    chunk_rows: int,
+    saturated_pairs: int,
+) -> tuple[Tensor, Tensor]:
+    """Exact top ``k`` where the candidates may be short (rare; see the module docstring)."""
+    items_total = cat.shape[0]
     saturated = cand.min(dim=2).values > keys[:, -1:]
-    rescored = int(saturated.sum())  # the one host sync of the call
-    if rescored and rescored * chunk_rows > items_total:
+    violated = torch.zeros(q.shape[0], dtype=torch.bool, device=cat.device)
+    if floor is not None:
+        relaxed = relaxed_floor(floor)
+        kth = _keys.decode(keys[:, -1])[0]
+        violated = (relaxed > float("-inf")) & (kth <= relaxed)
+    if saturated_pairs * chunk_rows > items_total:
         # Cheaper to score the whole catalogue again for the affected queries only.
-        keys = _rescoring.rescan_queries(q, cat, k, pairs, scale, bias, keys, saturated.any(dim=1))
-    elif rescored:
-        keys = _rescoring.rescore_chunks(q, cat, k, pairs, scale, bias, cand, saturated, chunk_rows)
+        affected = saturated.any(dim=1) | violated
+        keys = _rescoring.rescan_queries(q, cat, k, pairs, scale, bias, keys, affected)
+    else:
+        if saturated_pairs:
+            keys = _rescoring.rescore_chunks(
+                q, cat, k, pairs, scale, bias, cand, saturated, chunk_rows
+            )
+        if bool(violated.any()):
+            keys = _rescoring.rescan_queries(q, cat, k, pairs, scale, bias, keys, violated)
     return _keys.decode(keys)

@@ -71,9 +71,11 @@ def fuse_case(
     masked: bool = False,
     stacked: bool = True,
     out_dtype: torch.dtype | None = None,
+    list_weights: bool = False,
 ) -> Callable[[torch.Generator, torch.device], Inputs]:
     """Random modalities; with ``masked``, row 0 has nothing present and row 1 only modality 0,
-    and every absent slot holds NaN (it must never be read)."""
+    and every absent slot holds NaN (it must never be read). ``list_weights``: the weights as
+    Python floats (they reach the kernel as scalar arguments)."""
 
     def build(g: torch.Generator, device: torch.device) -> Inputs:
         parts = [_randn(g, device, rows, dim, dtype=d) for d in dtypes]
@@ -90,7 +92,8 @@ def fuse_case(
             for m, p in enumerate(parts):
                 p[~mask[:, m]] = float("nan")
         embs: Any = torch.stack(parts) if stacked else parts
-        return {"embs": embs, "weights": weights, "mask": mask, "out_dtype": out_dtype}
+        w: Any = weights.tolist() if list_weights else weights
+        return {"embs": embs, "weights": w, "mask": mask, "out_dtype": out_dtype}
 
     return build
 
@@ -146,15 +149,21 @@ def history_case(
     *,
     masked: bool = False,
     weighted: bool = False,
+    list_weights: bool = False,
+    fixed_length: bool = False,
 ) -> Callable[[torch.Generator, torch.device], Inputs]:
-    """``dense`` random modalities plus bags; with ``masked`` row 0 has nothing present."""
-    bag = bag_case(items, dim, lengths, dtype, weighted=weighted)
+    """``dense`` random modalities plus bags; with ``masked`` row 0 has nothing present.
+    ``list_weights``: one weight per modality as Python floats (else one per row and modality).
+    ``fixed_length``: 2-D ``[B, L]`` indices (all ``lengths`` equal)."""
+    bag = bag_case(items, dim, lengths, dtype, weighted=weighted, fixed_length=fixed_length)
 
     def build(g: torch.Generator, device: torch.device) -> Inputs:
         args = bag(g, device)
         rows = len(lengths)
         embs = [_randn(g, device, rows, dim, dtype=dtype) for _ in range(dense)]
-        weights = torch.rand(rows, dense + 1, generator=g, device=device) + 0.1
+        weights: Any = torch.rand(rows, dense + 1, generator=g, device=device) + 0.1
+        if list_weights:
+            weights = weights[0].tolist()
         mask = None
         if masked:
             mask = torch.rand(rows, dense + 1, generator=g, device=device) > 0.3
@@ -213,6 +222,7 @@ def topk_case(
     exclude: str | None = None,
     bias: bool = False,
     scale: float = 1.0,
+    sparse: int = 0,
 ) -> Callable[[torch.Generator, torch.device], Inputs]:
     """A score_topk call.
 
@@ -220,7 +230,10 @@ def topk_case(
     scores from a handful of integer values, so ties decide the order. ``sorted_items``: the
     score grows with the item index, so the whole top k sits in the last chunk (forces the
     saturated-chunk rescoring). ``exclude``: ``"list"``, ``"jagged"`` (indices, offsets) or
-    ``"padded"`` ([B, H] with -1); a few items per query, some among the best.
+    ``"padded"`` ([B, H] with -1); a few items per query, some among the best. ``sparse``:
+    all-ones queries and an all-zero catalogue but for that many random items, so most scores
+    are exactly 0 and the top k ends in a tie at 0 (the floor pre-pass then finds a bound of
+    0 that the main pass cannot beat: the rescan after a floor violation).
     """
 
     def build(g: torch.Generator, device: torch.device) -> Inputs:
@@ -232,6 +245,10 @@ def topk_case(
         else:
             q = _randn(g, device, queries, dim, dtype=dtype)
             cat = _randn(g, device, items, dim, dtype=dtype)
+        if sparse:
+            q = torch.ones(queries, dim, device=device, dtype=dtype)
+            cat = torch.zeros(items, dim, device=device, dtype=dtype)
+            cat[torch.randperm(items, generator=g, device=device)[:sparse]] = 1
         if sorted_items:
             q = q.abs()
             ramp = torch.linspace(0.0, 1.0, items, device=device)[:, None]
@@ -286,9 +303,6 @@ def run(case: Case, inputs: Inputs, backend: str) -> Any:
         cat = inputs["catalogue"]
         q = inputs["queries"].to(cat.dtype)
         pairs = _inputs.exclusion_pairs(inputs.get("exclude"), q.shape[0], cat.device)
-        if pairs is not None:
-            inside = pairs[1] < cat.shape[0]
-            pairs = (pairs[0][inside], pairs[1][inside])
         scale, bias = inputs.get("scale", 1.0), inputs.get("bias")
         return _scoring.candidates(q, cat, inputs["k"], pairs, scale, bias)
     return _FUNCTIONS[case.kind](**inputs, backend=backend)
@@ -333,7 +347,7 @@ def _excluded(inputs: Inputs, queries: int, items: int, device: torch.device) ->
     pairs = exclusion_pairs(inputs.get("exclude"), queries, device)
     if pairs is not None:
         rows, cols = pairs
-        inside = cols < items
+        inside = (cols >= 0) & (cols < items)  # other ids mean nothing
         out[rows[inside], cols[inside]] = True
     return out
 
@@ -472,7 +486,25 @@ CPU_CASES = [
     ),
     Case("topk-f32-k-over-n-jagged", "topk", topk_case(3, 40, 10, 50, F32, exclude="jagged")),
     Case("topk-bf16-qblocks-padded", "topk", topk_case(70, 64, 8, 5, BF16, exclude="padded")),
+    # Chunks long enough for the floor pre-pass (see _scoring): with bias and exclusions, with
+    # exact ties at the top, and with a floor the main pass cannot beat (rescan).
+    Case(
+        "topk-f32-floor-bias-list",
+        "topk",
+        topk_case(3, 3000, 16, 8, F32, bias=True, scale=0.5, exclude="list"),
+    ),
+    Case("topk-f32-floor-ties", "topk", topk_case(4, 3000, 6, 8, F32, ties=True), exact=True),
+    Case("topk-f32-floor-violated", "topk", topk_case(2, 3000, 8, 8, F32, sparse=3), exact=True),
+    Case("fuse-bf16-list-weights", "fuse", fuse_case(5, 40, (BF16,) * 3, list_weights=True)),
+    Case(
+        "history-f32-list-fixed",
+        "history",
+        history_case(30, 20, [4, 4, 4], 2, F32, list_weights=True, fixed_length=True),
+    ),
 ]
+
+#: CPU cases that must take the floor pre-pass of the Triton score_topk.
+FLOOR_CASES = ["topk-f32-floor-bias-list", "topk-f32-floor-ties", "topk-f32-floor-violated"]
 
 #: Serving sizes, for the GPU.
 GPU_CASES = [

@@ -27,17 +27,22 @@ from tests.kernels import _cases  # noqa: E402
 
 
 def _record_rescoring(paths: list[str]) -> None:
-    """Note in ``paths`` which of score_topk's two rescoring strategies run."""
-    from kernels import _rescoring
+    """Note in ``paths`` which of score_topk's rescoring strategies and its floor pre-pass
+    (``_floor``) run."""
+    from kernels import _rescoring, _scoring
 
-    for name in ("rescore_chunks", "rescan_queries"):
-        original = getattr(_rescoring, name)
+    for module, name in (
+        (_rescoring, "rescore_chunks"),
+        (_rescoring, "rescan_queries"),
+        (_scoring, "_floor"),
+    ):
+        original = getattr(module, name)
 
         def wrapped(*args: Any, _original: Any = original, _name: str = name) -> Any:
             paths.append(_name)
             return _original(*args)
 
-        setattr(_rescoring, name, wrapped)
+        setattr(module, name, wrapped)
 
 
 def main(out_path: str, wanted: list[str]) -> int:

@@ -65,3 +65,11 @@ def test_both_rescoring_strategies_are_exercised(
     # longer reach the strategy they are named after, the correctness tests above stop
     # covering it.
     assert interpreted[case_id]["paths"] == [path]
+
+
+@pytest.mark.parametrize("case_id", _cases.FLOOR_CASES)
+def test_floor_prepass_is_exercised(case_id: str, interpreted: dict[str, Any]) -> None:
+    paths = interpreted[case_id]["paths"]
+    assert paths[0] == "_floor"
+    # A floor no candidate beats must be repaired by a rescan; a usable one needs no repair.
+    assert paths[1:] == (["rescan_queries"] if case_id.endswith("violated") else [])
