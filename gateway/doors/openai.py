@@ -8,8 +8,9 @@ go through the same pipeline as ``/v1/infer`` (policy, cache, experiments), with
   tokenizes with the model's own tokenizer);
 - ``encoding_format``: ``float`` (default) or ``base64`` (little-endian float32, what the
   ``openai`` client asks for by default);
-- ``dimensions``: accepted only when it equals the model's width (no model here is
-  Matryoshka-trained, so truncating would silently degrade quality: refused with 400);
+- ``dimensions``: passed on to an OpenAI-compatible upstream (which may shorten its
+  vectors); for other models accepted only when it equals the model's width (truncating a
+  model that was not Matryoshka-trained would silently degrade quality: refused with 400);
 - ``user``: the experiment unit (``routing.unit``), so a user stays in one arm.
 
 ``usage`` counts whitespace-separated words: an approximation, the door does not tokenize.
@@ -35,6 +36,7 @@ from backends import (
     FieldError,
     InputItem,
     ModelNotFound,
+    OpenAISpec,
     PrismError,
     Task,
     VersionNotFound,
@@ -144,7 +146,10 @@ class OpenAIController(Controller):
         server = PipelineModelServer(runtime, door="openai")
         served = server.describe(name, version)  # unknown model or version: 404
         dims = doc.get("dimensions")
-        if dims is not None and (
+        params: dict[str, Any] = {}
+        if dims is not None and isinstance(runtime.policy.spec(name, served.version), OpenAISpec):
+            params["dimensions"] = dims  # an OpenAI upstream decides (text-embedding-3 can)
+        elif dims is not None and (
             not isinstance(dims, int) or served.dim is None or dims != served.dim
         ):
             width = f"{served.dim} dimensions" if served.dim else "a fixed width"
@@ -157,7 +162,7 @@ class OpenAIController(Controller):
             version,
             Task.EMBED,
             [InputItem(text=t) for t in texts],
-            {},
+            params,
             unit=user,
             headers=request.headers,
         )
