@@ -13,8 +13,12 @@ outputs written once; for ``bag``/``history`` that is dominated by the gathered 
 measured at the start of the same run. ``ms`` times the Python call (launch overhead included,
 which dominates below ~0.1 ms); ``graph_ms`` times CUDA-graph replays of the same call, i.e.
 the GPU work alone, for every implementation that can be captured (not score_topk, which
-synchronises once). Rows are appended to a CSV with the GPU name, the torch
-and triton versions and the date; a markdown table and the target verdicts go to ``--md``.
+synchronises once). ``host_us`` (non-target shapes with B <= 64) is the CPU time per call of 200 calls
+issued back to back without a sync: the per-call host overhead while the GPU keeps up (for
+score_topk, which syncs, it includes the GPU time). Rows are appended to a CSV with the GPU
+name, the torch and triton versions and the date; a markdown table and the target verdicts go
+to ``--md``. The top-k target also runs ``triton-nofloor`` (the kernel without its floor
+pre-pass), an A/B of that pass.
 
 Grid (bf16 everywhere). The full cross product does not fit memory and time, so:
   fuse     B in {1, 64, 1024, 16384, 65536} x D in {256, 512, 1024}
@@ -25,6 +29,7 @@ Grid (bf16 everywhere). The full cross product does not fit memory and time, so:
            (the Triton side is compute-bound beyond), D in {512, 1024} at N=1e6, B <= 1024;
            the eager/compiled baselines only where the [B, N] score matrix is <= 4 GB.
 Targets run first; ``--budget-s`` stops the grid (not the targets) when time runs out.
+``--serving``: the targets, then B in {1, 64} of each kernel (the shapes above at D=256) only.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ FIELDS = [
     "date", "gpu", "torch", "triton", "kernel", "impl", "dtype", "B", "D", "N", "M", "L", "k",
     "ms", "gbytes", "gbps", "frac_copy", "copy_gbps", "speedup_vs_eager", "speedup_vs_compile",
     "max_err", "target", "config", "graph_ms", "graph_frac_copy", "graph_speedup_vs_eager",
-    "graph_speedup_vs_compile", "note",
+    "graph_speedup_vs_compile", "host_us", "note",
 ]  # fmt: skip
 
 
@@ -175,6 +180,8 @@ def topk_case(
         "topk", {"B": b, "D": d, "N": n, "k": k}, target, moved=n * d * 2 + b * d * 2 + b * k * 12
     )
     case.impls["triton"] = lambda: kernels.score_topk(q, cat, k)
+    if target:
+        case.impls["triton-nofloor"] = lambda: _without_floor(q, cat, k)
     # Eager scores are rounded to bf16; check ours against float32 rescoring instead.
     case.error = lambda ours, _eager: float(
         (ours[0] - (q.float()[:, None, :] * cat[ours[1]].float()).sum(-1)).abs().max()
@@ -186,10 +193,30 @@ def topk_case(
     return case
 
 
-def plan(quick: bool) -> list[tuple[str, tuple[Any, ...], bool]]:
+def _without_floor(q: torch.Tensor, cat: torch.Tensor, k: int) -> Any:
+    """score_topk with the floor pre-pass switched off (an A/B of that pass)."""
+    from kernels import _scoring
+
+    _scoring.USE_FLOOR = False
+    try:
+        return kernels.score_topk(q, cat, k)
+    finally:
+        _scoring.USE_FLOOR = True
+
+
+def plan(quick: bool, serving: bool = False) -> list[tuple[str, tuple[Any, ...], bool]]:
     """(kernel, shape, is_target) in run order: targets first, then the grid."""
     targets = [("fuse", (65536, 512), True), ("topk", (10**7, 256, 64), True),
                ("bag", (10**6, 256, 4096), True), ("history", (10**6, 256, 4096), True)]  # fmt: skip
+    if serving:
+        return targets + [
+            case
+            for b in (1, 64)
+            for case in (
+                ("fuse", (b, 256), False), ("bag", (10**5, 256, b), False),
+                ("history", (10**6, 256, b), False), ("topk", (10**5, 256, b), False),
+            )
+        ]  # fmt: skip
     if quick:
         grid: list[tuple[str, tuple[Any, ...], bool]] = [
             ("fuse", (64, 256), False), ("bag", (10**5, 256, 64), False),
@@ -236,6 +263,18 @@ def graph_ms(fn: Callable[[], Any], rep_ms: int) -> float | None:
         return None
 
 
+def host_us(fn: Callable[[], Any], calls: int = 200) -> float:
+    """CPU microseconds per call of ``calls`` calls issued back to back, no sync between."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
 def make_timer(dev: torch.device, rep_ms: int) -> Callable[[Callable[[], Any]], float]:
     if dev.type == "cuda":
         from triton.testing import do_bench
@@ -271,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="targets plus three small shapes")
+    parser.add_argument(
+        "--serving", action="store_true", help="targets plus B in {1, 64} of each kernel"
+    )
     parser.add_argument("--no-targets", action="store_true", help="skip the (large) target shapes")
     parser.add_argument("--csv", default="bench/results/kernels.csv", help="CSV to append rows to")
     parser.add_argument(
@@ -282,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rep-ms", type=int, default=60, help="do_bench time per measurement")
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile baselines"
+    )
+    parser.add_argument(
+        "--compile-targets-only",
+        action="store_true",
+        help="torch.compile baselines for the target shapes only (each new shape recompiles)",
     )
     parser.add_argument("--only", choices=["fuse", "bag", "history", "topk"], action="append")
     parser.add_argument(
@@ -332,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     todo = [
         p
-        for p in plan(args.quick)
+        for p in plan(args.quick, args.serving)
         if (not args.only or p[0] in args.only) and not (args.no_targets and p[2])
     ]
     header = f"{'kernel':8} {'shape':34} {'triton ms':>10} {'eager ms':>10} {'compile ms':>10} {'GB/s':>8} {'of copy':>8} {'x eager':>8} {'x compile':>9}"  # fmt: skip
@@ -342,7 +389,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(todo)}] budget spent: skipping the rest of the grid")
             break
         results = run_case(
-            kind, shape, target, dev, compiled[kind], timer, copy_gbps, meta, backend, args.rep_ms
+            kind,
+            shape,
+            target,
+            dev,
+            compiled[kind] if target or not args.compile_targets_only else None,
+            timer,
+            copy_gbps,
+            meta,
+            backend,
+            args.rep_ms,
         )
         for row in results:
             writer.writerow(row)
@@ -388,12 +444,16 @@ def run_case(
     outputs: dict[str, Any] = {}
     rows = []
     for impl, fn in case.impls.items():
-        name = backend if impl == "triton" else impl
+        name = impl.replace("triton", backend)
         row: dict[str, Any] = {**base, "impl": name, "target": int(case.target)}
         try:
             outputs[impl] = fn()
+            if dev.type == "cuda" and not case.target and case.dims["B"] <= 64:
+                row["host_us"] = round(host_us(fn), 1)
             ms = timer(fn)
             timings[impl] = ms
+            if impl.startswith("triton") and dev.type == "cuda":
+                row["config"] = tuned_config(kind)
             row.update(ms=round(ms, 4), gbytes=round(case.moved / 1e9, 4))
             row.update(gbps=round(case.moved / ms / 1e6, 1))
             row.update(frac_copy=round(case.moved / ms / 1e6 / copy_gbps, 3))
@@ -408,22 +468,19 @@ def run_case(
         rows.append(row)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-    ours = timings.get("triton")
-    rows[0]["config"] = tuned_config(kind) if ours and dev.type == "cuda" else ""
-    if ours:
-        rows[0]["speedup_vs_eager"] = (
-            round(timings["eager"] / ours, 2) if "eager" in timings else ""
-        )
-        rows[0]["speedup_vs_compile"] = (
-            round(timings["compile"] / ours, 2) if "compile" in timings else ""
-        )
+    for impl, row in zip(case.impls, rows, strict=True):
+        ours = timings.get(impl)
+        if not impl.startswith("triton") or not ours:
+            continue
         for other in ("eager", "compile"):
-            if "triton" in graphs and other in graphs:
-                rows[0][f"graph_speedup_vs_{other}"] = round(graphs[other] / graphs["triton"], 2)
+            if other in timings:
+                row[f"speedup_vs_{other}"] = round(timings[other] / ours, 2)
+            if impl in graphs and other in graphs:
+                row[f"graph_speedup_vs_{other}"] = round(graphs[other] / graphs[impl], 2)
         if case.error is not None:
-            rows[0]["max_err"] = round(case.error(outputs["triton"], outputs.get("eager")), 5)
+            row["max_err"] = round(case.error(outputs[impl], outputs.get("eager")), 5)
         elif "eager" in outputs:
-            rows[0]["max_err"] = round(max_error(outputs["triton"], outputs["eager"]), 5)
+            row["max_err"] = round(max_error(outputs[impl], outputs["eager"]), 5)
     del case, outputs
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -435,20 +492,23 @@ def tuned_config(kind: str) -> str:
     from kernels import _fusion, _scoring
 
     launcher = {"fuse": _fusion._FUSE, "topk": _scoring._SCORE}.get(kind, _fusion._BAG)
-    best = getattr(launcher._tuned, "best_config", None)
+    best = launcher.last_config
     return "" if best is None else str(best).replace(",", ";")
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
     by = {r["impl"]: r for r in rows}
     ours = rows[0]
+    extra = "".join(
+        f" [{r['impl']} {r.get('ms', '')} ms]" for r in rows[1:] if "-" in str(r["impl"])
+    )
     shape = " ".join(f"{k}={ours[k]}" for k in ("B", "D", "N", "M", "L", "k") if k in ours)
     ms = [by.get(i, {}).get("ms", "") for i in (ours["impl"], "eager", "compile")]
     return (
         f"{ours['kernel']:8} {shape:34} {ms[0]!s:>10} {ms[1]!s:>10} {ms[2]!s:>10} "
         f"{ours.get('gbps', '')!s:>8} {ours.get('frac_copy', '')!s:>8} "
         f"{ours.get('speedup_vs_eager', '')!s:>8} {ours.get('speedup_vs_compile', '')!s:>9} "
-        f"{ours.get('note', '')}"
+        f"{ours.get('note', '')}{extra}"
     )
 
 
@@ -507,8 +567,8 @@ def write_markdown(
 ) -> None:
     cols = ["kernel", "impl", "B", "D", "N", "M", "L", "k", "ms", "gbps", "frac_copy",
             "speedup_vs_eager", "speedup_vs_compile", "graph_ms", "graph_frac_copy",
-            "graph_speedup_vs_eager", "graph_speedup_vs_compile", "max_err", "target",
-            "note"]  # fmt: skip
+            "graph_speedup_vs_eager", "graph_speedup_vs_compile", "host_us", "max_err",
+            "target", "config", "note"]  # fmt: skip
     lines = [
         f"# Kernel benchmark: {meta['gpu']}",
         "",

@@ -66,7 +66,9 @@ def _weight(
     return tl.where(present, w, 0.0), present
 
 
-@triton.jit
+# Sizes are not specialised (Triton would compile a variant for B == 1, a latency spike the
+# first time a server sees a single-row batch); D is, its divisibility keeps loads wide.
+@triton.jit(do_not_specialize=["B"])
 def _fuse_kernel(
     embs,
     emb_strides,
@@ -155,7 +157,7 @@ def _pool_bag(
     return tl.sum(acc, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_indices", "fixed_len", "B"])
 def _bag_kernel(
     table_ptr,
     table_stride,

@@ -553,4 +553,23 @@ GPU_CASES = [
     Case("topk-bf16-ties-k8", "topk", topk_case(64, 100_000, 8, 8, BF16, ties=True), exact=True),
     Case("candidates-bf16-ties", "candidates", topk_case(100, 300_000, 8, 8, BF16, ties=True)),
     Case("topk-bf16-rescore", "topk", topk_case(8, 1_000_000, 64, 300, BF16, sorted_items=True)),
+    # Chunks of >= 4096 rows: the floor pre-pass runs (bias + exclusions; exact ties at the top;
+    # a floor nothing beats, repaired by a rescan).
+    Case(
+        "topk-bf16-5e6-floor",
+        "topk",
+        topk_case(16, 5_000_000, 64, 100, BF16, exclude="jagged", bias=True),
+    ),
+    Case(
+        "topk-bf16-5e6-floor-ties",
+        "topk",
+        topk_case(16, 5_000_000, 16, 100, BF16, ties=True),
+        exact=True,
+    ),
+    Case(
+        "topk-bf16-5e6-floor-violated",
+        "topk",
+        topk_case(4, 5_000_000, 8, 100, BF16, sparse=3),
+        exact=True,
+    ),
 ]

@@ -33,3 +33,20 @@ def test_score_topk_is_deterministic_on_gpu() -> None:
     first = _cases.run(case, inputs, "triton")
     second = _cases.run(case, inputs, "triton")
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_floor_prepass_runs_at_five_million_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels import _scoring
+
+    calls: list[int] = []
+    original = _scoring._floor
+
+    def counted(*args: object) -> object:
+        calls.append(1)
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_scoring, "_floor", counted)
+    case = next(c for c in _cases.GPU_CASES if c.id == "topk-bf16-5e6-floor")
+    inputs = _cases.inputs_for(case, "cuda")
+    _cases.check(case, inputs, _cases.run(case, inputs, "triton"))
+    assert calls, "the 5e6-item cases no longer reach the floor pre-pass"
