@@ -8,8 +8,8 @@ backend. ``torch.topk`` gives no tie order, so both implementations rank int64 k
 A larger key means a higher score, or the same score and a lower index. Keys are unique per
 item, so any top-k over keys is deterministic. ``PAD_KEY`` (int64 min) marks "no item": it
 sorts below every real key and decodes to score ``-inf``, index ``-1``. Scores of ``-inf`` and
-NaN are encoded as ``PAD_KEY`` too (such items are treated as absent). The Triton kernel in
-``_scoring.py`` builds the same keys; keep the two in step.
+NaN are encoded as ``PAD_KEY`` too (such items are treated as absent). The Triton twins in
+``_triton_keys.py`` build the same keys; keep the two in step.
 """
 
 from __future__ import annotations

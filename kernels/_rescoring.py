@@ -2,7 +2,7 @@
 
 A (query, chunk) pair is *saturated* when the chunk's worst kept candidate still ranks above
 the merged ``k``-th key: items the kernel did not keep might belong in the top ``k``. Two exact
-repairs, chosen by ``_scoring.score_topk`` by cost: score only those chunks in full
+repairs, chosen by ``_merging.repair`` by cost: score only those chunks in full
 (:func:`rescore_chunks`), or, when that would read more rows than the catalogue holds, run the
 reference over the whole catalogue for the affected queries (:func:`rescan_queries`).
 """

@@ -18,9 +18,9 @@ The main pass drops items at or below a slightly relaxed floor (the two passes r
 nothing here relies on it): after the merge, a query whose ``k``-th score is not above its
 floor is rescanned exactly, so the floor can cost time but never correctness.
 
-Pass 2 (``_finish_kernel`` after one ``torch.topk`` over the ``[B, chunks * KP]`` candidate
-keys): decodes the top ``k`` and counts saturated (query, chunk) pairs and floor violations in
-one launch, read back with the call's one host sync. A chunk is saturated when its worst kept
+Pass 2 (``_merging``, after one ``torch.topk`` over the ``[B, chunks * KP]`` candidate keys):
+one launch decodes the top ``k`` and counts saturated (query, chunk) pairs and floor
+violations, read back with the call's one host sync. A chunk is saturated when its worst kept
 candidate still ranks above the merged ``k``-th key: its unkept items might too. Only such
 pairs are repaired, in torch (``_rescoring``). There are at least ``2k`` chunks where the
 catalogue allows, so on real-valued data that is rare; on adversarial data (the whole top k in
@@ -36,18 +36,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import _keys, _reference, _rescoring
+from kernels import _keys, _merging, _reference
+from kernels._triton_keys import key_score, make_key, relaxed_floor_jit
 from kernels._tuning import INTERPRET, Launcher, pow2, size_class, sm_count
 
 # The kernels spell their constants as literals, not module-level tl.constexpr globals: Triton
 # compares every global a kernel reads with its compile-time value on each launch (~1 us
-# apiece). PAD = -(2**63) is _keys.PAD_KEY (checked below); 3.4028234663852886e38 is the
-# largest float32; 2147483647 is the largest int32.
-assert _keys.PAD_KEY == -9223372036854775808
+# apiece). -9223372036854775808 is _keys.PAD_KEY; 2147483647 is the largest int32.
 #: Candidates kept per (query, chunk). More costs selection work; fewer costs rescoring.
 _MAX_KEEP = 8
-#: The floor is relaxed by this fraction of its magnitude before the main pass uses it.
-_FLOOR_SLACK = 2.0**-12  # the literal 0.000244140625 in _relaxed_floor
 #: Rows per chunk scored by the floor pre-pass, and the least chunk length that gets one
 #: (shorter chunks reach a high KP-th best soon enough on their own).
 _BOUND_ROWS = 32 if INTERPRET else 256
@@ -56,29 +53,6 @@ _BOUND_MIN_CHUNK = 4 * _BOUND_ROWS if INTERPRET else 16 * _BOUND_ROWS
 _BOUND_SLOTS = _BOUND_ROWS // (32 if INTERPRET else 64)
 #: Off: no floor pre-pass (the benchmark's A/B switch; the floor never changes results).
 USE_FLOOR = True
-
-
-@triton.jit
-def _make_key(score, index):
-    """int64 key of float32 ``score`` and ``index``; -inf and NaN give ``PAD_KEY``."""
-    bits = score.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    key = (ordered.to(tl.int64) << 32) | (0xFFFFFFFF - index.to(tl.int64))
-    return tl.where(score > float("-inf"), key, -9223372036854775808)
-
-
-@triton.jit
-def _key_score(key):
-    """float32 score of an int64 key; ``PAD_KEY`` gives -inf."""
-    ordered = (key >> 32).to(tl.int32)
-    bits = tl.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
-    return tl.where(key == -9223372036854775808, float("-inf"), bits.to(tl.float32, bitcast=True))
-
-
-@triton.jit
-def _relaxed_floor(f):
-    """The floor the main pass uses for a pre-pass bound ``f`` (see ``relaxed_floor``)."""
-    return tl.where(f == float("inf"), 3.4028234663852886e38, f - tl.abs(f) * 0.000244140625)
 
 
 @triton.jit
@@ -116,7 +90,7 @@ def _absorb_tile(s, best, items, floor, KP: tl.constexpr):
     worst = tl.min(best, axis=1)
     # Tiles go up in item index, so an item scoring exactly the current KP-th best ranks below
     # it (higher index): only strictly better scores can enter. NaN never does.
-    theta = tl.maximum(_key_score(worst), floor)
+    theta = tl.maximum(key_score(worst), floor)
     s = tl.where(s > theta[:, None], s, float("-inf"))
     top = tl.max(s, axis=1)
     # One item per query per round, best first (ties: lower index first); after each, the
@@ -124,12 +98,12 @@ def _absorb_tile(s, best, items, floor, KP: tl.constexpr):
     while tl.max(top, axis=0) > float("-inf"):
         pick = tl.min(tl.where(s == top[:, None], items[None, :], 2147483647), axis=1)
         # -0.0 == 0.0 but their bits differ; one key per score value keeps ties index-ordered.
-        key = _make_key(tl.where(top == 0.0, 0.0, top), pick)
+        key = make_key(tl.where(top == 0.0, 0.0, top), pick)
         slot = tl.argmin(best, axis=1)
         better = (slots[None, :] == slot[:, None]) & (key > worst)[:, None]
         best = tl.where(better, key[:, None], best)
         worst = tl.min(best, axis=1)
-        theta = tl.maximum(_key_score(worst), floor)
+        theta = tl.maximum(key_score(worst), floor)
         s = tl.where((items[None, :] != pick[:, None]) & (s > theta[:, None]), s, float("-inf"))
         top = tl.max(s, axis=1)
     return best
@@ -184,7 +158,7 @@ def _score_kernel(
     floor = tl.full([BLOCK_Q], float("-inf"), tl.float32)
     if HAS_FLOOR:
         f = tl.load(floor_ptr + rows64 * floor_stride, mask=live_q, other=float("-inf"))
-        floor = _relaxed_floor(f)
+        floor = relaxed_floor_jit(f)
     ex_lo = 0
     ex_hi = 0
     if HAS_EXCLUDE:
@@ -244,55 +218,6 @@ def _score_kernel(
         slots = tl.arange(0, KP)
         out_ptrs = out_ptr + (rows64[:, None] * C + chunk) * KP + slots[None, :]
         tl.store(out_ptrs, best, mask=live_q[:, None])
-
-
-@triton.jit(do_not_specialize=["k", "C"])
-def _finish_kernel(
-    keys_ptr,
-    cand_ptr,
-    floor_ptr,
-    floor_stride,
-    scores_ptr,
-    index_ptr,
-    counts_ptr,
-    k,
-    C,
-    HAS_FLOOR: tl.constexpr,
-    KP: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """Per query: decode the top ``k`` keys; add its saturated chunks to ``counts[0]`` and 1
-    to ``counts[1]`` if its ``k``-th score is not above its floor."""
-    b = tl.program_id(0).to(tl.int64)
-    for j in range(0, k, BLOCK_K):
-        offs = j + tl.arange(0, BLOCK_K)
-        live = offs < k
-        key = tl.load(keys_ptr + b * k + offs, mask=live, other=-9223372036854775808)
-        index = tl.where(key == -9223372036854775808, -1, 0xFFFFFFFF - (key & 0xFFFFFFFF))
-        tl.store(scores_ptr + b * k + offs, _key_score(key), mask=live)
-        tl.store(index_ptr + b * k + offs, index, mask=live)
-    kth = tl.load(keys_ptr + b * k + k - 1)
-    saturated = tl.zeros([BLOCK_C], tl.int32)
-    slots = tl.arange(0, KP)
-    for c0 in range(0, C, BLOCK_C):
-        chunks = c0 + tl.arange(0, BLOCK_C)
-        ptrs = cand_ptr + (b * C + chunks[:, None]) * KP + slots[None, :]
-        kept = tl.load(ptrs, mask=(chunks < C)[:, None], other=-9223372036854775808)
-        saturated += (tl.min(kept, axis=1) > kth).to(tl.int32)
-    tl.atomic_add(counts_ptr, tl.sum(saturated, axis=0))
-    if HAS_FLOOR:
-        floor = _relaxed_floor(tl.load(floor_ptr + b * floor_stride))
-        violated = (floor > float("-inf")) & (_key_score(kth) <= floor)
-        tl.atomic_add(counts_ptr + 1, violated.to(tl.int32))
-
-
-def relaxed_floor(bound: Tensor) -> Tensor:
-    """Torch twin of ``_relaxed_floor`` (the repair path recomputes the violations)."""
-    inf = torch.full_like(bound, float("inf"))
-    return torch.where(
-        bound == inf, torch.finfo(torch.float32).max, bound - bound.abs() * _FLOOR_SLACK
-    )
 
 
 def _score_prune(configs: list[triton.Config], args: dict[str, Any]) -> list[triton.Config]:
@@ -495,29 +420,12 @@ def score_topk(
     cand = torch.empty(count, chunks, keep, dtype=torch.int64, device=device)
     _launch(cand, q, cat, k, ex, scale, bias, floor, chunk_rows, block_q)
     keys = _keys.top_keys(cand.view(count, -1), k)
-    scores = torch.empty(count, k, dtype=torch.float32, device=device)
-    index = torch.empty(count, k, dtype=torch.int64, device=device)
-    counts = torch.zeros(2, dtype=torch.int32, device=device)
-    _finish_kernel[(count,)](
-        keys,
-        cand,
-        floor if floor is not None else scores,
-        floor.stride(0) if floor is not None else 0,
-        scores,
-        index,
-        counts,
-        k,
-        chunks,
-        HAS_FLOOR=floor is not None,
-        KP=keep,
-        BLOCK_K=min(pow2(k), 1024),
-        BLOCK_C=min(pow2(chunks), 256),
-        num_warps=1 if INTERPRET else 4,
-    )
-    saturated_pairs, violations = counts.tolist()  # the one host sync of the call
+    scores, index, saturated_pairs, violations = _merging.finish(keys, cand, floor)
     if not saturated_pairs and not violations:
         return scores, index
-    return _repair(q, cat, k, pairs, scale, bias, cand, keys, floor, chunk_rows, saturated_pairs)
+    return _merging.repair(
+        q, cat, k, pairs, scale, bias, cand, keys, floor, chunk_rows, saturated_pairs
+    )
 
 
 def _floor(
@@ -536,38 +444,3 @@ def _floor(
     tile_max = torch.empty(count, chunks, _BOUND_SLOTS, dtype=torch.float32, device=cat.device)
     _launch(tile_max, q, cat, k, ex, scale, bias, None, chunk_rows, block_q, _BOUND_SLOTS)
     return torch.topk(tile_max.view(count, -1), k, dim=1).values[:, k - 1]
-
-
-def _repair(
-    q: Tensor,
-    cat: Tensor,
-    k: int,
-    pairs: tuple[Tensor, Tensor] | None,
-    scale: float,
-    bias: Tensor | None,
-    cand: Tensor,
-    keys: Tensor,
-    floor: Tensor | None,
-    chunk_rows: int,
-    saturated_pairs: int,
-) -> tuple[Tensor, Tensor]:
-    """Exact top ``k`` where the candidates may be short (rare; see the module docstring)."""
-    items_total = cat.shape[0]
-    saturated = cand.min(dim=2).values > keys[:, -1:]
-    violated = torch.zeros(q.shape[0], dtype=torch.bool, device=cat.device)
-    if floor is not None:
-        relaxed = relaxed_floor(floor)
-        kth = _keys.decode(keys[:, -1])[0]
-        violated = (relaxed > float("-inf")) & (kth <= relaxed)
-    if saturated_pairs * chunk_rows > items_total:
-        # Cheaper to score the whole catalogue again for the affected queries only.
-        affected = saturated.any(dim=1) | violated
-        keys = _rescoring.rescan_queries(q, cat, k, pairs, scale, bias, keys, affected)
-    else:
-        if saturated_pairs:
-            keys = _rescoring.rescore_chunks(
-                q, cat, k, pairs, scale, bias, cand, saturated, chunk_rows
-            )
-        if bool(violated.any()):
-            keys = _rescoring.rescan_queries(q, cat, k, pairs, scale, bias, keys, violated)
-    return _keys.decode(keys)

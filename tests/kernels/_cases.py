@@ -495,11 +495,15 @@ CPU_CASES = [
     ),
     Case("topk-f32-floor-ties", "topk", topk_case(4, 3000, 6, 8, F32, ties=True), exact=True),
     Case("topk-f32-floor-violated", "topk", topk_case(2, 3000, 8, 8, F32, sparse=3), exact=True),
-    Case("fuse-bf16-list-weights", "fuse", fuse_case(5, 40, (BF16,) * 3, list_weights=True)),
     Case(
-        "history-f32-list-fixed",
+        "fuse-bf16-list-weights-masked",
+        "fuse",
+        fuse_case(5, 40, (BF16,) * 3, list_weights=True, masked=True),
+    ),
+    Case(
+        "history-f32-list-fixed-masked",
         "history",
-        history_case(30, 20, [4, 4, 4], 2, F32, list_weights=True, fixed_length=True),
+        history_case(30, 20, [4, 4, 4], 2, F32, list_weights=True, fixed_length=True, masked=True),
     ),
 ]
 
