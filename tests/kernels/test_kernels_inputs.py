@@ -44,7 +44,9 @@ def test_fixed_length_bags_build_no_offsets() -> None:
 
 
 def test_exclusions_from_host_lists_drop_negative_ids() -> None:
-    rows, items = _inputs.exclusion_pairs([[3, -1, 7], [], [-5, 2]], 3, torch.device("cpu"))
+    pairs = _inputs.exclusion_pairs([[3, -1, 7], [], [-5, 2]], 3, torch.device("cpu"))
+    assert pairs is not None
+    rows, items = pairs
     assert rows.tolist() == [0, 0, 2] and items.tolist() == [3, 7, 2]
 
 
@@ -52,7 +54,9 @@ def test_exclusion_tensors_keep_ids_out_of_range_and_they_mean_nothing() -> None
     # No boolean indexing (a host sync on a GPU): negative and too-large ids stay in the pairs,
     # and every backend ignores them.
     padded = torch.tensor([[1, -1, 99], [-1, -1, 0]])
-    rows, items = _inputs.exclusion_pairs(padded, 2, torch.device("cpu"))
+    pairs = _inputs.exclusion_pairs(padded, 2, torch.device("cpu"))
+    assert pairs is not None
+    rows, items = pairs
     assert rows.tolist() == [0, 0, 0, 1, 1, 1]
     assert items.tolist() == [1, -1, 99, -1, -1, 0]
     q, cat = torch.randn(2, 4), torch.randn(6, 4)
@@ -62,7 +66,7 @@ def test_exclusion_tensors_keep_ids_out_of_range_and_they_mean_nothing() -> None
 
 
 @pytest.mark.skipif(not triton_installed(), reason="triton is not installed")
-def test_launcher_chooses_once_per_key() -> None:
+def test_launcher_chooses_once_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
     import triton
 
     from kernels._tuning import Launcher
@@ -83,7 +87,7 @@ def test_launcher_chooses_once_per_key() -> None:
         chosen.append(1)
         return original(*args)
 
-    launcher._choose = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(launcher, "_choose", counting)
     for key in ("a", "a", "b", "a"):
         launcher(key, lambda meta: (meta["BLOCK"],), 7, FLAG=True)
     assert len(chosen) == 2 and len(launches) == 4
