@@ -13,6 +13,7 @@ from typing import Any
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_200_OK
 
 from backends import InvalidInput, NotFound
@@ -80,7 +81,9 @@ class AdminController(Controller):
         }
 
     @get("/experiments/{name:str}", summary="One experiment: arms, counters, guardrails, stats")
-    async def experiment(self, runtime: NamedDependency[Runtime], name: str) -> dict[str, Any]:
+    async def experiment(
+        self, runtime: NamedDependency[Runtime], name: FromPath[str]
+    ) -> dict[str, Any]:
         experiment = _experiment(runtime, name)
         await runtime.experiments.sync()
         return await runtime.experiments.report(name, experiment)
@@ -90,7 +93,9 @@ class AdminController(Controller):
         status_code=HTTP_200_OK,
         summary="Send traffic to arms a guardrail stopped again",
     )
-    async def resume(self, runtime: NamedDependency[Runtime], name: str) -> dict[str, Any]:
+    async def resume(
+        self, runtime: NamedDependency[Runtime], name: FromPath[str]
+    ) -> dict[str, Any]:
         experiment = _experiment(runtime, name)
         await runtime.experiments.resume(name, experiment)
         return await runtime.experiments.report(name, experiment)
@@ -100,7 +105,9 @@ class AdminController(Controller):
         status_code=HTTP_200_OK,
         summary="Stop an arm by hand (its units go to the control arm)",
     )
-    async def stop(self, runtime: NamedDependency[Runtime], name: str, arm: str) -> dict[str, Any]:
+    async def stop(
+        self, runtime: NamedDependency[Runtime], name: FromPath[str], arm: FromQuery[str]
+    ) -> dict[str, Any]:
         experiment = _experiment(runtime, name)
         if arm not in experiment.arms:
             raise NotFound(f"experiment {name!r} has no arm {arm!r}")
