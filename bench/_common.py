@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import datetime as dt
 import os
@@ -51,14 +52,21 @@ async def run_load(
     latencies: list[float] = []
     errors = 0
     counter = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    # one small pool per 8 workers: httpcore scans every pooled connection on each request,
+    # so one pool of 64 connections makes the load generator itself the bottleneck
+    shards = -(-concurrency // 8)
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    clients = [httpx.AsyncClient(limits=limits, timeout=30) for _ in range(shards)]
+    async with contextlib.AsyncExitStack() as stack:
+        for c in clients:
+            await stack.enter_async_context(c)
+        client = clients[0]
         # warm-up: connections, caches, lazy imports
         for i in range(min(concurrency, 8)):
             await send(client, -1 - i)
         stop = time.perf_counter() + seconds
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             nonlocal errors, counter
             while time.perf_counter() < stop and counter < max_requests:
                 counter += 1
@@ -70,7 +78,7 @@ async def run_load(
                     errors += 1
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(clients[i % shards]) for i in range(concurrency)))
         elapsed = time.perf_counter() - start
     return LoadResult(name, concurrency, len(latencies), errors, elapsed, latencies)
 

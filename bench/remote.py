@@ -6,10 +6,13 @@ to it with ``backend: kserve`` and ``backend: openai`` (``/v1/infer``, cache byp
 through Prism's own KServe door; concurrency 1, 8 and 64. The added latency is Prism's cost
 (parse, policy, pooled upstream call, serialise) on top of the same upstream.
 
-Suite ``batching``: the packaged MiniLM text encoder behind ``prism serve`` at concurrency 32,
-single-sentence requests, with ``max_batch_size`` 1 and then 32: requests/s and the ratio.
+Suite ``batching``: the packaged MiniLM text encoder at concurrency 32, single-sentence
+requests, with ``max_batch_size`` 1 and then 32: requests/s and the ratio, once calling the
+batcher in-process (``LocalBackend.infer``) and once through ``prism serve`` over HTTP.
 
-Prints a table per suite and appends rows to ``bench/results/remote.csv`` and
+``OMP_NUM_THREADS=1`` runs torch single-threaded (the fair baseline on a machine whose cores
+are busy with other work: two OpenMP threads fighting for one free core make small forwards
+very slow). Prints a table per suite and appends rows to ``bench/results/remote.csv`` and
 ``bench/results/batching.csv``. Every process runs on this machine, so on small machines the
 load generator, the gateway and the upstream share the same cores.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -216,13 +220,17 @@ async def batching_suite(args: argparse.Namespace, tmp: Path) -> None:
             print(f"    mean batch size {_mean_batch(stats):.1f}")
         finally:
             gw.stop()
-    headers = ["path", "max_batch_size", "concurrency", "requests", "errors", "req/s"]
-    headers += ["p50 ms", "p99 ms", "speed-up"]
+    # torch's thread count changes the picture on a busy machine: say which one ran
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    headers = ["path", "torch threads", "max_batch_size", "concurrency", "requests", "errors"]
+    headers += ["req/s", "p50 ms", "p99 ms", "speed-up"]
     base = {path: r.rps for path, size, r in results if size == 1}
     rows: list[list[object]] = []
     for path, size, r in results:
         speed_up = r.rps / base[path]
-        rows.append([path, size, 32, r.requests, r.errors, r.rps, r.pct(50), r.pct(99), speed_up])
+        rows.append(
+            [path, threads, size, 32, r.requests, r.errors, r.rps, r.pct(50), r.pct(99), speed_up]
+        )
     print()
     print_table(headers, rows)
     print(f"\nappended {len(rows)} rows to {append_csv('batching.csv', headers, rows)}")
