@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -98,6 +99,28 @@ async def test_gateway_routes_to_the_worker(gw: Client) -> None:
     )
     assert classify.status_code == 200, classify.text
     assert [len(o["labels"]) for o in classify.json()["outputs"]] == [2, 2]
+
+
+async def test_images_and_histories_travel_to_the_worker(gw: Client) -> None:
+    image = base64.b64encode(b"\x89PNG\r\n\x1a\n not really a png").decode()
+    inputs = [
+        {"image": {"base64": image}},
+        {"text": "a caption", "image": {"base64": image}},
+        {"user": "u1", "history": ["item-0", "item-2"]},
+    ]
+    remote = await gw.post("/v1/infer", json={"inputs": inputs})
+    local = await gw.post("/v1/infer", json={"model": "local", "inputs": inputs})
+    assert remote.status_code == 200, remote.text
+    np.testing.assert_allclose(
+        [o["embedding"] for o in remote.json()["outputs"]],
+        [o["embedding"] for o in local.json()["outputs"]],
+        rtol=1e-6,
+    )
+    body = {"task": "recommend", "inputs": inputs[2:], "parameters": {"top_k": 3}}
+    rec = await gw.post("/v1/infer", json=body)
+    assert rec.status_code == 200, rec.text
+    ids = [i["id"] for i in rec.json()["outputs"][0]["items"]]
+    assert ids == ["item-1", "item-3", "item-4"]  # the fake skips the user's history
 
 
 async def test_the_workers_refusal_is_a_clear_502(gw: Client, worker: str) -> None:
