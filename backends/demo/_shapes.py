@@ -41,6 +41,8 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 #: the one prompt zero-shot evaluation uses for each class
 PROMPT = "a {c} {s}"
 
+#: least difference (0-255) between the lightness of a shape and of its background
+_MIN_CONTRAST = 40
 #: images are drawn this many times larger, then downsampled: cheap anti-aliasing
 _SUPERSAMPLE = 2
 
@@ -97,16 +99,20 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int) -> tuple
 def render(rng: random.Random, color: str, shape: str, size: int = 64) -> Image.Image:
     """One RGB image ``size`` x ``size`` px of a ``color`` ``shape``, randomly placed."""
     big = size * _SUPERSAMPLE
-    # low-saturation backgrounds, so that no background is mistaken for a shape colour
+    fill = _jitter(COLORS[color], rng, 16)
+    # low-saturation backgrounds, so that no background is mistaken for a shape colour, and
+    # never of the shape's own lightness: at 64 px an outline needs some luminance contrast
+    lightness = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2]
     grey = rng.randint(25, 235)
+    while abs(grey - lightness) < _MIN_CONTRAST:
+        grey = rng.randint(25, 235)
     background = _jitter((grey, grey, grey), rng, 18)
     image = Image.new("RGB", (big, big), background)
     draw = ImageDraw.Draw(image)
-    r = big * rng.uniform(0.16, 0.34)
+    r = big * rng.uniform(0.2, 0.36)
     # keep the centre far enough in that most of the shape stays visible
     cx = rng.uniform(r * 0.8, big - r * 0.8)
     cy = rng.uniform(r * 0.8, big - r * 0.8)
-    fill = _jitter(COLORS[color], rng, 16)
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     else:
