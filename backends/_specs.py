@@ -101,6 +101,8 @@ class RecommenderSpec(_LocalSpec):
     catalog: str
     weights: ModalityWeights = Field(default_factory=ModalityWeights)
     max_top_k: int = Field(1000, ge=1)
+    #: largest accepted query image, in pixels (decompression-bomb guard)
+    max_image_pixels: int = Field(40_000_000, ge=1)
 
 
 LocalSpec = Annotated[
