@@ -53,7 +53,8 @@ def build_local_model(spec: Any, base_dir: Path) -> LocalModel:
 def replica_urls(spec: BackendSpec) -> list[str]:
     """Every replica URL of a remote spec (``url`` first); empty for local specs."""
     if isinstance(spec, KServeSpec | OpenAISpec):
-        return [str(spec.url), *(str(u) for u in spec.replicas)]
+        # pydantic normalises "http://h:9000" to "http://h:9000/"; keys read better without
+        return [str(u).rstrip("/") for u in (spec.url, *spec.replicas)]
     return []
 
 

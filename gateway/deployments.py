@@ -55,13 +55,34 @@ class Deployments:
             raise NotReady(f"{target.key} is not ready{reason}", retry_after_s=5)
         return dep.backend
 
+    def probe_ok(self, target: Target) -> bool:
+        """What the last health probe said, without waiting: remote backends probe in the
+        background; a local one is healthy once loaded. Unknown targets count as down."""
+        dep = self._by_key.get(target.key)
+        if dep is None or not dep.ready:
+            return False
+        return bool(getattr(dep.backend, "healthy", True))
+
     def all(self) -> list[Deployment]:
         return list(self._by_key.values())
 
     @property
     def ready(self) -> bool:
-        """Every local model of the policy is loaded (remote ones are judged by health)."""
+        """Every local model of the policy is loaded (remote ones are judged per route)."""
         return all(d.ready for d in self._by_key.values() if isinstance(d.backend, LocalBackend))
+
+    def routes_without_healthy_target(self, policy: CompiledPolicy) -> list[str]:
+        """Routes none of whose targets or fallbacks the health probes currently find up."""
+        down: list[str] = []
+        for route in policy.document.routes:
+            refs = [*route.target_refs, *route.fallback]
+            targets = []
+            for ref in refs:
+                version = policy.resolve_version(ref.model, ref.version)
+                targets.extend(policy.targets_for(ref.model, version))
+            if not any(self.probe_ok(t) for t in targets):
+                down.append(route.name)
+        return down
 
     async def _start(self, dep: Deployment) -> None:
         if not self.load_models and isinstance(dep.backend, LocalBackend):

@@ -113,13 +113,18 @@ class Dispatcher:
             strict=route.strict,
             circuit=route.circuit,
         )
-        primary = list(selection.order)
-        fallback = [
-            t
-            for t in decision.fallback
-            if self.health.of(t, route.circuit).breaker.available() and t not in primary
-        ]
         notes: list[str] = []
+        # targets the health probes find down go last: the probe may be stale, so they are
+        # still tried when nothing better is left, but never before a healthy one
+        primary = self._probed_first(list(selection.order), notes)
+        fallback = self._probed_first(
+            [
+                t
+                for t in decision.fallback
+                if self.health.of(t, route.circuit).breaker.available() and t not in primary
+            ],
+            notes,
+        )
         calls = 0
         last: PrismError | None = None
 
@@ -170,6 +175,13 @@ class Dispatcher:
             )
         last.extra.setdefault("attempts", calls)
         raise last
+
+    def _probed_first(self, targets: list[Target], notes: list[str]) -> list[Target]:
+        down = [t for t in targets if not self.deployments.probe_ok(t)]
+        if not down or len(down) == len(targets):
+            return targets
+        notes.append("probe says down: " + ", ".join(t.key for t in down))
+        return [t for t in targets if t not in down] + down
 
     # --- one attempt, maybe hedged ------------------------------------------------------
 

@@ -41,13 +41,23 @@ class NativeController(Controller):
 
     @get("/readyz", summary="Readiness: the policy's local models are loaded", opt={"public": True})
     async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
+        deployments = runtime.deployments
         models = {
-            d.target.key: ("ready" if d.ready else (d.error or "loading"))
-            for d in runtime.deployments.all()
+            d.target.key: (
+                ("ready" if deployments.probe_ok(d.target) else "unreachable")
+                if d.ready
+                else (d.error or "loading")
+            )
+            for d in deployments.all()
         }
-        ready = runtime.ready
+        down = deployments.routes_without_healthy_target(runtime.policy) if runtime.ready else []
+        ready = runtime.ready and not down
         return Response(
-            {"status": "ready" if ready else "not ready", "models": models},
+            {
+                "status": "ready" if ready else "not ready",
+                "models": models,
+                **({"routes_down": down} if down else {}),
+            },
             status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
             headers={} if ready else {"Retry-After": "5"},
         )

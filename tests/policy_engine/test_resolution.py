@@ -63,8 +63,8 @@ def test_match_by_model_and_replicas_become_targets() -> None:
     d = p.decide(facts(model="text-embed"))
     assert d.rule == "remote" and d.version == "3"
     assert [t.key for t in d.targets] == [
-        "text-embed@3/http://a:9000/",
-        "text-embed@3/http://b:9000/",
+        "text-embed@3/http://a:9000",
+        "text-embed@3/http://b:9000",
     ]
 
 
