@@ -73,6 +73,9 @@ def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Respon
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         err = PrismError("internal error; see the gateway's logs")
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.metrics.errors.labels(err.code).inc()
     return problem_response(err, request.url.path)
 
 

@@ -30,14 +30,14 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "prism_requests",
-            "Requests answered, by door, route, model, version and outcome",
-            ["door", "route", "model", "version", "status"],
+            "Requests answered, by door, route, model, version, target and outcome",
+            ["door", "route", "model", "version", "target", "status"],
             registry=r,
         )
         self.latency = Histogram(
             "prism_request_latency_seconds",
             "End-to-end latency inside the gateway",
-            ["door", "route", "model", "version"],
+            ["door", "route", "model", "version", "target"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )

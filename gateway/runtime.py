@@ -132,7 +132,7 @@ class Runtime:
         return self.experiments.pick_arm(name, experiment, unit)
 
     def observe(self, door: str, decision: Decision, route: RouteInfo, total_ms: float) -> None:
-        labels = (door, decision.rule, decision.model, decision.version)
+        labels = (door, decision.rule, decision.model, decision.version, route.target)
         self.metrics.requests.labels(*labels, "ok").inc()
         self.metrics.latency.labels(*labels).observe(total_ms / 1000)
         if decision.experiment is not None and decision.arm is not None:
@@ -145,7 +145,7 @@ class Runtime:
         self, door: str, decision: Decision, exc: PrismError, total_ms: float
     ) -> None:
         """A request that failed after its decision; server-side failures count against the arm."""
-        labels = (door, decision.rule, decision.model, decision.version)
+        labels = (door, decision.rule, decision.model, decision.version, "")
         self.metrics.requests.labels(*labels, "error").inc()
         if decision.experiment is not None and decision.arm is not None and exc.status_code >= 500:
             self.experiments.record(

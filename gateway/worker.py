@@ -108,7 +108,7 @@ class BackendModelServer:
         headers: Mapping[str, str] | None = None,
     ) -> Answer:
         started = time.perf_counter()
-        labels = ("kserve", "worker", self.model, self.version)
+        labels = ("kserve", "worker", self.model, self.version, self.backend.name)
         # failures propagate to the door, whose error handler counts them
         outputs = await self.backend.infer(task, items, parameters, timeout_s=self.timeout_s)
         self.metrics.requests.labels(*labels, "ok").inc()

@@ -76,7 +76,7 @@ def _count_error(request: Request[Any, Any, Any], code: str) -> None:
     if metrics is not None:
         model = request.path_params.get("model", "")
         version = request.path_params.get("version", "")
-        metrics.requests.labels("kserve", "", model, version, code).inc()
+        metrics.requests.labels("kserve", "", model, version, "", code).inc()
 
 
 async def _read_body(request: Request[Any, Any, Any]) -> bytes:

@@ -83,7 +83,7 @@ def openai_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     status = 400 if status == 422 else status
     rt = getattr(request.app.state, "runtime", None)
     if rt is not None:
-        rt.metrics.requests.labels("openai", "", "", "", code or str(status)).inc()
+        rt.metrics.requests.labels("openai", "", "", "", "", code or str(status)).inc()
     body = {
         "error": {"message": message, "type": _error_type(status), "param": param, "code": code}
     }

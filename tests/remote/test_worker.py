@@ -146,7 +146,7 @@ def test_worker_speaks_kserve_to_tritonclient(worker: str) -> None:
         tc.get_model_metadata("other")
     metrics = httpx.get(worker + "/metrics").text
     assert (
-        'prism_requests_total{door="kserve",model="fake",route="worker",status="ok",version="1"}'
+        'prism_requests_total{door="kserve",model="fake",route="worker",status="ok",target="fake@1/local",version="1"}'
         in metrics
     )
     assert 'prism_batch_size_count{target="fake@1/local"}' in metrics
