@@ -1,7 +1,7 @@
 """The checked-in OpenAPI document (``gateway/openapi.json``) and its freshness check.
 
-    python -m gateway.openapi          # rewrite gateway/openapi.json from the live app
-    python -m gateway.openapi --check  # exit 1 when the file differs from the live app
+python -m gateway.openapi          # rewrite gateway/openapi.json from the live app
+python -m gateway.openapi --check  # exit 1 when the file differs from the live app
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ def render(schema: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.openapi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.openapi",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--check", action="store_true", help="fail if the checked-in file is stale")
     args = parser.parse_args(argv)
     text = render(live_openapi())
