@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
-DEMO := models/demo-clip.pt models/demo-catalog/manifest.json
+DEMO := models/demo.json
 PYTEST_ARGS ?=
 
 .PHONY: serve test check bench bench-gpu demo venv redis format clean help
@@ -32,7 +32,7 @@ redis:  ## make sure redis-server exists (installs Debian's package when root)
 		echo "redis-server is missing: install it with 'sudo apt-get install redis-server' (Debian/Ubuntu) and run again" >&2; exit 1; \
 	fi
 
-$(DEMO) &: | $(BIN)/.installed
+$(DEMO): | $(BIN)/.installed
 	@echo "==> building the demo CLIP and catalogue (once; about 4 minutes on 2 cores)"
 	$(BIN)/prism demo build --out models
 

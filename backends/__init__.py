@@ -25,6 +25,7 @@ from ._errors import (
     UpstreamRejected,
     VersionNotFound,
 )
+from ._images import decode_base64_image, fetch_image
 from ._registry import build_backend, build_local_model, replica_urls, resolve_device
 from ._remote import RemoteBackend, RemoteStats
 from ._specs import (
@@ -85,6 +86,8 @@ __all__ = [
     "VersionNotFound",
     "build_backend",
     "build_local_model",
+    "decode_base64_image",
+    "fetch_image",
     "replica_urls",
     "resolve_device",
 ]

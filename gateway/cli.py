@@ -165,13 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_worker_parser(sub)
 
-    for register in _EXTENSIONS:
-        register(sub)
+    from .cli_models import register as register_model_commands
+
+    register_model_commands(sub)
     return parser
-
-
-#: other modules add sub-commands here: ``fn(subparsers) -> None``
-_EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

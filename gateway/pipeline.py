@@ -8,14 +8,21 @@ here knows HTTP; everything the caller should know about the decision is in ``ro
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from backends import FieldError, InputItem, InvalidImage, InvalidInput, Output, PrismError
+from backends import (
+    FieldError,
+    InputItem,
+    InvalidImage,
+    InvalidInput,
+    Output,
+    PrismError,
+    decode_base64_image,
+    fetch_image,
+)
 
 from .cache import cache_key
 from .policy import Decision, RequestFacts
@@ -31,21 +38,18 @@ def _decode_inputs(req: InferRequest, max_image_bytes: int) -> list[InputItem]:
     for i, spec in enumerate(req.inputs):
         image: bytes | None = None
         if spec.image is not None and spec.image.base64 is not None:
+            path = f"inputs[{i}].image.base64"
             try:
-                image = base64.b64decode(spec.image.base64, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                path = f"inputs[{i}].image.base64"
-                raise InvalidImage(
-                    "image is not valid base64", errors=[FieldError(path, "not valid base64")]
-                ) from exc
-            if not image:
-                raise InvalidImage(
-                    "image is empty", errors=[FieldError(f"inputs[{i}].image.base64", "empty")]
-                )
+                image = decode_base64_image(spec.image.base64)
+            except InvalidImage as exc:
+                exc.errors = [FieldError(path, e.message) for e in exc.errors] or [
+                    FieldError(path, exc.detail)
+                ]
+                raise
             if len(image) > max_image_bytes:
                 raise InvalidImage(
                     f"image is {len(image)} bytes; the limit is {max_image_bytes}",
-                    errors=[FieldError(f"inputs[{i}].image.base64", "too large")],
+                    errors=[FieldError(path, "too large")],
                 )
         history = tuple(spec.history) if spec.history is not None else None
         items.append(InputItem(text=spec.text, image=image, user=spec.user, history=history))
@@ -79,10 +83,8 @@ class Pipeline:
                     )
                 ],
             )
-        from backends._images import fetch_image
-
         fetched = await asyncio.gather(
-            *(asyncio.to_thread(fetch_image, url, allowed) for _, url in urls),
+            *(fetch_image(url, allow_hosts=allowed) for _, url in urls),
             return_exceptions=True,
         )
         out = list(items)
