@@ -1,7 +1,7 @@
 """Prism backends: one :class:`Backend` interface, local models and remote servers."""
 
 from ._base import Backend, Capabilities, InputItem, LocalModel, Modality, Output, Task
-from ._batching import BatchStats, LocalBackend
+from ._batching import BatchStats, LocalBackend, queue_wait_ms
 from ._errors import (
     BackendError,
     BackendTimeout,
@@ -88,6 +88,7 @@ __all__ = [
     "build_local_model",
     "decode_base64_image",
     "fetch_image",
+    "queue_wait_ms",
     "replica_urls",
     "resolve_device",
 ]

@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,13 @@ class _Pending:
     prepared: Any
     future: asyncio.Future[Output]
     enqueued: float = field(default_factory=time.perf_counter)
+    #: when its batch went to the model (queue time = started - enqueued)
+    started: float = 0.0
+
+
+#: the longest queue wait (ms) of the inputs of the last ``LocalBackend.infer`` awaited in this
+#: context; the gateway reports it as ``timing_ms.queue`` (0 for backends without a queue)
+queue_wait_ms: ContextVar[float] = ContextVar("prism_queue_wait_ms", default=0.0)
 
 
 @dataclass
@@ -151,7 +159,9 @@ class LocalBackend(Backend):
                 ]
                 for p in pending:
                     queue.put_nowait(p)
-                return list(await asyncio.gather(*(p.future for p in pending)))
+                outputs = list(await asyncio.gather(*(p.future for p in pending)))
+                queue_wait_ms.set(max((p.started - p.enqueued) * 1000 for p in pending))
+                return outputs
         except TimeoutError as exc:
             raise BackendTimeout(f"{self.name} did not answer within {timeout_s:.3f} s") from exc
         finally:
@@ -237,6 +247,9 @@ class LocalBackend(Backend):
         if not live:
             return
         first = live[0]
+        now = time.perf_counter()
+        for p in live:
+            p.started = now
         self.stats.record(len(live))
         loop = asyncio.get_running_loop()
         self._running = live

@@ -22,6 +22,7 @@ from backends import (
     PrismError,
     decode_base64_image,
     fetch_image,
+    queue_wait_ms,
 )
 
 from .cache import cache_key
@@ -233,6 +234,7 @@ class Pipeline:
             cache.lead(k)
         try:
             if leaders:
+                queue_wait_ms.set(0.0)
                 result = await rt.dispatcher.run(
                     decision,
                     req.task,
@@ -247,6 +249,7 @@ class Pipeline:
                 route.fallback = result.fallback
                 route.reason = result.reason
                 timing["backend"] = result.backend_ms
+                timing["queue"] = queue_wait_ms.get()
         except PrismError as exc:
             if exc.input_index is not None and exc.input_index < len(leaders):
                 field = f"inputs[{leaders[exc.input_index]}]"

@@ -258,3 +258,20 @@ async def test_api_keys_guard_everything_but_probes(tmp_path: Path) -> None:
         ).status_code == 200
         assert (await c.get("/healthz")).status_code == 200
         assert (await c.get("/readyz")).status_code == 200
+
+
+async def test_timing_reports_time_spent_queueing(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    slow = "dim: 4, latency_ms: 50, batching: {max_batch_size: 1}}"
+    policy.write_text(POLICY.replace("dim: 4}", slow))
+    async with AsyncTestClient(create_app(Settings(policy=policy, policy_watch_s=0))) as c:
+        import asyncio
+
+        reqs = [
+            {"model": "other", "inputs": [{"text": f"q{i}"}], "cache": "bypass"} for i in range(3)
+        ]
+        results = await asyncio.gather(*(c.post("/v1/infer", json=r) for r in reqs))
+        timings = [r.json()["timing_ms"] for r in results]
+        # one forward at a time: whoever came second or third waited in the batcher's queue
+        assert max(t["queue"] for t in timings) > 0
+        assert all(t["total"] >= t["queue"] for t in timings)
