@@ -15,9 +15,21 @@ from pathlib import Path
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _serve(args: argparse.Namespace) -> int:
+def run_http(app: object, host: str, port: int, log_level: str) -> None:
+    """Serve an ASGI app with uvicorn the way every Prism process does."""
     import uvicorn
 
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .settings import Settings
 
@@ -30,15 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    run_http(create_app(settings), settings.host, settings.port, settings.log_level)
     return 0
 
 

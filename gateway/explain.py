@@ -12,12 +12,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from backends import Modality
-
 from .cache import cache_key
 from .experiments import arm_ranges, assign
-from .pipeline import _decode_inputs
-from .policy import CompiledPolicy, Experiment, RequestFacts
+from .pipeline import decode_inputs, request_facts
+from .policy import CompiledPolicy, Experiment
 from .schema import InferRequest
 
 
@@ -26,19 +24,8 @@ def explain(
 ) -> dict[str, Any]:
     """The decision for ``request`` (native ``/v1/infer`` JSON) as a JSON-ready dict."""
     req = InferRequest.model_validate(request)
-    items = _decode_inputs(req, max_image_bytes=2**31)
-    modalities: frozenset[Modality] = frozenset().union(*(it.modalities for it in items))
-    if any(s.image is not None and s.image.url for s in req.inputs):
-        modalities |= {Modality.IMAGE}
-    facts = RequestFacts(
-        modalities=modalities,
-        task=req.task,
-        model=req.model,
-        version=req.version,
-        headers={k.lower(): v for k, v in (headers or {}).items()},
-        unit=req.routing.unit,
-        latency_budget_ms=req.routing.latency_budget_ms,
-    )
+    items = decode_inputs(req, max_image_bytes=2**31)
+    facts = request_facts(req, items, headers)
     assignment: dict[str, Any] = {}
 
     def pick_arm(name: str, experiment: Experiment, unit: str | None) -> str:

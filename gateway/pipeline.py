@@ -18,6 +18,7 @@ from backends import (
     InputItem,
     InvalidImage,
     InvalidInput,
+    Modality,
     Output,
     PrismError,
     decode_base64_image,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 
-def _decode_inputs(req: InferRequest, max_image_bytes: int) -> list[InputItem]:
+def decode_inputs(req: InferRequest, max_image_bytes: int) -> list[InputItem]:
     """Wire inputs -> :class:`InputItem`; base64 is checked here, image content by the backend."""
     items: list[InputItem] = []
     for i, spec in enumerate(req.inputs):
@@ -55,6 +56,24 @@ def _decode_inputs(req: InferRequest, max_image_bytes: int) -> list[InputItem]:
         history = tuple(spec.history) if spec.history is not None else None
         items.append(InputItem(text=spec.text, image=image, user=spec.user, history=history))
     return items
+
+
+def request_facts(
+    req: InferRequest, items: Sequence[InputItem], headers: Mapping[str, str] | None
+) -> RequestFacts:
+    """What routing may look at; an image given by URL counts as an image input."""
+    modalities: frozenset[Modality] = frozenset().union(*(it.modalities for it in items))
+    if any(s.image is not None and s.image.url for s in req.inputs):
+        modalities |= {Modality.IMAGE}
+    return RequestFacts(
+        modalities=modalities,
+        task=req.task,
+        model=req.model,
+        version=req.version,
+        headers={k.lower(): v for k, v in (headers or {}).items()},
+        unit=req.routing.unit,
+        latency_budget_ms=req.routing.latency_budget_ms,
+    )
 
 
 class Pipeline:
@@ -114,17 +133,8 @@ class Pipeline:
             )
 
         # 1. facts from the request
-        items = _decode_inputs(req, rt.settings.max_body_bytes)
-        modalities = frozenset().union(*(it.modalities for it in items))
-        facts = RequestFacts(
-            modalities=frozenset(modalities) | self._url_modalities(req),
-            task=req.task,
-            model=req.model,
-            version=req.version,
-            headers={k.lower(): v for k, v in (headers or {}).items()},
-            unit=req.routing.unit,
-            latency_budget_ms=req.routing.latency_budget_ms,
-        )
+        items = decode_inputs(req, rt.settings.max_body_bytes)
+        facts = request_facts(req, items, headers)
 
         # 2. the policy decision (this request keeps this policy even if a reload swaps it)
         policy = rt.policy
@@ -171,13 +181,6 @@ class Pipeline:
             route=route,
             timing_ms={k: round(v, 3) for k, v in timing.items()},
         )
-
-    @staticmethod
-    def _url_modalities(req: InferRequest) -> frozenset[Any]:
-        from backends import Modality
-
-        has_url = any(s.image is not None and s.image.url for s in req.inputs)
-        return frozenset({Modality.IMAGE}) if has_url else frozenset()
 
     async def _lookup(
         self,

@@ -175,8 +175,6 @@ def create_worker_app(
 
 
 def _run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -187,14 +185,9 @@ def _run(args: argparse.Namespace) -> int:
     except PrismError as exc:
         print(f"prism worker: {exc.detail}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    from .cli import run_http
+
+    run_http(app, args.host, args.port, args.log_level)
     return 0
 
 
