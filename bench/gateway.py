@@ -49,6 +49,10 @@ def _native(cache: str, same: bool):  # type: ignore[no-untyped-def]
     return send
 
 
+async def _floor(client: httpx.AsyncClient, n: int) -> httpx.Response:
+    return await client.get(URL["prism"] + "/healthz")
+
+
 async def _bare(client: httpx.AsyncClient, n: int) -> httpx.Response:
     return await client.post(
         URL["bare"] + "/infer", json={"inputs": [{"text": f"sentence number {n}"}]}
@@ -73,7 +77,8 @@ async def main(args: argparse.Namespace) -> None:
     try:
         wait_for_port(port)
         URL["bare"] = f"http://127.0.0.1:{port}"
-        plan = [("direct (bare app)", "bare", _bare, gw)]
+        plan = [("http floor (prism /healthz)", "prism", _floor, gw)]
+        plan.append(("direct (bare app)", "bare", _bare, gw))
         plan.append(("prism, no cache", "prism", _native("bypass", False), gw))
         plan.append(("prism, memory cache hit", "prism", _native("use", True), gw))
         plan.append(("prism, redis cache hit", "prism", _native("use", True), gw_redis))
