@@ -17,6 +17,7 @@ import binascii
 import io
 import ipaddress
 import socket
+import warnings
 from collections.abc import Sequence
 from urllib.parse import urljoin, urlsplit
 
@@ -70,7 +71,10 @@ def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage("the image is empty")
     try:
-        image: Image.Image = Image.open(io.BytesIO(data))
+        # PIL warns between its own two limits; our max_pixels check below decides instead
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"the image has too many pixels (limit {max_pixels})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
