@@ -38,6 +38,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
+def is_auto(requested: str | None = None) -> bool:
+    """True when neither the call nor ``$PRISM_KERNELS`` forces a backend."""
+    return (requested or os.environ.get(ENV_BACKEND) or "auto").strip().lower() == "auto"
+
+
 def choose(device: torch.device, requested: str | None = None) -> Backend:
     """Pick the backend for tensors on ``device``.
 

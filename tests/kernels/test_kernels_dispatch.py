@@ -91,3 +91,15 @@ def test_importing_kernels_does_not_import_triton() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_small_catalogue_threshold_only_applies_to_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels import _dispatch, _ops
+
+    monkeypatch.delenv("PRISM_KERNELS", raising=False)
+    assert _dispatch.is_auto(None) and _dispatch.is_auto("auto")
+    assert not _dispatch.is_auto("triton") and not _dispatch.is_auto("reference")
+    monkeypatch.setenv("PRISM_KERNELS", "triton")
+    assert not _dispatch.is_auto(None)  # a forced backend is never second-guessed
+    assert _dispatch.is_auto("auto")
+    assert _ops.AUTO_TOPK_MIN_ITEMS == 1_000_000
