@@ -42,6 +42,14 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from .policy import PolicyLoadError, load_policy_file
+
+    try:  # refuse a bad file up front, with file:line: reason, not a startup traceback
+        load_policy_file(settings.policy)
+    except PolicyLoadError as exc:
+        for issue in exc.issues:
+            print(f"prism serve: {issue}", file=sys.stderr)
+        return 1
     run_http(create_app(settings), settings.host, settings.port, settings.log_level)
     return 0
 

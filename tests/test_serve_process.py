@@ -127,3 +127,12 @@ def test_every_command_has_help() -> None:
     ):
         res = _prism(*args)
         assert res.returncode == 0 and "usage: prism" in res.stdout, args
+
+
+def test_serve_refuses_a_bad_policy_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.replace("dim: 32,", "dimz: 32,"))
+    res = _prism("serve", "--policy", str(bad), "--port", "0")
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"prism serve: {bad}:6: models.fake.versions.1.dimz: unknown key"
+    assert "Traceback" not in res.stderr
