@@ -83,6 +83,24 @@ async def run_load(
     return LoadResult(name, concurrency, len(latencies), errors, elapsed, latencies)
 
 
+#: columns of a load table: one row per (run, concurrency), "added" against a baseline run
+LOAD_HEADERS = [
+    "run",
+    "concurrency",
+    "requests",
+    "errors",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "added p50 ms",
+]
+
+
+def load_row(label: str, r: LoadResult, baseline: LoadResult) -> list[object]:
+    added = r.pct(50) - baseline.pct(50)
+    return [label, r.concurrency, r.requests, r.errors, r.rps, r.pct(50), r.pct(99), added]
+
+
 def machine() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()}cpu"
 

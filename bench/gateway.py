@@ -22,7 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import LoadResult, append_csv, print_table, run_load
+from bench._common import LOAD_HEADERS, LoadResult, append_csv, load_row, print_table, run_load
 from tests.support import GatewayProcess, RedisProcess, free_port, wait_for_port
 
 POLICY = """
@@ -98,23 +98,11 @@ async def main(args: argparse.Namespace) -> None:
         bare.terminate()
         bare.wait(10)
 
-    headers = [
-        "run",
-        "concurrency",
-        "requests",
-        "errors",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "added p50 ms",
-    ]
+    headers = LOAD_HEADERS
     rows: list[list[object]] = []
     base = {r.concurrency: r for label, r in results if label.startswith("direct")}
     for label, r in results:
-        added = r.pct(50) - base[r.concurrency].pct(50)
-        rows.append(
-            [label, r.concurrency, r.requests, r.errors, r.rps, r.pct(50), r.pct(99), added]
-        )
+        rows.append(load_row(label, r, base[r.concurrency]))
     print()
     print_table(headers, rows)
     path = append_csv("gateway.csv", headers, rows)

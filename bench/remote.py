@@ -35,7 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import LoadResult, append_csv, print_table, run_load
+from bench._common import LOAD_HEADERS, LoadResult, append_csv, load_row, print_table, run_load
 from tests.support import GatewayProcess, free_port, wait_for_port
 
 Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
@@ -142,27 +142,14 @@ async def remote_suite(args: argparse.Namespace, tmp: Path) -> None:
     finally:
         upstream.terminate()
         upstream.wait(10)
-    headers = [
-        "run",
-        "concurrency",
-        "requests",
-        "errors",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "added p50 ms",
-    ]
+    headers = LOAD_HEADERS
     rows: list[list[object]] = []
     base: dict[tuple[str, int], LoadResult] = {}
     for label, r in results:
         if label.startswith("direct"):
             base[(_upstream_kind(label), r.concurrency)] = r
     for label, r in results:
-        kind = _upstream_kind(label)
-        added = r.pct(50) - base[(kind, r.concurrency)].pct(50)
-        rows.append(
-            [label, r.concurrency, r.requests, r.errors, r.rps, r.pct(50), r.pct(99), added]
-        )
+        rows.append(load_row(label, r, base[(_upstream_kind(label), r.concurrency)]))
     print()
     print_table(headers, rows)
     print(f"\nappended {len(rows)} rows to {append_csv('remote.csv', headers, rows)}")
