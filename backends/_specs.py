@@ -20,8 +20,10 @@ class Batching(_Spec):
     """Dynamic batching in Triton Inference Server's sense, for one local model version."""
 
     max_batch_size: int = Field(32, ge=1, le=4096)
-    #: how long the first request of a batch may wait for company
-    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    #: how long the first request of a batch may wait for company. 0 (Triton's default) sends
+    #: what is waiting at once: batches still form under load, while a forward runs, and an
+    #: idle server answers without a wait
+    max_queue_delay_ms: float = Field(0.0, ge=0, le=10_000)
     #: batch sizes worth waiting for (e.g. [8, 16, 32]); the batcher dispatches early at these
     preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     #: inputs waiting beyond this get 503 + Retry-After instead of queueing forever
