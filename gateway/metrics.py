@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 
 from backends import Backend, LocalBackend, RemoteBackend
 
+from .cache import CacheStats
+
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -51,9 +53,6 @@ class Metrics:
         self.cache = Counter(
             "prism_cache_lookups", "Cache lookups per input, by result", ["result"], registry=r
         )
-        self.cache_errors = Counter(
-            "prism_cache_errors", "Cache store failures (served uncached)", registry=r
-        )
         self.errors = Counter("prism_errors", "Errors by code", ["code"], registry=r)
         self.upstream_errors = Counter(
             "prism_upstream_errors", "Failed calls to a target", ["target", "code"], registry=r
@@ -69,8 +68,26 @@ class Metrics:
         """Export the stats of the backends ``source()`` lists (target key, backend)."""
         self.registry.register(BackendCollector(source))
 
+    def watch_cache(self, stats: Callable[[], CacheStats]) -> None:
+        """Export the response cache's own counters (the cache keeps them; no copy here)."""
+        self.registry.register(CacheCollector(stats))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CacheCollector(Collector):
+    """Cache store failures, read from :class:`CacheStats` at scrape time."""
+
+    def __init__(self, stats: Callable[[], CacheStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "prism_cache_errors", "Cache store failures (requests served uncached)"
+        )
+        errors.add_metric([], self.stats().errors)
+        yield errors
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)

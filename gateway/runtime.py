@@ -43,6 +43,7 @@ class Runtime:
         self.cache = cache or self._default_cache(settings)
         self.deployments = Deployments(Path(settings.data_dir), load_models=settings.load_models)
         # batch sizes, queue depths and upstream calls are read from the backends at scrape time
+        self.metrics.watch_cache(lambda: self.cache.stats)
         self.metrics.watch_backends(
             lambda: [(d.target.key, d.backend) for d in self.deployments.all()]
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,15 +20,3 @@ def redis_server() -> Iterator[RedisProcess]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisProcess) -> str:
     return redis_server.url
-
-
-@pytest.fixture
-def write_policy(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Write YAML text to a policy file in tmp_path and return its path."""
-
-    def _write(text: str, name: str = "policy.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(text)
-        return path
-
-    return _write

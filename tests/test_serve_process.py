@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,8 @@ def test_killing_redis_mid_run_fails_no_request(policy: Path, own_redis: RedisPr
         assert statuses[-5:] == ["hit"] * 5  # recovered by itself and refilled
         metrics = httpx.get(gw.url + "/metrics").text
         assert 'prism_cache_lookups_total{result="off"}' in metrics
+        errors = re.search(r"^prism_cache_errors_total (\S+)$", metrics, re.M)
+        assert errors is not None and float(errors.group(1)) >= 1  # the outage was counted
     finally:
         gw.stop()
 
