@@ -8,7 +8,6 @@ import csv
 import datetime as dt
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -143,6 +142,3 @@ def append_csv(file: str, headers: list[str], rows: list[list[object]]) -> Path:
             )
     return path
 
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
