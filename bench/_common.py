@@ -141,4 +141,3 @@ def append_csv(file: str, headers: list[str], rows: list[list[object]]) -> Path:
                 ]
             )
     return path
-
