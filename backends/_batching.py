@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._base import Backend, Capabilities, InputItem, LocalModel, Output, Task
-from ._errors import BackendError, BackendTimeout, NotReady, Overloaded, PrismError
+from ._errors import BackendError, BackendTimeout, NotReady, Overloaded, PrismError, QueueTimeout
 from ._specs import Batching
 
 log = logging.getLogger("prism.batching")
@@ -163,7 +163,16 @@ class LocalBackend(Backend):
                 queue_wait_ms.set(max((p.started - p.enqueued) * 1000 for p in pending))
                 return outputs
         except TimeoutError as exc:
-            raise BackendTimeout(f"{self.name} did not answer within {timeout_s:.3f} s") from exc
+            if pending and all(p.started for p in pending):
+                raise BackendTimeout(
+                    f"{self.name} did not answer within {timeout_s:.3f} s"
+                ) from exc
+            # still queued (or preparing) at the deadline: load, not a fault of the model
+            raise QueueTimeout(
+                f"{self.name}: inputs still queued after {timeout_s:.3f} s "
+                f"({self.queue_depth} waiting)",
+                retry_after_s=1,
+            ) from exc
         finally:
             # a caller that left (timeout, cancel) frees its slots before they are computed
             for p in pending:

@@ -115,6 +115,14 @@ class PayloadTooLarge(PrismError):
     title = "Payload too large"
 
 
+class UnsupportedMediaType(PrismError):
+    """A body in a ``Content-Encoding`` (or type) Prism cannot read."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
 class Unauthorized(PrismError):
     status_code = 401
     code = "unauthorized"
@@ -134,6 +142,17 @@ class Overloaded(PrismError):
     def __init__(self, detail: str, *, retry_after_s: int = 1, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
         self.headers.setdefault("Retry-After", str(max(1, int(retry_after_s))))
+
+
+class QueueTimeout(Overloaded):
+    """The deadline passed while the inputs still waited in a local batching queue.
+
+    That is load, not a broken model: it is an :class:`Overloaded` (503 + Retry-After, another
+    replica may answer), and it never counts against the target's circuit breaker.
+    """
+
+    code = "queue_timeout"
+    title = "Timed out waiting in the queue"
 
 
 class NotReady(Overloaded):

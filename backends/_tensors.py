@@ -57,6 +57,8 @@ class Tensor:
 
 def split_body(body: bytes, header_length: str | int | None) -> tuple[dict[str, Any], bytes]:
     """The JSON header (a dict) and the binary tail of a v2 request or response body."""
+    if not body.strip():
+        raise TensorFormatError("the request body is empty; send a JSON object")
     if header_length is None or header_length == "":
         head, tail = body, b""
     else:
@@ -73,6 +75,8 @@ def split_body(body: bytes, header_length: str | int | None) -> tuple[dict[str, 
         doc = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TensorFormatError("body is not valid JSON") from exc
+    except RecursionError as exc:
+        raise TensorFormatError("body's JSON is nested too deeply") from exc
     if not isinstance(doc, dict):
         raise TensorFormatError("body must be a JSON object")
     return doc, tail
@@ -98,11 +102,19 @@ def _pack_bytes(items: Sequence[bytes]) -> bytes:
 
 
 def _flatten(data: Any) -> list[Any]:
+    """Nested lists in row-major order; iterative, so any nesting the JSON parser took is fine."""
     if not isinstance(data, list):
         return [data]
     out: list[Any] = []
-    for x in data:
-        out.extend(_flatten(x) if isinstance(x, list) else [x])
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
     return out
 
 
@@ -125,7 +137,7 @@ def read_tensors(entries: Any, tail: bytes, *, kind: str = "input") -> list[Tens
             raise TensorFormatError(f"{kind}s[{i}] must be an object with a 'name'")
         name = entry["name"]
         datatype = entry.get("datatype")
-        if datatype != "BYTES" and datatype not in NUMPY_DTYPES:
+        if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in NUMPY_DTYPES):
             raise TensorFormatError(f"{kind} {name!r}: unknown datatype {datatype!r}")
         shape = _shape(entry.get("shape"), name)
         count = math.prod(shape)
@@ -151,7 +163,12 @@ def read_tensors(entries: Any, tail: bytes, *, kind: str = "input") -> list[Tens
             if datatype == "BYTES":
                 if not all(isinstance(x, str) for x in flat):
                     raise TensorFormatError(f"{kind} {name!r}: BYTES data must be strings")
-                data = [x.encode() for x in flat]
+                try:
+                    data = [x.encode() for x in flat]
+                except UnicodeEncodeError as exc:  # a lone surrogate escape, "\ud800"
+                    raise TensorFormatError(
+                        f"{kind} {name!r}: a string is not valid Unicode"
+                    ) from exc
             else:
                 try:
                     data = np.asarray(flat, dtype=NUMPY_DTYPES[datatype])

@@ -80,7 +80,10 @@ def _history(t: Tensor, n: int) -> list[tuple[str, ...] | None]:
     if len(t.shape) == 2:
         width = t.shape[1]
         rows = [t.data[r * width : (r + 1) * width] for r in range(n)]
-        return [tuple(x.decode() for x in row if x) or None for row in rows]
+        try:
+            return [tuple(x.decode() for x in row if x) or None for row in rows]
+        except UnicodeDecodeError as exc:
+            raise TensorFormatError("input 'history': an id is not valid UTF-8") from exc
     out: list[tuple[str, ...] | None] = []
     for r, raw in enumerate(t.data):
         if not raw:
@@ -88,7 +91,7 @@ def _history(t: Tensor, n: int) -> list[tuple[str, ...] | None]:
             continue
         try:
             ids = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise TensorFormatError(f"input 'history'[{r}] is not a JSON array of ids") from exc
         if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
             raise TensorFormatError(f"input 'history'[{r}] is not a JSON array of ids")

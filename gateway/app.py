@@ -13,14 +13,15 @@ from litestar.exceptions import ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from backends import FieldError, InvalidInput
+from backends import BadRequest, FieldError, InvalidInput, MalformedBody
 
 from .admin import AdminController
 from .auth import api_key_guard
 from .cache import ResponseCache
-from .doors.kserve import gateway_kserve_router
+from .doors._request import PrismRequest
+from .doors.kserve import gateway_kserve_router, v2_error
 from .doors.native import NativeController
-from .doors.openai import openai_router
+from .doors.openai import openai_error, openai_router
 from .errors import exception_handler, problem_response
 from .policy import CompiledPolicy
 from .runtime import Runtime
@@ -51,12 +52,30 @@ def _validation_handler(request: Any, exc: ValidationException) -> Any:
         if isinstance(e, dict)
     ]
     if not errors:
-        return exception_handler(request, exc)
+        # a missing query or path parameter: the request is wrong, its body is not malformed
+        detail = str(exc.detail).split(" for path ")[0]
+        return problem_response(BadRequest(detail), request.url.path)
+    if any(e.path == "data" for e in errors):
+        # Litestar reports an empty body as its missing ``data`` argument
+        return problem_response(
+            MalformedBody("the request body is empty; send a JSON object"), request.url.path
+        )
     first = errors[0]
     detail = f"{first.path}: {first.message}" + (
         f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     )
     return problem_response(InvalidInput(detail, errors=errors), request.url.path)
+
+
+def _door_error(request: Any, exc: Exception) -> Any:
+    """Errors no route handler saw (unknown path, wrong method) in the shape of the door the
+    path belongs to: a KServe or OpenAI client parses its own error format, not RFC 9457."""
+    path = request.url.path
+    if path == "/v2" or path.startswith("/v2/"):
+        return v2_error(request, exc)
+    if path == "/v1/embeddings" or path == "/v1/models" or path.startswith("/v1/models/"):
+        return openai_error(request, exc)
+    return exception_handler(request, exc)
 
 
 def create_app(
@@ -91,8 +110,9 @@ def create_app(
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
         guards=[api_key_guard(settings.api_keys)],
-        exception_handlers={ValidationException: _validation_handler, Exception: exception_handler},
+        exception_handlers={ValidationException: _validation_handler, Exception: _door_error},
         request_max_body_size=settings.max_body_bytes,
+        request_class=PrismRequest,
         openapi_config=OpenAPIConfig(
             title="Prism",
             version="1",

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends import Backend, BackendSpec, LocalBackend, NotReady, build_backend
+from backends import Backend, BackendSpec, Capabilities, LocalBackend, NotReady, build_backend
 
 from .policy import CompiledPolicy, Target
 
@@ -62,6 +62,13 @@ class Deployments:
         if dep is None or not dep.ready:
             return False
         return bool(getattr(dep.backend, "healthy", True))
+
+    def capabilities(self, model: str, version: str) -> Capabilities | None:
+        """What a loaded backend of ``model``/``version`` reports; None while none is loaded."""
+        for dep in self._by_key.values():
+            if dep.ready and (dep.target.model, dep.target.version) == (model, version):
+                return dep.backend.capabilities
+        return None
 
     def all(self) -> list[Deployment]:
         return list(self._by_key.values())

@@ -168,7 +168,10 @@ class Dispatcher:
                 (time.perf_counter() - started) * 1000,
             )
 
-        if last is None or (time.perf_counter() >= deadline and not _is_timeout(last)):
+        # out of time: say so, unless the last word was load (503 + Retry-After says more)
+        if last is None or (
+            time.perf_counter() >= deadline and not isinstance(last, BackendTimeout | Overloaded)
+        ):
             last = BackendTimeout(
                 f"route {decision.rule!r}: the {route.timeout_ms:g} ms deadline passed "
                 f"after {calls} attempt(s)" + (f"; last error: {last.detail}" if last else "")
@@ -321,7 +324,3 @@ class Dispatcher:
             f"({', '.join(t.key for t in targets)})",
             retry_after_s=max(1, round(wait + 0.5)),
         )
-
-
-def _is_timeout(exc: PrismError) -> bool:
-    return isinstance(exc, BackendTimeout)

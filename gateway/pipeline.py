@@ -121,6 +121,35 @@ class Pipeline:
             )
         return out
 
+    def _check_serves(self, decision: Decision, facts: RequestFacts) -> None:
+        """A model asked for by name must serve the task and inputs: 422 before any work.
+
+        Routes that match on task and modality never pick such a model; a request that names
+        ``model`` directly bypasses that matching, so it is checked here. What the policy
+        declares wins, else what the loaded backend reports; unknown (still loading) passes.
+        """
+        entry = self.rt.policy.models[decision.model]
+        tasks, modalities = entry.tasks, frozenset(entry.modalities)
+        if not (tasks and modalities):
+            caps = self.rt.deployments.capabilities(decision.model, decision.version)
+            if caps is not None:
+                tasks, modalities = tasks or caps.tasks, modalities or caps.modalities
+        if tasks and facts.task not in tasks:
+            serves = ", ".join(sorted(t.value for t in tasks))
+            raise InvalidInput(
+                f"model {decision.model!r} does not serve task {facts.task.value!r} "
+                f"(it serves: {serves})",
+                errors=[FieldError("task", f"not served by {decision.model!r}")],
+            )
+        extra = facts.modalities - modalities if modalities else frozenset()
+        if extra:
+            accepts = ", ".join(sorted(modalities))
+            raise InvalidInput(
+                f"model {decision.model!r} does not take {', '.join(sorted(extra))} inputs "
+                f"(it takes: {accepts})",
+                errors=[FieldError("inputs", f"{', '.join(sorted(extra))} not accepted")],
+            )
+
     async def infer(
         self, req: InferRequest, headers: Mapping[str, str] | None = None, *, door: str = "native"
     ) -> InferResponse:
@@ -139,6 +168,7 @@ class Pipeline:
         # 2. the policy decision (this request keeps this policy even if a reload swaps it)
         policy = rt.policy
         decision = policy.decide(facts, rt.pick_arm)
+        self._check_serves(decision, facts)
         items = await self._fetch_url_images(req, items, decision)
         params = req.parameters
 

@@ -39,6 +39,7 @@ from backends import (
 )
 
 from .doors._model_server import Answer, CacheMode, ModelServer, ServedModel, describe_capabilities
+from .doors._request import PrismRequest
 from .doors.kserve import kserve_router
 from .errors import exception_handler
 from .metrics import Metrics
@@ -170,6 +171,7 @@ def create_worker_app(
         exception_handlers={Exception: exception_handler},
         state=State({"metrics": metrics}),
         openapi_config=None,
+        request_class=PrismRequest,
         debug=False,
     )
 

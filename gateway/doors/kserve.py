@@ -23,10 +23,8 @@ by :func:`kserve_router` injects which one as the ``model_server`` dependency.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
-import zlib
 from typing import Any, Literal, NamedTuple
 
 from litestar import Controller, Request, Response, Router, get, post
@@ -79,19 +77,6 @@ def _count_error(request: Request[Any, Any, Any], code: str) -> None:
         metrics.requests.labels("kserve", "", model, version, "", code).inc()
 
 
-async def _read_body(request: Request[Any, Any, Any]) -> bytes:
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "").lower()
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise BadRequest(f"body is not valid {encoding}") from exc
-    return body
-
-
 class _Control(NamedTuple):
     task: Task
     unit: str | None
@@ -122,18 +107,26 @@ def _parameters(doc: dict[str, Any]) -> tuple[_Control, dict[str, Any]]:
     ):
         raise TensorFormatError("parameter 'labels' must be a list of strings")
     if "top_k" in model_params:
-        try:
-            model_params["top_k"] = int(model_params["top_k"])
-        except (TypeError, ValueError) as exc:
-            raise TensorFormatError("parameter 'top_k' must be an integer") from exc
+        model_params["top_k"] = _integer(model_params["top_k"], "top_k")
     cache = params.get("cache", "use")
     if cache not in ("use", "bypass", "refresh"):
         raise TensorFormatError("parameter 'cache' must be use, bypass or refresh")
     unit = params.get("unit")
     if unit is not None and not isinstance(unit, str):
         raise TensorFormatError("parameter 'unit' must be a string")
-    binary = bool(params.get("binary_data_output", False))
+    binary = params.get("binary_data_output", False)
+    if not isinstance(binary, bool):
+        raise TensorFormatError("parameter 'binary_data_output' must be true or false")
     return _Control(task, unit, cache, binary), model_params
+
+
+def _integer(value: Any, name: str) -> int:
+    """An int parameter; tritonclient may send it as a string. Never rounds, never a bool."""
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TensorFormatError(f"parameter {name!r} must be an integer")
 
 
 def _requested(doc: dict[str, Any], task: Task, default_binary: bool) -> dict[str, bool]:
@@ -153,7 +146,12 @@ def _requested(doc: dict[str, Any], task: Task, default_binary: bool) -> dict[st
                 f"unknown output {out['name']!r}; task {task.value!r} produces {', '.join(produced)}"
             )
         params = out.get("parameters") or {}
-        wanted[out["name"]] = bool(params.get("binary_data", default_binary))
+        binary = params.get("binary_data", default_binary) if isinstance(params, dict) else None
+        if not isinstance(binary, bool):
+            raise TensorFormatError(
+                f"outputs[{i}].parameters must be an object whose 'binary_data' is true or false"
+            )
+        wanted[out["name"]] = binary
     return wanted
 
 
@@ -229,7 +227,7 @@ class KServeController(Controller):
     ) -> Response[bytes]:
         model_server.describe(model, version)  # unknown model/version: 404 before parsing
         try:
-            doc, tail = split_body(await _read_body(request), request.headers.get(HEADER_LENGTH))
+            doc, tail = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
             inputs = read_tensors(doc.get("inputs"), tail)
             binary_inputs = frozenset(
                 e["name"]
@@ -287,4 +285,10 @@ def gateway_kserve_router() -> Router:
     return kserve_router(Provide(_pipeline_server, sync_to_thread=False))
 
 
-__all__ = ["KServeController", "gateway_kserve_router", "kserve_router", "model_metadata"]
+__all__ = [
+    "KServeController",
+    "gateway_kserve_router",
+    "kserve_router",
+    "model_metadata",
+    "v2_error",
+]

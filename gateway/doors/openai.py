@@ -21,7 +21,6 @@ mistakes are 400 (OpenAI never answers 422), unknown models 404, overload 503 + 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from typing import Any
 
@@ -35,6 +34,7 @@ from backends import (
     BadRequest,
     FieldError,
     InputItem,
+    MalformedBody,
     ModelNotFound,
     OpenAISpec,
     PrismError,
@@ -103,7 +103,7 @@ def _texts(raw: Any) -> list[str]:
     if not isinstance(raw, list) or not raw:
         raise OpenAIRequestError("'input' must be a string or a non-empty list of strings", "input")
     for i, x in enumerate(raw):
-        if isinstance(x, int) or (isinstance(x, list) and x and isinstance(x[0], int)):
+        if _is_int(x) or (isinstance(x, list) and x and _is_int(x[0])):
             raise OpenAIRequestError(
                 "token arrays are not supported: send text (Prism tokenizes with the model's tokenizer)",
                 "input",
@@ -113,6 +113,10 @@ def _texts(raw: Any) -> list[str]:
         if not x:
             raise OpenAIRequestError(f"input[{i}] is empty", "input")
     return list(raw)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _model_card(name: str, created: int) -> dict[str, Any]:
@@ -128,15 +132,16 @@ class OpenAIController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
     ) -> Response[Any]:
         try:
-            doc = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise OpenAIRequestError("the body is not valid JSON", None) from exc
+            doc = await request.json()
+        except MalformedBody as exc:
+            raise OpenAIRequestError(exc.detail, None) from exc
         if not isinstance(doc, dict):
             raise OpenAIRequestError("the body must be a JSON object", None)
         name, version = _split_model(doc.get("model"))
         texts = _texts(doc.get("input"))
-        fmt = doc.get("encoding_format") or "float"
-        if fmt not in ("float", "base64"):
+        fmt = doc.get("encoding_format")
+        fmt = "float" if fmt is None else fmt
+        if not isinstance(fmt, str) or fmt not in ("float", "base64"):
             raise OpenAIRequestError(
                 "'encoding_format' must be 'float' or 'base64'", "encoding_format"
             )
@@ -204,7 +209,11 @@ class OpenAIController(Controller):
         self, runtime: NamedDependency[Runtime], model: FromPath[str]
     ) -> dict[str, Any]:
         name, version = _split_model(model)
-        PipelineModelServer(runtime, door="openai").describe(name, version)
+        served = PipelineModelServer(runtime, door="openai").describe(name, version)
+        if Task.EMBED not in served.tasks:  # as /v1/models: this door only knows embeddings
+            raise ModelNotFound(
+                f"model {name!r} does not serve embeddings; /v1/models lists those that do"
+            )
         return _model_card(model, int(runtime.policy.loaded_at))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from backends import (
     InvalidInput,
     Modality,
     Overloaded,
+    QueueTimeout,
     Task,
 )
 from gateway.policy import RequestFacts
@@ -168,3 +170,22 @@ async def test_hedge_at_p95_waits_for_a_measured_p95() -> None:
             slow.end(10, ok=True)
         hedged = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
         assert hedged.target.key == "m@2/local" and hedged.attempts == 2
+
+
+async def test_waiting_in_a_full_queue_is_load_not_a_broken_target() -> None:
+    # One input at a time, 300 ms each, 100 ms deadline: the first caller's input runs and
+    # times out (the model was slow: it counts); the others never leave the queue (load:
+    # 503 + Retry-After, and the circuit stays closed however many there are).
+    route = "    model: m\n    version: '1'\n    timeout_ms: 100\n    circuit: {failures: 2}"
+    spec = "latency_ms: 300, batching: {max_batch_size: 1}"
+    async with deployed(policy(route, **{"1": spec})) as (p, d):
+        results = await asyncio.gather(
+            *(d.run(p.decide(TEXT), Task.EMBED, [InputItem(text=f"t{i}")], {}) for i in range(6)),
+            return_exceptions=True,
+        )
+        timeouts = [r for r in results if type(r) is BackendTimeout]
+        queued = [r for r in results if isinstance(r, QueueTimeout)]
+        assert len(timeouts) == 1 and len(queued) == 5, results
+        assert all(q.status_code == 503 and q.headers["Retry-After"] == "1" for q in queued)
+        health = d.health.of(p.decide(TEXT).targets[0])
+        assert health.breaker.state == "closed" and health.tracker.failures == 1

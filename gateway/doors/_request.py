@@ -1,0 +1,112 @@
+"""``PrismRequest``: how every door reads a request body.
+
+* ``Content-Encoding: gzip`` / ``deflate`` bodies are inflated (tritonclient and many HTTP
+  clients compress large requests). The inflated size is held to the same limit as the body
+  itself, so a small bomb cannot expand into gigabytes, and the work runs in a thread, so a
+  large body does not stall the event loop. Any other coding is a 415 naming what is accepted.
+* JSON is parsed once per request; anything that is not a JSON document (empty, truncated,
+  invalid UTF-8, nested deeper than the parser's recursion limit) is a 400 ``malformed_body``.
+
+The decoded body is kept on the connection, like Litestar's own ``Request.body``, so every
+``Request`` built for the same call sees the same bytes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+from litestar import Request
+from litestar.types import Empty
+
+from backends import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+
+#: Codings Prism inflates; ``identity`` (or no header) is the body as sent.
+ACCEPTED_CODINGS = ("gzip", "deflate")
+#: The ``limit`` when a handler sets none (Litestar's own default).
+DEFAULT_LIMIT = 10 * 2**20
+_CHUNK = 1 << 16
+_decoder = msgspec.json.Decoder()
+
+
+def inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """``body`` decoded from ``coding`` (gzip or zlib-wrapped deflate), at most ``limit`` bytes.
+
+    Raises :class:`PayloadTooLarge` as soon as the output passes ``limit`` (without producing
+    the rest) and :class:`MalformedBody` for a corrupt or truncated stream.
+    """
+    # wbits 47 (32 + 15) reads gzip or zlib headers; raw deflate (-15) is what some clients
+    # send as "deflate" despite the RFC, so it is tried when the zlib header is missing.
+    attempts = (47,) if coding == "gzip" else (47, -15)
+    for n, wbits in enumerate(attempts):
+        inflater = zlib.decompressobj(wbits)
+        out: list[bytes] = []
+        size = 0
+        try:
+            data = inflater.decompress(body, _CHUNK)
+            while True:
+                size += len(data)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"the {coding} body inflates to more than the {limit}-byte limit"
+                    )
+                out.append(data)
+                if inflater.eof or not inflater.unconsumed_tail:
+                    break
+                data = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
+        except zlib.error as exc:
+            if n + 1 < len(attempts):
+                continue
+            raise MalformedBody(f"the body is not valid {coding} ({exc})") from exc
+        if not inflater.eof:
+            raise MalformedBody(f"the {coding} body is truncated")
+        return b"".join(out)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document in ``body``; a 400 :class:`MalformedBody` for anything else."""
+    if not body.strip():
+        raise MalformedBody("the request body is empty; send a JSON object")
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedBody("the body's JSON is nested too deeply") from exc
+
+
+class PrismRequest(Request[Any, Any, Any]):
+    """Litestar's request with content codings and strict JSON parsing (see the module)."""
+
+    async def body(self) -> bytes:
+        if self._body is Empty:
+            state = self._connection_state
+            if state.body is Empty:
+                raw = b"".join([chunk async for chunk in self.stream()])
+                coding = self.headers.get("content-encoding", "identity").strip().lower()
+                if coding not in ("", "identity"):
+                    if coding not in ACCEPTED_CODINGS:
+                        raise UnsupportedMediaType(
+                            f"Content-Encoding {coding!r} is not supported; "
+                            f"use {' or '.join(ACCEPTED_CODINGS)}",
+                            headers={"Accept-Encoding": ", ".join(ACCEPTED_CODINGS)},
+                        )
+                    limit = self.route_handler.resolve_request_max_body_size() or DEFAULT_LIMIT
+                    raw = await anyio.to_thread.run_sync(inflate, raw, coding, limit)
+                state.body = raw
+            self._body = state.body
+        return self._body
+
+    async def json(self) -> Any:
+        if self._json is Empty:
+            state = self._connection_state
+            if state.json is Empty:
+                state.json = parse_json(await self.body())
+            self._json = state.json
+        return self._json
+
+
+__all__ = ["ACCEPTED_CODINGS", "PrismRequest", "inflate", "parse_json"]
