@@ -41,6 +41,7 @@ from ._specs import (
     OpenClipSpec,
     RecommenderSpec,
     TextEncoderSpec,
+    output_fingerprint,
 )
 
 __all__ = [
@@ -92,6 +93,7 @@ __all__ = [
     "build_local_model",
     "decode_base64_image",
     "fetch_image",
+    "output_fingerprint",
     "queue_wait_ms",
     "replica_urls",
     "resolve_device",

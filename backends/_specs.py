@@ -7,6 +7,8 @@ builds a backend from a validated spec. Paths are resolved against the policy fi
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
@@ -140,6 +142,33 @@ class OpenAISpec(_RemoteSpec):
 
 BackendSpec = Annotated[LocalSpec | KServeSpec | OpenAISpec, Field(discriminator="backend")]
 
+#: Settings that change how a version runs, never what it answers: editing them keeps its
+#: cached outputs and its experiment figures.
+OPERATIONAL_FIELDS = frozenset(
+    {
+        "batching",
+        "device",
+        "replicas",
+        "max_connections",
+        "health_interval_s",
+        "api_key_env",
+        "max_image_pixels",
+        "allow_url_hosts",
+        "latency_ms",
+        "fail_every",
+        "fail_rate",
+    }
+)
+
+
+def output_fingerprint(spec: _Spec) -> str:
+    """A short digest of what determines a version's outputs (its spec, less the operational
+    fields). Redefining a version in place (other weights, another model kind) changes it."""
+    data = spec.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS))
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(raw, digest_size=6).hexdigest()
+
+
 __all__ = [
     "BackendSpec",
     "Batching",
@@ -151,4 +180,5 @@ __all__ = [
     "OpenClipSpec",
     "RecommenderSpec",
     "TextEncoderSpec",
+    "output_fingerprint",
 ]

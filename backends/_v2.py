@@ -13,8 +13,9 @@ Request (``POST /v2/models/{m}[/versions/{v}]/infer``), one row per input:
   BYTES [n, h] with one item id per column.
 
 An empty element means "this row has no such input" (so rows may mix modalities); every
-row needs at least one. Request ``parameters``: ``task`` (embed | classify | recommend,
-default embed), ``labels`` (list, or a JSON array in a string), ``top_k``; Prism-only
+row needs at least one. Request ``parameters``: ``task`` (embed | classify | recommend;
+when absent: the model's only task, else the task of the outputs named, else classify when
+``labels`` are given, else embed), ``labels`` (list, or a JSON array in a string), ``top_k``; Prism-only
 ``unit`` (experiment unit) and ``cache`` (use | bypass | refresh); other keys go to the
 model as parameters. Triton's reserved keys (``sequence_*``, ``priority``, ``timeout``,
 ``headers``) are ignored.

@@ -41,6 +41,7 @@ def policy_status(runtime: Runtime) -> dict[str, Any]:
         "loaded_at": policy.loaded_at,
         "last_reload_at": runtime.last_reload_at,
         "last_error": runtime.last_reload_error,
+        "last_issues": runtime.last_reload_issues,
         "watch_s": watcher.interval_s if watcher is not None else 0,
         "models": {
             name: {"versions": sorted(entry.versions), "labels": dict(entry.labels)}

@@ -33,6 +33,14 @@ def _fingerprint(spec: BackendSpec) -> str:
     return spec.model_dump_json()
 
 
+class DeploymentFailed(Exception):
+    """Targets of a new policy that could not be loaded: ``(target, reason)`` each."""
+
+    def __init__(self, failures: list[tuple[Target, str]]) -> None:
+        super().__init__("; ".join(f"{t.key}: {why}" for t, why in failures))
+        self.failures = failures
+
+
 class Deployments:
     def __init__(self, base_dir: Path, *, load_models: bool = True) -> None:
         self.base_dir = base_dir
@@ -74,9 +82,17 @@ class Deployments:
         return list(self._by_key.values())
 
     @property
-    def ready(self) -> bool:
-        """Every local model of the policy is loaded (remote ones are judged per route)."""
-        return all(d.ready for d in self._by_key.values() if isinstance(d.backend, LocalBackend))
+    def settled(self) -> bool:
+        """No local model is still loading: each one is loaded or has failed (and says why).
+
+        Readiness is then decided per route (``routes_without_healthy_target``): a version
+        that failed to load makes the gateway unready only when a route has nothing else.
+        """
+        return all(
+            d.ready or d.error is not None
+            for d in self._by_key.values()
+            if isinstance(d.backend, LocalBackend)
+        )
 
     def routes_without_healthy_target(self, policy: CompiledPolicy) -> list[str]:
         """Routes none of whose targets or fallbacks the health probes currently find up."""
@@ -102,12 +118,17 @@ class Deployments:
             dep.error = f"{type(exc).__name__}: {exc}"
             log.error("failed to deploy %s: %s", dep.target.key, dep.error)
 
-    async def apply(self, policy: CompiledPolicy) -> list[Deployment]:
+    async def apply(self, policy: CompiledPolicy, *, atomic: bool = False) -> list[Deployment]:
         """Bring the deployments in line with ``policy``; returns the ones to close later.
 
         New and changed targets are loaded before this returns (so the swap that follows
         serves them at once); the caller closes the returned, no-longer-needed deployments
-        once requests still running on the old policy have finished.
+        once requests still running on the old policy have finished. A target that failed to
+        load before is tried again (its file may be there now).
+
+        ``atomic`` (a reload): when a new or changed target fails to load where the running
+        one did not, nothing changes: the fresh backends are closed and
+        :class:`DeploymentFailed` names each failure, so the caller keeps its policy.
         """
         wanted = policy.all_targets()
         fresh: list[Deployment] = []
@@ -115,7 +136,8 @@ class Deployments:
         next_map: dict[str, Deployment] = {}
         for key, (target, spec) in wanted.items():
             current = self._by_key.get(key)
-            if current is not None and _fingerprint(current.spec) == _fingerprint(spec):
+            unchanged = current is not None and _fingerprint(current.spec) == _fingerprint(spec)
+            if current is not None and unchanged and current.error is None:
                 next_map[key] = current
                 continue
             backend = build_backend(spec, base_dir=self.base_dir, name=key, url=target.replica)
@@ -125,6 +147,16 @@ class Deployments:
             if current is not None:
                 retired.append(current)
         await asyncio.gather(*(self._start(d) for d in fresh))
+        if atomic:
+            failed = [
+                d
+                for d in fresh
+                if d.error is not None
+                and ((prev := self._by_key.get(d.target.key)) is None or prev.error is None)
+            ]
+            if failed:
+                await self.close(fresh)
+                raise DeploymentFailed([(d.target, d.error or "") for d in failed])
         retired.extend(d for k, d in self._by_key.items() if k not in next_map)
         self._by_key = next_map
         return retired

@@ -67,7 +67,14 @@ def explain(
             "ttl_s": decision.cache_ttl_s,
             "mode": req.cache,
             "keys": [
-                cache_key(decision.model, decision.version, req.task, it, req.parameters)
+                cache_key(
+                    decision.model,
+                    decision.version,
+                    req.task,
+                    it,
+                    req.parameters,
+                    policy.fingerprint(decision.model, decision.version),
+                )
                 for it in items
             ],
         },

@@ -173,7 +173,11 @@ class Pipeline:
         params = req.parameters
 
         # 3. cache lookup, per input
-        keys = [cache_key(decision.model, decision.version, req.task, it, params) for it in items]
+        definition = policy.fingerprint(decision.model, decision.version)
+        keys = [
+            cache_key(decision.model, decision.version, req.task, it, params, definition)
+            for it in items
+        ]
         outputs: list[Output | None] = [None] * len(items)
         status = await self._lookup(req, decision, keys, outputs)
 

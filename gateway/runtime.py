@@ -16,12 +16,12 @@ from typing import Any
 from backends import InputItem, Output, PrismError, Task
 
 from .cache import MemoryStore, RedisStore, ResponseCache
-from .deployments import Deployments
+from .deployments import DeploymentFailed, Deployments
 from .dispatch import Dispatcher
 from .experiments import ExperimentEngine, ShadowMirror
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .policy import CompiledPolicy, Decision, PolicyLoadError, compile_policy_file
+from .policy import CompiledPolicy, Decision, PolicyLoadError, compile_policy_file, issue_at
 from .policy._watch import PolicyWatcher
 from .schema import RouteInfo
 from .settings import Settings
@@ -50,6 +50,8 @@ class Runtime:
         self.dispatcher = Dispatcher(self.deployments, metrics=self.metrics)
         self.pipeline = Pipeline(self)
         self.last_reload_error: str | None = None
+        #: every issue of the last refused reload (``last_reload_error`` is the first)
+        self.last_reload_issues: list[str] = []
         self.last_reload_at: float | None = None
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
@@ -96,7 +98,12 @@ class Runtime:
             return
         if Path(self.policy.source).resolve() != path.resolve():
             return
-        self.policy_watcher = PolicyWatcher(path, self.settings.policy_watch_s, self.reload)
+        self.policy_watcher = PolicyWatcher(
+            path,
+            self.settings.policy_watch_s,
+            self.reload,
+            failing=lambda: self.last_reload_error is not None,
+        )
         self.policy_watcher.start()
 
     async def reload(self) -> CompiledPolicy:
@@ -105,15 +112,17 @@ class Runtime:
             self.last_reload_at = time.time()
             try:
                 fresh = self.load_policy()
+                retired = await self._deploy(fresh)
             except PolicyLoadError as exc:
                 self.last_reload_error = exc.detail
+                self.last_reload_issues = [str(i) for i in exc.issues]
                 self.metrics.policy_reloads.labels("invalid").inc()
                 self.metrics.policy_valid.set(0)
                 log.error("policy reload refused, keeping %s: %s", self.policy.digest, exc.detail)
                 raise
-            retired = await self.deployments.apply(fresh)
             self._policy = fresh  # atomic: requests already running keep their reference
             self.last_reload_error = None
+            self.last_reload_issues = []
             self.metrics.policy_reloads.labels("ok").inc()
             self.metrics.policy_valid.set(1)
             log.info("policy %s from %s is live", fresh.digest, fresh.source)
@@ -121,6 +130,22 @@ class Runtime:
                 # models that left the policy go once in-flight requests had time to finish
                 self.spawn(self._close_later(retired))
             return fresh
+
+    async def _deploy(self, fresh: CompiledPolicy) -> list[Any]:
+        """Load what ``fresh`` adds or changes; a version that cannot load refuses the reload
+        (like a file that does not validate), and the running policy keeps serving."""
+        try:
+            return await self.deployments.apply(fresh, atomic=True)
+        except DeploymentFailed as exc:
+            issues = [
+                issue_at(
+                    fresh.source,
+                    ("models", t.model, "versions", t.version),
+                    f"cannot load {t.key}: {why}",
+                )
+                for t, why in exc.failures
+            ]
+            raise PolicyLoadError(issues) from exc
 
     async def _close_later(self, retired: list[Any], grace_s: float = 30.0) -> None:
         await asyncio.sleep(grace_s)
@@ -175,7 +200,12 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self._policy is not None and self.deployments.ready
+        """Serving: loading has settled and every route has a target that is up."""
+        return (
+            self._policy is not None
+            and self.deployments.settled
+            and not self.deployments.routes_without_healthy_target(self._policy)
+        )
 
     async def aclose(self) -> None:
         if self.policy_watcher is not None:

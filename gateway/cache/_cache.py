@@ -27,11 +27,20 @@ log = logging.getLogger("prism.cache")
 
 
 def cache_key(
-    model: str, version: str, task: Task, item: InputItem, parameters: Mapping[str, Any]
+    model: str,
+    version: str,
+    task: Task,
+    item: InputItem,
+    parameters: Mapping[str, Any],
+    definition: str = "",
 ) -> str:
-    """Stable across processes and restarts: canonical JSON of parameters, content digests."""
+    """Stable across processes and restarts: canonical JSON of parameters, content digests.
+
+    ``definition`` is the version's output fingerprint (``CompiledPolicy.fingerprint``): a
+    version id redefined in place (other weights, another model) never hits old entries.
+    """
     h = hashlib.blake2b(digest_size=20)
-    h.update(json.dumps([model, version, task.value], separators=(",", ":")).encode())
+    h.update(json.dumps([model, version, definition, task.value], separators=(",", ":")).encode())
     h.update(item.fingerprint())
     h.update(json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str).encode())
     return h.hexdigest()

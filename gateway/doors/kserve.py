@@ -78,7 +78,8 @@ def _count_error(request: Request[Any, Any, Any], code: str) -> None:
 
 
 class _Control(NamedTuple):
-    task: Task
+    #: None: not given; :func:`_choose_task` decides from the model and the outputs asked for
+    task: Task | None
     unit: str | None
     cache: Literal["use", "bypass", "refresh"]
     binary_output: bool
@@ -90,7 +91,7 @@ def _parameters(doc: dict[str, Any]) -> tuple[_Control, dict[str, Any]]:
     if not isinstance(params, dict):
         raise TensorFormatError("'parameters' must be an object")
     try:
-        task = Task(params.get("task", "embed"))
+        task = Task(params["task"]) if "task" in params else None
     except ValueError as exc:
         known = ", ".join(t.value for t in Task)
         raise TensorFormatError(f"parameter 'task' must be one of {known}") from exc
@@ -127,6 +128,23 @@ def _integer(value: Any, name: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise TensorFormatError(f"parameter {name!r} must be an integer")
+
+
+def _choose_task(doc: dict[str, Any], served: frozenset[Task], params: dict[str, Any]) -> Task:
+    """The task of a request that names none, as a Triton client would expect it: the
+    model's only task; else the one whose outputs the request names (``label`` -> classify,
+    ``item`` -> recommend); else classify when ``labels`` are given; else embed."""
+    candidates = [t for t in Task if t in served] or list(Task)
+    raw = doc.get("outputs")
+    names = {o.get("name") for o in raw if isinstance(o, dict)} if isinstance(raw, list) else set()
+    if names:
+        fitting = [t for t in candidates if names <= set(OUTPUTS_BY_TASK[t])]
+        candidates = fitting or candidates
+    if len(candidates) == 1:
+        return candidates[0]
+    if "labels" in params and Task.CLASSIFY in candidates:
+        return Task.CLASSIFY
+    return Task.EMBED if Task.EMBED in candidates else candidates[0]
 
 
 def _requested(doc: dict[str, Any], task: Task, default_binary: bool) -> dict[str, bool]:
@@ -225,7 +243,7 @@ class KServeController(Controller):
         model: FromPath[str],
         version: FromPath[str | None] = None,
     ) -> Response[bytes]:
-        model_server.describe(model, version)  # unknown model/version: 404 before parsing
+        served = model_server.describe(model, version)  # unknown: 404 before parsing
         try:
             doc, tail = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
             inputs = read_tensors(doc.get("inputs"), tail)
@@ -236,20 +254,21 @@ class KServeController(Controller):
             )
             items = tensors_to_items(inputs, binary_inputs)
             control, params = _parameters(doc)
-            wanted = _requested(doc, control.task, control.binary_output)
+            task = control.task or _choose_task(doc, served.tasks, params)
+            wanted = _requested(doc, task, control.binary_output)
         except TensorFormatError as exc:
             raise BadRequest(str(exc)) from exc
         answer = await model_server.infer(
             model,
             version,
-            control.task,
+            task,
             items,
             params,
             unit=control.unit,
             cache=control.cache,
             headers=request.headers,
         )
-        tensors = [t for t in outputs_to_tensors(control.task, answer.outputs) if t.name in wanted]
+        tensors = [t for t in outputs_to_tensors(task, answer.outputs) if t.name in wanted]
         entries, blob = write_tensors(tensors, wanted)
         body: dict[str, Any] = {
             "model_name": answer.model,

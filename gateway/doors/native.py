@@ -50,8 +50,9 @@ class NativeController(Controller):
             )
             for d in deployments.all()
         }
-        down = deployments.routes_without_healthy_target(runtime.policy) if runtime.ready else []
-        ready = runtime.ready and not down
+        settled = deployments.settled
+        down = deployments.routes_without_healthy_target(runtime.policy) if settled else []
+        ready = settled and not down
         return Response(
             {
                 "status": "ready" if ready else "not ready",

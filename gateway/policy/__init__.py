@@ -14,7 +14,14 @@ from ._document import (
     Route,
     TargetRef,
 )
-from ._loader import PolicyIssue, PolicyLoadError, format_path, load_policy_file, parse_policy
+from ._loader import (
+    PolicyIssue,
+    PolicyLoadError,
+    format_path,
+    issue_at,
+    load_policy_file,
+    parse_policy,
+)
 
 __all__ = [
     "Arm",
@@ -36,6 +43,7 @@ __all__ = [
     "TargetRef",
     "compile_policy_file",
     "format_path",
+    "issue_at",
     "load_policy_file",
     "parse_policy",
 ]

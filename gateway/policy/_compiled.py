@@ -22,6 +22,7 @@ from backends import (
     NoRoute,
     Task,
     VersionNotFound,
+    output_fingerprint,
     replica_urls,
 )
 
@@ -101,6 +102,13 @@ class CompiledPolicy:
         self.base_dir = base_dir or Path.cwd()
         self.loaded_at = time.time()
         self.digest = hashlib.sha256(doc.model_dump_json().encode()).hexdigest()[:12]
+        #: (model, version) -> digest of what the version answers: part of every cache key
+        #: and experiment counter, so a version redefined in place starts afresh
+        self._fingerprints = {
+            (name, version): output_fingerprint(spec)
+            for name, entry in doc.models.items()
+            for version, spec in entry.versions.items()
+        }
         self._routes = list(doc.routes)
         # a known model no route mentions is still directly addressable, like in Triton;
         # its implicit route has the defaults (named "model:NAME", which no file can use)
@@ -132,6 +140,9 @@ class CompiledPolicy:
                 extra={"model": model, "version": version},
             )
         return resolved
+
+    def fingerprint(self, model: str, version: str) -> str:
+        return self._fingerprints[(model, version)]
 
     def spec(self, model: str, version: str) -> BackendSpec:
         spec: BackendSpec = self.document.models[model].versions[version]

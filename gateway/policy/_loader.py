@@ -156,6 +156,16 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
     return doc
 
 
+def issue_at(file: str, loc: Sequence[Any], message: str) -> PolicyIssue:
+    """An issue found after validation (a version that cannot load), located in ``file``."""
+    try:
+        root = yaml.compose(Path(file).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        root = None
+    parts, line = _walk(root, loc)
+    return PolicyIssue(file, line, format_path(parts or list(loc)), message)
+
+
 def load_policy_file(path: str | Path) -> PolicyDocument:
     """Read and validate a policy file (no side effects: safe for ``prism policy check``)."""
     p = Path(path)

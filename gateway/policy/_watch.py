@@ -4,7 +4,10 @@ Polling (mtime, size) every ``interval_s`` costs one ``stat`` and works on every
 including Kubernetes ConfigMap mounts, where the file is swapped through a symlink and
 inotify on the old inode would see nothing. A changed stat is confirmed by the content's hash,
 so ``touch`` or a rewrite with identical bytes does not reload; a bad file is reported once,
-not on every tick, until its content changes again.
+not on every tick, until its content changes again. A file that disappears is reported too
+(the running policy stays); when it comes back, or when the last reload failed and the file
+is written again (even with the running policy's bytes), it is reloaded, so an error clears
+as soon as the file is good.
 """
 
 from __future__ import annotations
@@ -27,10 +30,18 @@ def file_digest(path: Path) -> str | None:
 
 
 class PolicyWatcher:
-    def __init__(self, path: Path, interval_s: float, reload: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        interval_s: float,
+        reload: Callable[[], Awaitable[Any]],
+        failing: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.path = path
         self.interval_s = interval_s
         self.reload = reload
+        #: whether the last reload was refused (then identical bytes are worth another try)
+        self.failing = failing
         self._stat: tuple[float, int] | None = self._read_stat()
         #: hash of the content last loaded or refused
         self.digest: str | None = file_digest(path)
@@ -48,14 +59,19 @@ class PolicyWatcher:
         """One poll; True when the content changed and a reload was attempted."""
         self.checks += 1
         stat = self._read_stat()
-        if stat is None or stat == self._stat:
+        if stat == self._stat:
             return False
         self._stat = stat
         digest = await asyncio.to_thread(file_digest, self.path)
-        if digest is None or digest == self.digest:
+        if digest is None and self.digest is None:
+            return False  # still missing (or unreadable): reported when it went
+        if digest is not None and digest == self.digest and not self.failing():
             return False
         self.digest = digest
-        log.info("policy file %s changed; reloading", self.path)
+        if digest is None:
+            log.error("policy file %s is gone; the running policy stays", self.path)
+        else:
+            log.info("policy file %s changed; reloading", self.path)
         try:
             await self.reload()
         except Exception as exc:  # the reload logs and records its own refusal

@@ -146,7 +146,8 @@ def test_a_model_asked_for_a_task_it_does_not_serve(http: httpx.Client) -> None:
         },
     )
     assert "does not take image inputs" in door_error("native", wrong_input, 422)
-    kserve = http.post(f"/v2/models/{TAGGER}/infer", json=kserve_body())
+    explicit = {**kserve_body(), "parameters": {"task": "embed"}}
+    kserve = http.post(f"/v2/models/{TAGGER}/infer", json=explicit)
     assert "does not serve task 'embed'" in door_error("kserve", kserve, 400)
     # the same model for what it does serve
     ok = http.post(

@@ -96,6 +96,31 @@ def test_classify_with_parameters(tc: triton.InferenceServerClient) -> None:
     np.testing.assert_allclose(scores.sum(1), 1, rtol=1e-5)
 
 
+def test_the_task_follows_the_model_and_the_outputs_asked_for(
+    tc: triton.InferenceServerClient,
+) -> None:
+    labels = json.dumps(["red", "blue"])
+    texts = [text_input(["a red circle"], binary=True)]
+    # a model with one task needs no 'task' parameter (its metadata lists only those outputs)
+    only = tc.infer("tagger", texts, parameters={"labels": labels})
+    assert only.as_numpy("label").shape == (1, 2)
+    # a model with several: the outputs named decide (label -> classify, item -> recommend)
+    named = tc.infer(
+        "fake", texts, outputs=[triton.InferRequestedOutput("label")], parameters={"labels": labels}
+    )
+    assert named.as_numpy("label").shape == (1, 2) and named.as_numpy("embedding") is None
+    recs = tc.infer(
+        "fake",
+        [text_input(["x"], binary=True)],
+        outputs=[triton.InferRequestedOutput("item"), triton.InferRequestedOutput("score")],
+        parameters={"top_k": 3},
+    )
+    assert recs.as_numpy("item").shape == (1, 3)
+    # labels alone mean classify; nothing at all means embed, as before
+    assert tc.infer("fake", texts, parameters={"labels": labels}).as_numpy("label") is not None
+    assert tc.infer("fake", texts).as_numpy("embedding").shape == (1, 16)
+
+
 def test_unknown_model_raises_in_the_client(tc: triton.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
         tc.infer("nope", [text_input(["x"], binary=True)])
@@ -217,7 +242,18 @@ BAD = [
         "'labels' must be a list of strings",
     ),
     ({"inputs": [tensor("text", ["a"])], "parameters": {"cache": "maybe"}}, "'cache' must be"),
-    ({"inputs": [tensor("text", ["a"])], "outputs": [{"name": "label"}]}, "unknown output 'label'"),
+    (
+        {
+            "inputs": [tensor("text", ["a"])],
+            "outputs": [{"name": "label"}],
+            "parameters": {"task": "embed"},
+        },
+        "unknown output 'label'",
+    ),
+    (
+        {"inputs": [tensor("text", ["a"])], "outputs": [{"name": "label"}]},
+        "needs parameters.labels",
+    ),
     (
         {"inputs": [tensor("text", ["a"])], "parameters": {"task": "classify"}},
         "classify needs parameters.labels",

@@ -114,3 +114,109 @@ async def test_watcher_reloads_on_change_and_reports_a_bad_file(
             ":2: models: Dictionary should have at least 1 item after validation, not 0"
         )
         assert (await client.post("/v1/infer", json=text_request())).json()["version"] == "2"
+
+
+BROKEN_VERSION = """
+version: 1
+models:
+  m:
+    versions:
+      "1": {backend: local, kind: fake, device: cpu, dim: 8, seed: 1}
+      "3": {backend: local, kind: text-encoder, path: no/such/folder}
+    labels: {stable: "3"}
+routes:
+  - name: text
+    match: {modality: [text]}
+    model: m
+    version: stable
+    cache: {ttl_s: 0}
+"""
+
+
+async def test_a_version_that_cannot_load_refuses_the_reload(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    async with gateway(policy("1")) as client:
+        path = tmp_path / "policy.yaml"
+        digest = (await client.get("/admin/policy")).json()["digest"]
+        path.write_text(BROKEN_VERSION)
+        r = await client.post("/admin/policy/reload")
+        assert r.status_code == 422, r.text
+        problem = r.json()
+        assert problem["detail"].startswith(
+            f"{path}:7: models.m.versions.3: cannot load m@3/local:"
+        )
+        status = (await client.get("/admin/policy")).json()
+        assert status["digest"] == digest and status["models"]["m"]["labels"] == {"stable": "1"}
+        assert status["last_issues"] == problem["issues"]
+        # the label still points at the version that serves, and the gateway stays ready
+        answer = await client.post("/v1/infer", json=text_request())
+        assert answer.status_code == 200 and answer.json()["version"] == "1"
+        assert (await client.get("/readyz")).status_code == 200
+        assert (
+            'prism_policy_reloads_total{result="invalid"} 1.0'
+            in (await client.get("/metrics")).text
+        )
+
+
+async def test_a_failed_version_no_route_needs_leaves_the_gateway_ready(
+    gateway: GatewayFactory,
+) -> None:
+    # at start there is no running policy to keep: what loads serves, the rest says why
+    text = BROKEN_VERSION.replace('labels: {stable: "3"}', 'labels: {stable: "1"}')
+    async with gateway(text) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["models"]["m@3/local"].startswith("FileNotFoundError") or (
+            "no/such/folder" in ready.json()["models"]["m@3/local"]
+        )
+        direct = await client.post("/v1/infer", json={**text_request(), "version": "3"})
+        assert direct.status_code == 503 and direct.json()["code"] == "not_ready"
+
+
+async def test_a_version_redefined_in_place_never_answers_from_the_old_cache(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    cached = policy("1").replace("cache: {ttl_s: 0}", "cache: {ttl_s: 600}")
+    async with gateway(cached) as client:
+        first = (await client.post("/v1/infer", json=text_request("same"))).json()
+        again = (await client.post("/v1/infer", json=text_request("same"))).json()
+        assert again["route"]["cache"] == "hit"
+        # batching is operational: the cached answer stays valid
+        (tmp_path / "policy.yaml").write_text(
+            cached.replace("seed: 1,", "seed: 1, batching: {max_batch_size: 4},")
+        )
+        assert (await client.post("/admin/policy/reload")).status_code == 200
+        kept = (await client.post("/v1/infer", json=text_request("same"))).json()
+        assert kept["route"]["cache"] == "hit"
+        # another seed is another model under the same id: a miss, and the new answer
+        (tmp_path / "policy.yaml").write_text(cached.replace("seed: 1,", "seed: 5,"))
+        assert (await client.post("/admin/policy/reload")).status_code == 200
+        redefined = (await client.post("/v1/infer", json=text_request("same"))).json()
+        assert redefined["route"]["cache"] == "miss"
+        assert redefined["outputs"] != first["outputs"]
+
+
+async def test_watcher_reports_a_deleted_file_and_clears_when_it_is_back(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    async with gateway(policy("1"), policy_watch_s=0.05) as client:
+        path = tmp_path / "policy.yaml"
+        original = path.read_text()
+
+        async def until(predicate: object) -> dict[str, object]:
+            for _ in range(100):
+                status = (await client.get("/admin/policy")).json()
+                if predicate(status):  # type: ignore[operator]
+                    return status  # type: ignore[no-any-return]
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"watcher did not act: {status}")
+
+        path.unlink()
+        status = await until(lambda s: s["last_error"] is not None)
+        assert "cannot read" in str(status["last_error"])
+        assert (await client.post("/v1/infer", json=text_request())).status_code == 200
+        # the very same bytes come back: the error clears, no edit needed
+        path.write_text(original)
+        await until(lambda s: s["last_error"] is None)
+        assert "prism_policy_last_reload_ok 1.0" in (await client.get("/metrics")).text
