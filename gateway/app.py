@@ -9,9 +9,9 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.exceptions import ValidationException
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from backends import BadRequest, FieldError, InvalidInput, MalformedBody
 
@@ -71,11 +71,22 @@ def _door_error(request: Any, exc: Exception) -> Any:
     """Errors no route handler saw (unknown path, wrong method) in the shape of the door the
     path belongs to: a KServe or OpenAI client parses its own error format, not RFC 9457."""
     path = request.url.path
+    if isinstance(exc, NotFoundException):
+        served = _SERVED.get(path.split("/")[1] if path.count("/") > 1 else "", "")
+        exc = NotFoundException(f"no such endpoint: {request.method} {path}{served}")
     if path == "/v2" or path.startswith("/v2/"):
         return v2_error(request, exc)
-    if path == "/v1/embeddings" or path == "/v1/models" or path.startswith("/v1/models/"):
+    # OpenAI clients are who call /v1 paths Prism does not have (/v1/chat/completions ...)
+    if path.startswith("/v1/") and path != "/v1/infer":
         return openai_error(request, exc)
     return exception_handler(request, exc)
+
+
+#: what a 404 under a door's prefix points to
+_SERVED = {
+    "v1": "; Prism serves POST /v1/infer, POST /v1/embeddings, GET /v1/models",
+    "v2": "; see GET /v2/models/{model} for a model's metadata",
+}
 
 
 def create_app(
@@ -118,7 +129,8 @@ def create_app(
             version="1",
             description="Multimodal model gateway: one API for text, image and recommendation models.",
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            # JSON first: /schema works offline; the Swagger UI loads its JS from a CDN
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin()],
         ),
         debug=False,
     )

@@ -81,25 +81,36 @@ def _policy_explain(args: argparse.Namespace) -> int:
     from backends import PrismError
 
     from .explain import explain, format_explanation
-    from .policy import PolicyLoadError, compile_policy_file
+    from .policy import PolicyLoadError, compile_policy_file, format_path
 
     raw = args.request
     try:
         text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
         request = json.loads(text)
-        headers = dict(h.split("=", 1) for h in args.header)
         policy = compile_policy_file(str(args.file))
-        result = explain(policy, request, headers)
+        result = explain(policy, request, dict(args.header))
     except PolicyLoadError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
         return 1
-    except (OSError, ValueError, ValidationError, PrismError) as exc:
+    except ValidationError as exc:  # the request: named field by field, as the server does
+        for err in exc.errors():
+            where = format_path(err["loc"]) or "request"
+            print(f"cannot explain: {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, PrismError) as exc:
         # json/pydantic errors are ValueErrors; PrismError: no route, unknown model, ...
         print(f"cannot explain: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else format_explanation(result))
     return 0
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
 
 
 def _policy_schema(args: argparse.Namespace) -> int:
@@ -124,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway (HTTP).")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway (HTTP). Every setting is also an environment variable "
+        "PRISM_<NAME> (e.g. PRISM_REDIS_URL, PRISM_MAX_BODY_BYTES, PRISM_API_KEYS); flags win.",
+    )
     serve.add_argument("--policy", type=Path, help="policy file (default: policies/default.yaml)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
@@ -156,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--request", required=True, help="request JSON, or @FILE to read it from a file"
     )
     explain.add_argument(
-        "--header", action="append", default=[], metavar="NAME=VALUE", help="request header"
+        "--header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="NAME=VALUE",
+        help="a request header (routes may match on headers); repeat for more",
     )
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
     explain.set_defaults(handler=_policy_explain)
@@ -164,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = psub.add_parser(
         "schema",
-        help="write the policy JSON Schema",
-        description="Generate the policy JSON Schema from the models (for editor validation).",
+        help="write (or --check) the policy JSON Schema",
+        description="Generate the policy JSON Schema from the policy models, for editor "
+        "validation and completion; --check only verifies the file is current (CI).",
     )
     schema.add_argument(
         "--out", type=Path, default=SCHEMA_PATH, help="default: policies/schema.json"

@@ -141,5 +141,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     cb.add_argument("--data-dir", help="folder the policy's relative paths resolve in (default: .)")
     cb.add_argument("--arch", default="demo-clip", help="open_clip architecture for --weights")
-    cb.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    cb.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the encoder runs (auto: cuda when available)",
+    )
     cb.set_defaults(handler=_catalog_build)

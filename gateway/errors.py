@@ -54,7 +54,8 @@ def _from_litestar(exc: HTTPException) -> PrismError:
     if status == 413:
         return PayloadTooLarge("request body is larger than the configured limit")
     if status == 404:
-        return NotFound("no such endpoint")
+        detail = str(exc.detail or "")
+        return NotFound(detail if detail.startswith("no such endpoint") else "no such endpoint")
     if status == 405:
         return MethodNotAllowed(exc.detail or "method not allowed")
     if status in (401, 403):

@@ -56,13 +56,30 @@ class Routing(_Wire):
 
 
 class InferRequest(_Wire):
-    model: str | None = Field(None, description="logical model; optional when a route matches")
+    model: str | None = Field(
+        None,
+        description="logical model, or 'model@version' as the OpenAI door takes it; "
+        "optional when a route matches",
+    )
     version: str | None = Field(None, description="exact version id or a label such as 'stable'")
     task: Task = Task.EMBED
     inputs: list[InputSpec] = Field(min_length=1)
     parameters: dict[str, Any] = Field(default_factory=dict)
     routing: Routing = Field(default_factory=Routing)
     cache: Literal["use", "bypass", "refresh"] = "use"
+
+    @model_validator(mode="after")
+    def _split_model_at_version(self) -> InferRequest:
+        """``"text-embed@stable"`` means model + version, like ``/v1/embeddings`` reads it."""
+        if self.model is None or "@" not in self.model:
+            return self
+        name, _, version = self.model.partition("@")
+        if not name or not version:
+            raise ValueError("'model' must be a name or 'name@version'")
+        if self.version is not None and self.version != version:
+            raise ValueError(f"'model' names version {version!r} but 'version' is {self.version!r}")
+        self.model, self.version = name, version
+        return self
 
 
 class RouteInfo(BaseModel):

@@ -189,7 +189,7 @@ async def test_oversize_body_is_413(client: AsyncTestClient) -> None:  # type: i
 
 
 async def test_unknown_endpoint_and_method_are_problems(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
-    assert _problem(await client.get("/v1/nothing"), 404)["code"] == "not_found"
+    assert _problem(await client.get("/nothing"), 404)["code"] == "not_found"
     assert _problem(await client.get("/v1/infer"), 405)["code"] == "method_not_allowed"
 
 
@@ -203,6 +203,8 @@ async def test_health_readiness_and_openapi(client: AsyncTestClient) -> None:  #
         "other@1/local": "ready",
     }
     schema = (await client.get("/schema/openapi.json")).json()
+    assert (await client.get("/schema")).json() == schema  # offline: JSON, not a CDN page
+    assert (await client.get("/schema/swagger")).status_code == 200
     assert "/v1/infer" in schema["paths"]
 
 
@@ -275,3 +277,12 @@ async def test_timing_reports_time_spent_queueing(tmp_path: Path) -> None:
         # one forward at a time: whoever came second or third waited in the batcher's queue
         assert max(t["queue"] for t in timings) > 0
         assert all(t["total"] >= t["queue"] for t in timings)
+
+
+async def test_model_at_version_reads_like_the_openai_door(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    r = await client.post("/v1/infer", json={"model": "fake@canary", "inputs": [{"text": "x"}]})
+    assert r.status_code == 200, r.text
+    assert (r.json()["model"], r.json()["version"]) == ("fake", "2")
+    clash = {"model": "fake@canary", "version": "1", "inputs": [{"text": "x"}]}
+    problem = _problem(await client.post("/v1/infer", json=clash), 422)
+    assert "names version 'canary' but 'version' is '1'" in problem["detail"]

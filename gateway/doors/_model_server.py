@@ -125,6 +125,30 @@ def model_metadata(m: ServedModel) -> dict[str, Any]:
     }
 
 
+_TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32"}
+
+
+def model_config(m: ServedModel) -> dict[str, Any]:
+    """Triton's ``GET .../config`` view of a model (what perf_analyzer and Triton's client
+    examples read). Shapes carry their row dimension, so ``max_batch_size`` is 0, as for a
+    Triton model that batches in its own dims; Prism batches across requests regardless."""
+    meta = model_metadata(m)
+
+    def tensor(t: dict[str, Any]) -> dict[str, Any]:
+        return {"name": t["name"], "data_type": _TRITON_TYPES[t["datatype"]], "dims": t["shape"]}
+
+    return {
+        "name": m.name,
+        "platform": "prism",
+        "backend": "prism",
+        "max_batch_size": 0,
+        "version_policy": {"specific": {"versions": list(m.versions)}},
+        "input": [tensor(t) for t in meta["inputs"]],
+        "output": [tensor(t) for t in meta["outputs"]],
+        "parameters": {"tasks": {"string_value": ",".join(t.value for t in Task if t in m.tasks)}},
+    }
+
+
 def _input_spec(item: InputItem) -> InputSpec:
     image = ImageRef(base64=base64.b64encode(item.image).decode()) if item.image else None
     history = list(item.history) if item.history is not None else None

@@ -5,6 +5,7 @@
 ``GET /v2/health/live``, ``/v2/health/ready``               200 when live / ready (else 503)
 ``GET /v2/models/{m}[/versions/{v}]``                       model metadata: inputs, outputs
 ``GET /v2/models/{m}[/versions/{v}]/ready``                 200 when that version can serve
+``GET /v2/models/{m}[/versions/{v}]/config``                Triton-style model configuration
 ``POST /v2/models/{m}[/versions/{v}]/infer``                run it (JSON or binary tensors)
 ``POST /v2/repository/index``                               every model version and its state
 =========================================================== ===================================
@@ -45,7 +46,7 @@ from backends._v2 import (
 )
 
 from ..runtime import Runtime
-from ._model_server import ModelServer, PipelineModelServer, model_metadata
+from ._model_server import ModelServer, PipelineModelServer, model_config, model_metadata
 
 log = logging.getLogger("prism.kserve")
 
@@ -204,6 +205,18 @@ class KServeController(Controller):
         version: FromPath[str | None] = None,
     ) -> dict[str, Any]:
         return model_metadata(model_server.describe(model, version))
+
+    @get(
+        ["/models/{model:str}/config", "/models/{model:str}/versions/{version:str}/config"],
+        summary="Model configuration (Triton's view)",
+    )
+    async def config(
+        self,
+        model_server: NamedDependency[ModelServer],
+        model: FromPath[str],
+        version: FromPath[str | None] = None,
+    ) -> dict[str, Any]:
+        return model_config(model_server.describe(model, version))
 
     @get(
         ["/models/{model:str}/ready", "/models/{model:str}/versions/{version:str}/ready"],

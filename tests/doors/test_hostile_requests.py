@@ -121,14 +121,17 @@ def test_unreadable_bodies_get_the_doors_error(
         ("kserve", "POST", "/v2/health/live", 405),
         ("openai", "GET", "/v1/embeddings", 405),
         ("openai", "POST", "/v1/models", 405),
+        ("openai", "POST", "/v1/chat/completions", 404),
         ("native", "GET", "/v1/infer", 405),
-        ("native", "GET", "/v1/nothing", 404),
+        ("native", "GET", "/nothing", 404),
     ],
 )
 def test_unknown_paths_and_methods_answer_in_the_doors_shape(
     http: httpx.Client, door: str, method: str, path: str, status: int
 ) -> None:
-    door_error(door, http.request(method, path), status)
+    message = door_error(door, http.request(method, path), status)
+    if status == 404:
+        assert message.startswith(f"no such endpoint: {method} {path}")
 
 
 def test_a_model_asked_for_a_task_it_does_not_serve(http: httpx.Client) -> None:

@@ -54,6 +54,11 @@ def test_health_and_metadata(tc: triton.InferenceServerClient) -> None:
     tagger = tc.get_model_metadata("tagger")
     assert [o["name"] for o in tagger["outputs"]] == ["label", "score"]
     assert [i["name"] for i in tagger["inputs"]] == ["text"]
+    config = tc.get_model_config("tagger")
+    assert config["name"] == "tagger" and config["max_batch_size"] == 0
+    assert config["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": [-1]}]
+    assert [o["data_type"] for o in config["output"]] == ["TYPE_STRING", "TYPE_FP32"]
+    assert tc.get_model_config("fake", "2")["version_policy"]["specific"]["versions"] == ["1", "2"]
     index = tc.get_model_repository_index()
     assert {(m["name"], m["version"], m["state"]) for m in index} >= {("fake", "1", "READY")}
 
