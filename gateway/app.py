@@ -77,14 +77,15 @@ def _door_error(request: Any, exc: Exception) -> Any:
     if path == "/v2" or path.startswith("/v2/"):
         return v2_error(request, exc)
     # OpenAI clients are who call /v1 paths Prism does not have (/v1/chat/completions ...)
-    if path.startswith("/v1/") and path != "/v1/infer":
+    if path.startswith("/v1/") and path not in _NATIVE_V1:
         return openai_error(request, exc)
     return exception_handler(request, exc)
 
 
+_NATIVE_V1 = frozenset({"/v1/infer", "/v1/feedback"})
 #: what a 404 under a door's prefix points to
 _SERVED = {
-    "v1": "; Prism serves POST /v1/infer, POST /v1/embeddings, GET /v1/models",
+    "v1": "; Prism serves POST /v1/infer, POST /v1/feedback, POST /v1/embeddings, GET /v1/models",
     "v2": "; see GET /v2/models/{model} for a model's metadata",
 }
 

@@ -206,9 +206,10 @@ class Pipeline:
 
         # 5. response
         timing["total"] = (time.perf_counter() - started) * 1000
-        rt.observe(door, decision, route, timing["total"])
+        request_id = "req_" + secrets.token_hex(8)
+        rt.observe(door, decision, route, timing["total"], request_id)
         return InferResponse(
-            id="req_" + secrets.token_hex(8),
+            id=request_id,
             model=decision.model,
             version=decision.version,
             outputs=[o if o is not None else {} for o in outputs],

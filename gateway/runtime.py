@@ -58,7 +58,16 @@ class Runtime:
         # experiment counters get a Redis client of their own (not the cache's)
         self.experiments = ExperimentEngine.from_url(
             settings.redis_url,
+            # a policy handed in (tests, embedding) has no file to keep state next to
+            state_file=(
+                settings.experiments_state()
+                if policy is None or settings.experiments_file
+                else None
+            ),
             experiments=lambda: self._policy.document.experiments if self._policy else {},
+            definition=lambda name: (
+                self._policy.experiment_definition(name) if self._policy else ""
+            ),
         )
         self.mirror = ShadowMirror(self.dispatcher.call, self.experiments, self.spawn)
         self.policy_watcher: PolicyWatcher | None = None
@@ -88,6 +97,7 @@ class Runtime:
             self._policy = self.load_policy()
         await self.deployments.apply(self._policy)
         self.metrics.policy_valid.set(1)
+        await self.experiments.sync()  # stops kept from before a restart apply from request 1
         self.experiments.start()
         self._watch_policy()
 
@@ -157,7 +167,14 @@ class Runtime:
         """Experiment arm for this unit (sticky; a stopped arm's units get the control)."""
         return self.experiments.pick_arm(name, experiment, unit)
 
-    def observe(self, door: str, decision: Decision, route: RouteInfo, total_ms: float) -> None:
+    def observe(
+        self,
+        door: str,
+        decision: Decision,
+        route: RouteInfo,
+        total_ms: float,
+        request_id: str | None = None,
+    ) -> None:
         labels = (door, decision.rule, decision.model, decision.version, route.target)
         self.metrics.requests.labels(*labels, "ok").inc()
         self.metrics.latency.labels(*labels).observe(total_ms / 1000)
@@ -166,6 +183,8 @@ class Runtime:
             self.experiments.record(
                 decision.experiment, decision.arm, ok=True, latency_ms=total_ms, cached=cached
             )
+            if request_id is not None:  # POST /v1/feedback may score this answer later
+                self.experiments.remember(request_id, decision.experiment, decision.arm)
 
     def observe_error(
         self, door: str, decision: Decision, exc: PrismError, total_ms: float

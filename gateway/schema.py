@@ -82,6 +82,26 @@ class InferRequest(_Wire):
         return self
 
 
+class Feedback(_Wire):
+    """A caller's score for one answer, for the A/B comparison of the arm that gave it."""
+
+    id: str | None = Field(
+        None, description="the 'id' of a /v1/infer answer; or give 'experiment' and 'arm'"
+    )
+    experiment: str | None = Field(None, description="experiment name (x-prism-experiment)")
+    arm: str | None = Field(None, description="arm that answered (x-prism-experiment: arm=...)")
+    value: float = Field(
+        allow_inf_nan=False,
+        description="the answer's score (accuracy, relevance, a click: one scale per experiment)",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_answer(self) -> Feedback:
+        if (self.id is None) == (self.experiment is None or self.arm is None):
+            raise ValueError("give either 'id', or both 'experiment' and 'arm'")
+        return self
+
+
 class RouteInfo(BaseModel):
     """The decision Prism took, so a caller can see (and debug) why it got this answer."""
 

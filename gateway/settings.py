@@ -30,6 +30,19 @@ class Settings(BaseSettings):
     policy_watch_s: float = Field(2.0, ge=0)
     #: API keys accepted as ``Authorization: Bearer``; empty = no auth
     api_keys: list[str] = Field(default_factory=list)
+    #: without Redis, experiment figures and guardrail stops are kept in this JSON file so a
+    #: restart does not forget them (default: ``.<policy file name>.experiments.json`` next
+    #: to the policy); ``experiments_persist=false`` keeps them in memory only
+    experiments_file: Path | None = None
+    experiments_persist: bool = True
     #: load local models in the lifespan (tests of pure routing can switch it off)
     load_models: bool = True
     log_level: str = "INFO"
+
+    def experiments_state(self) -> Path | None:
+        """Where a gateway without Redis keeps its experiment state; None = memory only."""
+        if self.redis_url or not self.experiments_persist:
+            return None
+        return self.experiments_file or self.policy.with_name(
+            f".{self.policy.name}.experiments.json"
+        )

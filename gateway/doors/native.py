@@ -1,4 +1,4 @@
-"""The native door: ``POST /v1/infer`` plus health and readiness."""
+"""The native door: ``POST /v1/infer``, ``POST /v1/feedback``, health, readiness, metrics."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from typing import Any
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
 
+from backends import NotFound
+
+from ..experiments import FEEDBACK_TTL_S
 from ..runtime import Runtime
-from ..schema import InferRequest, InferResponse
+from ..schema import Feedback, InferRequest, InferResponse
 
 
 def route_headers(resp: InferResponse) -> dict[str, str]:
@@ -34,6 +37,27 @@ class NativeController(Controller):
     ) -> Response[dict[str, Any]]:
         resp = await runtime.pipeline.infer(data, request.headers)
         return Response(resp.to_wire(), headers=route_headers(resp))
+
+    @post("/v1/feedback", status_code=HTTP_202_ACCEPTED, summary="Score an experiment's answer")
+    async def feedback(
+        self, data: JSONBody[Feedback], runtime: NamedDependency[Runtime]
+    ) -> dict[str, Any]:
+        engine = runtime.experiments
+        if data.id is not None:
+            found = await engine.arm_of(data.id)
+            if found is None:
+                raise NotFound(
+                    f"no experiment request {data.id!r} in the last "
+                    f"{FEEDBACK_TTL_S // 3600} h (answers outside experiments take no feedback)"
+                )
+            name, arm = found
+        else:
+            name, arm = str(data.experiment), str(data.arm)
+        experiment = runtime.policy.document.experiments.get(name)
+        if experiment is None or arm not in experiment.arms:
+            raise NotFound(f"the running policy has no experiment {name!r} with arm {arm!r}")
+        engine.record_quality(name, arm, data.value)
+        return {"experiment": name, "arm": arm, "value": data.value}
 
     @get("/healthz", summary="Liveness: the process is up", opt={"public": True})
     async def healthz(self) -> dict[str, str]:

@@ -9,12 +9,13 @@ from ._counters import (
     MemoryCounterStore,
     RedisCounterStore,
 )
-from ._engine import ExperimentEngine
+from ._engine import FEEDBACK_TTL_S, ExperimentEngine
 from ._shadow import ShadowMirror, cosine_similarities
 from ._stats import two_proportion_z, welch_t
 
 __all__ = [
     "BUCKETS",
+    "FEEDBACK_TTL_S",
     "LATENCY_EDGES_MS",
     "ArmCounts",
     "ArmRange",

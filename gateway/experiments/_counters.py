@@ -9,13 +9,19 @@ that percentiles merge across processes by adding counts.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 from backends import Overloaded
+
+log = logging.getLogger("prism.experiments")
 
 #: upper edges of the latency buckets in ms (0.5 ms .. ~28 s); one more bucket above
 LATENCY_EDGES_MS: tuple[float, ...] = tuple(0.5 * 1.25**i for i in range(50))
@@ -31,8 +37,11 @@ _SCALARS = (
     "shadow_errors",
     "cosine_sum",
     "cosine_count",
+    "quality_count",
+    "quality_sum",
+    "quality_sq",
 )
-_FLOATS = frozenset({"latency_sum_ms", "latency_sq_ms", "cosine_sum"})
+_FLOATS = frozenset({"latency_sum_ms", "latency_sq_ms", "cosine_sum", "quality_sum", "quality_sq"})
 
 
 def _empty_hist() -> list[int]:
@@ -54,6 +63,10 @@ class ArmCounts:
     shadow_errors: int = 0
     cosine_sum: float = 0.0
     cosine_count: int = 0
+    #: feedback scores callers sent for this arm's answers (``POST /v1/feedback``)
+    quality_count: int = 0
+    quality_sum: float = 0.0
+    quality_sq: float = 0.0
     #: successful requests per latency bucket
     hist: list[int] = field(default_factory=_empty_hist)
 
@@ -138,22 +151,90 @@ class CounterStore(Protocol):
 
     async def resume(self, experiment: str, baseline: Mapping[str, ArmCounts]) -> None: ...
 
+    async def remember(self, requests: Mapping[str, tuple[str, str]], ttl_s: float) -> None:
+        """Share ``request id -> (experiment, arm)`` so feedback may reach any replica."""
+        ...
+
+    async def recall(self, request_id: str) -> tuple[str, str] | None: ...
+
     async def aclose(self) -> None: ...
 
 
 class MemoryCounterStore:
-    """One process only: the default without Redis."""
+    """One process only: the default without Redis.
+
+    With a ``path``, totals and guard state survive a restart: they are read from that JSON
+    file at start and written back (atomically: temp file + rename) when an arm stops or
+    resumes, every ``save_every_s`` while counts come in, and at shutdown. A file that cannot
+    be written is logged once; serving never depends on it.
+    """
 
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path | None = None, *, save_every_s: float = 5.0) -> None:
         self._totals: dict[tuple[str, str], ArmCounts] = {}
         self._guards: dict[str, GuardState] = {}
+        self.path = path
+        self.save_every_s = save_every_s
+        self._saved_at = 0.0
+        self._dirty = False
+        self._save_failed = False
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for experiment, arms in doc.get("totals", {}).items():
+                for arm, data in arms.items():
+                    self._totals[(experiment, arm)] = ArmCounts.from_fields(data)
+            for experiment, guard in doc.get("guards", {}).items():
+                self._guards[experiment] = GuardState(
+                    dict(guard.get("stopped", {})),
+                    {a: ArmCounts.from_fields(d) for a, d in guard.get("baseline", {}).items()},
+                )
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            log.warning("experiment state %s not read (starting empty): %r", path, exc)
+
+    def save(self) -> None:
+        """Write the state now (when there is any and it changed)."""
+        if self.path is None or not self._dirty:
+            return
+        totals: dict[str, dict[str, Any]] = {}
+        for (experiment, arm), counts in self._totals.items():
+            totals.setdefault(experiment, {})[arm] = counts.to_fields()
+        guards = {
+            name: {
+                "stopped": g.stopped,
+                "baseline": {a: c.to_fields() for a, c in g.baseline.items()},
+            }
+            for name, g in self._guards.items()
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"totals": totals, "guards": guards}), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if not self._save_failed:
+                log.warning("experiment state not saved to %s (kept in memory): %r", self.path, exc)
+            self._save_failed = True
+            return
+        self._dirty = False
+        self._saved_at = time.monotonic()
+
+    def _changed(self, *, now: bool = False) -> None:
+        self._dirty = True
+        if now or time.monotonic() - self._saved_at >= self.save_every_s:
+            self.save()
 
     async def push(self, experiment: str, deltas: Mapping[str, ArmCounts]) -> None:
         for arm, delta in deltas.items():
             key = (experiment, arm)
             self._totals[key] = self._totals.get(key, ArmCounts()).merge(delta)
+        if deltas:
+            self._changed()
 
     async def totals(self, experiment: str, arms: list[str]) -> dict[str, ArmCounts]:
         return {a: self._totals.get((experiment, a), ArmCounts()).merge(ArmCounts()) for a in arms}
@@ -167,13 +248,21 @@ class MemoryCounterStore:
         if arm in state.stopped:
             return False
         state.stopped[arm] = info
+        self._changed(now=True)  # a stop must outlive a crash right after it
         return True
 
     async def resume(self, experiment: str, baseline: Mapping[str, ArmCounts]) -> None:
         self._guards[experiment] = GuardState({}, dict(baseline))
+        self._changed(now=True)
+
+    async def remember(self, requests: Mapping[str, tuple[str, str]], ttl_s: float) -> None:
+        pass  # one process: the engine's own recent-request map is all there is
+
+    async def recall(self, request_id: str) -> tuple[str, str] | None:
+        return None
 
     async def aclose(self) -> None:
-        pass
+        self.save()
 
 
 class CountersUnavailable(Overloaded):
@@ -267,6 +356,21 @@ class RedisCounterStore:
                 for arm, counts in baseline.items():
                     pipe.hset(key, f"baseline:{arm}", json.dumps(counts.to_fields()))
                 await pipe.execute()
+
+    async def remember(self, requests: Mapping[str, tuple[str, str]], ttl_s: float) -> None:
+        with self._mapped():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for request_id, pair in requests.items():
+                    pipe.set(f"{self.prefix}req:{request_id}", json.dumps(pair), ex=int(ttl_s))
+                await pipe.execute()
+
+    async def recall(self, request_id: str) -> tuple[str, str] | None:
+        with self._mapped():
+            raw = await self._redis.get(f"{self.prefix}req:{request_id}")
+        if raw is None:
+            return None
+        experiment, arm = json.loads(raw)
+        return str(experiment), str(arm)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

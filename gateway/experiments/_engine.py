@@ -13,15 +13,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..policy import Experiment
 from ._assignment import arm_ranges, assign, control_arm
 from ._counters import ArmCounts, CounterStore, GuardState, MemoryCounterStore, finite
-from ._stats import mean_var, two_proportion_z, welch_t
+from ._stats import (
+    mean_ci,
+    mean_var,
+    proportion_diff_ci,
+    sample_ratio_test,
+    two_proportion_z,
+    welch_ci,
+    welch_t,
+)
 
 log = logging.getLogger("prism.experiments")
+
+#: how long feedback on a request is accepted, and how many recent ids a process keeps
+FEEDBACK_TTL_S = 24 * 3600
+RECENT_REQUESTS = 200_000
 
 Experiments = Callable[[], Mapping[str, Experiment]]
 
@@ -32,11 +46,18 @@ class ExperimentEngine:
         store: CounterStore | None = None,
         *,
         experiments: Experiments = dict,
+        definition: Callable[[str], str] = lambda name: "",
         sync_s: float = 0.5,
     ) -> None:
         self.store: CounterStore = store or MemoryCounterStore()
         #: the running policy's experiments (read at every sync: reloads change them)
         self.experiments = experiments
+        #: name -> digest of what the experiment compares (``CompiledPolicy``): the store
+        #: keeps figures and guard state per definition, so a redefined arm starts afresh
+        self.definition = definition
+        #: request id -> (experiment, arm) of recent experiment requests, for feedback
+        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._to_share: dict[str, tuple[str, str]] = {}
         self.sync_s = sync_s
         self._deltas: dict[str, dict[str, ArmCounts]] = {}
         self._guards: dict[str, GuardState] = {}
@@ -45,12 +66,16 @@ class ExperimentEngine:
         self.sync_errors = 0
 
     @classmethod
-    def from_url(cls, redis_url: str | None, **kwargs: Any) -> ExperimentEngine:
+    def from_url(
+        cls, redis_url: str | None, *, state_file: Path | None = None, **kwargs: Any
+    ) -> ExperimentEngine:
+        """Shared through Redis when there is one; else this process's memory, kept in
+        ``state_file`` across restarts when one is given."""
         if redis_url:
             from ._counters import RedisCounterStore
 
             return cls(RedisCounterStore(redis_url), **kwargs)
-        return cls(**kwargs)
+        return cls(MemoryCounterStore(state_file), **kwargs)
 
     # --- the request path (no I/O) -------------------------------------------------------
 
@@ -74,6 +99,28 @@ class ExperimentEngine:
         else:
             delta.observe(latency_ms, ok=ok)
 
+    def remember(self, request_id: str, name: str, arm: str) -> None:
+        """Which arm answered ``request_id``: feedback on it is that arm's quality."""
+        self._recent[request_id] = (name, arm)
+        if len(self._recent) > RECENT_REQUESTS:
+            self._recent.popitem(last=False)
+        if self.store.name != "memory":
+            self._to_share[request_id] = (name, arm)
+
+    async def arm_of(self, request_id: str) -> tuple[str, str] | None:
+        """The (experiment, arm) of a request of the last ``FEEDBACK_TTL_S`` seconds, answered
+        by this replica or (with Redis) any other; None when unknown or expired."""
+        found = self._recent.get(request_id)
+        return found if found is not None else await self.store.recall(request_id)
+
+    def record_quality(self, name: str, arm: str, value: float) -> None:
+        """A caller's score for an answer of ``arm`` (accuracy, relevance, a click: 0..1 or
+        any scale, as long as the experiment uses one)."""
+        delta = self._delta(name, arm)
+        delta.quality_count += 1
+        delta.quality_sum += value
+        delta.quality_sq += value * value
+
     def record_shadow(
         self, name: str, arm: str, *, ok: bool, latency_ms: float, cosines: list[float]
     ) -> None:
@@ -84,6 +131,10 @@ class ExperimentEngine:
         delta.shadow_errors += 0 if ok else 1
         delta.cosine_sum += sum(cosines)
         delta.cosine_count += len(cosines)
+
+    def _key(self, name: str) -> str:
+        definition = self.definition(name)
+        return f"{name}~{definition}" if definition else name
 
     def _delta(self, name: str, arm: str) -> ArmCounts:
         arms = self._deltas.setdefault(name, {})
@@ -97,12 +148,18 @@ class ExperimentEngine:
     async def sync(self) -> None:
         async with self._sync_lock:
             pending, self._deltas = self._deltas, {}
+            if self._to_share:
+                shared, self._to_share = self._to_share, {}
+                try:
+                    await self.store.remember(shared, FEEDBACK_TTL_S)
+                except Exception as exc:  # feedback on these works on this replica only
+                    log.warning("request ids for feedback not shared: %r", exc)
             try:
                 for name, deltas in pending.items():
-                    await self.store.push(name, deltas)
+                    await self.store.push(self._key(name), deltas)
                     pending = {k: v for k, v in pending.items() if k != name}
                 for name, experiment in self.experiments().items():
-                    self._guards[name] = await self.store.guard(name)
+                    self._guards[name] = await self.store.guard(self._key(name))
                     await self._check_guardrails(name, experiment)
             except Exception as exc:
                 # counts not yet pushed wait for the next sync; requests never notice
@@ -126,7 +183,7 @@ class ExperimentEngine:
         arms = [a for a in experiment.arms if a != control and a not in guard.stopped]
         if not arms:
             return
-        totals = await self.store.totals(name, arms)
+        totals = await self.store.totals(self._key(name), arms)
         for arm in arms:
             counts = totals[arm].merge(guard.baseline.get(arm, ArmCounts()), sign=-1)
             if counts.requests < rails.min_samples:
@@ -143,7 +200,7 @@ class ExperimentEngine:
 
     async def stop(self, name: str, arm: str, reason: str) -> bool:
         info = {"reason": reason, "at": time.time()}
-        first = await self.store.stop(name, arm, info)
+        first = await self.store.stop(self._key(name), arm, info)
         guard = self._guards.setdefault(name, GuardState())
         guard.stopped.setdefault(arm, info)
         if first:
@@ -155,8 +212,8 @@ class ExperimentEngine:
     async def resume(self, name: str, experiment: Experiment) -> None:
         """Operator's resume: stopped arms serve again; guardrails judge only what follows."""
         await self.sync()
-        totals = await self.store.totals(name, list(experiment.arms))
-        await self.store.resume(name, totals)
+        totals = await self.store.totals(self._key(name), list(experiment.arms))
+        await self.store.resume(self._key(name), totals)
         self._guards[name] = GuardState({}, totals)
         log.warning("experiment %s resumed by an operator", name)
 
@@ -181,13 +238,15 @@ class ExperimentEngine:
 
     async def report(self, name: str, experiment: Experiment) -> dict[str, Any]:
         control = control_arm(experiment)
-        totals = await self.store.totals(name, list(experiment.arms))
-        guard = await self.store.guard(name)
+        key = self._key(name)
+        totals = await self.store.totals(key, list(experiment.arms))
+        guard = await self.store.guard(key)
         ranges = {r.arm: r for r in arm_ranges(experiment)}
         arms: dict[str, Any] = {}
         for arm_name, arm in experiment.arms.items():
             c = totals[arm_name]
-            mean, _ = mean_var(c.latency_sum_ms, c.latency_sq_ms, c.successes)
+            mean, var = mean_var(c.latency_sum_ms, c.latency_sq_ms, c.successes)
+            q_mean, q_var = mean_var(c.quality_sum, c.quality_sq, c.quality_count)
             arms[arm_name] = {
                 "version": arm.version,
                 "weight": arm.weight,
@@ -200,8 +259,14 @@ class ExperimentEngine:
                 "cached": c.cached,
                 "latency_ms": {
                     "mean": finite(mean) if c.successes else None,
+                    "mean_ci95": _interval(mean_ci(mean, var, c.successes)),
                     "p50": finite(c.percentile_ms(50)),
                     "p95": finite(c.percentile_ms(95)),
+                },
+                "quality": {
+                    "count": c.quality_count,
+                    "mean": finite(q_mean, 5) if c.quality_count else None,
+                    "mean_ci95": _interval(mean_ci(q_mean, q_var, c.quality_count), 5),
                 },
                 "shadow": {
                     "requests": c.shadow_requests,
@@ -216,6 +281,7 @@ class ExperimentEngine:
         cos_sum = sum(t.cosine_sum for t in totals.values())
         return {
             "name": name,
+            "definition": self.definition(name) or None,
             "route": experiment.route,
             "control": control,
             "shadow": experiment.shadow,
@@ -227,12 +293,39 @@ class ExperimentEngine:
                 "mean": finite(cos_sum / cos_n, 5) if cos_n else None,
                 "count": cos_n,
             },
+            "sample_ratio": _sample_ratio(experiment, totals, guard),
             "comparison": [
                 _compare(control, totals[control], a, totals[a])
                 for a in experiment.arms
                 if a != control
             ],
         }
+
+
+def _interval(ci: tuple[float, float] | None, digits: int = 3) -> list[float | None] | None:
+    return None if ci is None else [finite(ci[0], digits), finite(ci[1], digits)]
+
+
+def _sample_ratio(
+    experiment: Experiment, totals: Mapping[str, ArmCounts], guard: GuardState
+) -> dict[str, Any] | None:
+    """Is the split what the weights say? (chi-square on assignments; not while an arm is
+    stopped, since its units then go to the control arm on purpose)."""
+    if guard.stopped:
+        return None
+    arms = list(experiment.arms)
+    test = sample_ratio_test(
+        [totals[a].assigned for a in arms], [experiment.arms[a].weight for a in arms]
+    )
+    if test is None:
+        return None
+    return {
+        "test": "chi-square goodness of fit (assigned requests vs weights)",
+        "chi2": finite(test[0]),
+        "p_value": finite(test[1], 6),
+        # the usual SRM alarm level: a split this far off is a bug, not chance
+        "mismatch": test[1] < 0.001,
+    }
 
 
 def _compare(control: str, a: ArmCounts, arm: str, b: ArmCounts) -> dict[str, Any]:
@@ -244,18 +337,41 @@ def _compare(control: str, a: ArmCounts, arm: str, b: ArmCounts) -> dict[str, An
         out["error_rate"] = {
             "test": "two-proportion z",
             "difference": finite(diff, 5),
+            "difference_ci95": _interval(
+                proportion_diff_ci(a.errors, a.requests, b.errors, b.requests), 5
+            ),
             "z": finite(z[0]),
             "p_value": finite(z[1], 5),
         }
-    mean_a, var_a = mean_var(a.latency_sum_ms, a.latency_sq_ms, a.successes)
-    mean_b, var_b = mean_var(b.latency_sum_ms, b.latency_sq_ms, b.successes)
-    t = welch_t(mean_a, var_a, a.successes, mean_b, var_b, b.successes)
-    if t is not None:
-        out["latency"] = {
-            "test": "Welch t (mean latency)",
-            "difference_ms": finite(mean_b - mean_a),
-            "t": finite(t[0]),
-            "df": finite(t[1], 1),
-            "p_value": finite(t[2], 5),
-        }
+    out["latency"] = _welch(
+        "Welch t (mean latency, ms)",
+        (a.latency_sum_ms, a.latency_sq_ms, a.successes),
+        (b.latency_sum_ms, b.latency_sq_ms, b.successes),
+        digits=3,
+    )
+    out["quality"] = _welch(
+        "Welch t (mean feedback score)",
+        (a.quality_sum, a.quality_sq, a.quality_count),
+        (b.quality_sum, b.quality_sq, b.quality_count),
+        digits=5,
+    )
     return out
+
+
+def _welch(
+    test: str, a: tuple[float, float, int], b: tuple[float, float, int], digits: int
+) -> dict[str, Any] | None:
+    """Difference of means (b - a) with its 95% interval and Welch's t-test."""
+    mean_a, var_a = mean_var(*a)
+    mean_b, var_b = mean_var(*b)
+    t = welch_t(mean_a, var_a, a[2], mean_b, var_b, b[2])
+    if t is None:
+        return None
+    return {
+        "test": test,
+        "difference": finite(mean_b - mean_a, digits),
+        "difference_ci95": _interval(welch_ci(mean_a, var_a, a[2], mean_b, var_b, b[2]), digits),
+        "t": finite(t[0]),
+        "df": finite(t[1], 1),
+        "p_value": finite(t[2], 5),
+    }

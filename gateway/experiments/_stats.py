@@ -95,3 +95,125 @@ def mean_var(total: float, total_sq: float, n: int) -> tuple[float, float]:
     if n < 2:
         return mean, 0.0
     return mean, max(0.0, (total_sq - n * mean * mean) / (n - 1))
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``t`` with two-sided tail ``p`` (``t_two_sided_p(t, df) == p``), by bisection."""
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if t_two_sided_p(mid, df) > p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def mean_ci(mean: float, var: float, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Student t interval for a mean; None below two samples."""
+    if n < 2:
+        return None
+    half = t_quantile(1 - level, n - 1) * math.sqrt(var / n)
+    return mean - half, mean + half
+
+
+def welch_ci(
+    mean_a: float,
+    var_a: float,
+    n_a: int,
+    mean_b: float,
+    var_b: float,
+    n_b: int,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Interval for ``mean_b - mean_a`` (Welch-Satterthwaite degrees of freedom)."""
+    t = welch_t(mean_a, var_a, n_a, mean_b, var_b, n_b)
+    if t is None:
+        return None
+    se = math.sqrt(var_a / n_a + var_b / n_b)
+    half = t_quantile(1 - level, t[1]) * se if se > 0 else 0.0
+    diff = mean_b - mean_a
+    return diff - half, diff + half
+
+
+def proportion_diff_ci(
+    errors_a: int, n_a: int, errors_b: int, n_b: int, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Wald interval (unpooled) for ``rate_b - rate_a``."""
+    if n_a <= 0 or n_b <= 0:
+        return None
+    pa, pb = errors_a / n_a, errors_b / n_b
+    se = math.sqrt(pa * (1 - pa) / n_a + pb * (1 - pb) / n_b)
+    z = _normal_quantile(1 - (1 - level) / 2)
+    return pb - pa - z * se, pb - pa + z * se
+
+
+def _normal_quantile(q: float) -> float:
+    """Inverse of the standard normal CDF, by bisection on ``erfc`` (plenty fast here)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if 0.5 * math.erfc(-mid / math.sqrt(2)) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def gamma_q(a: float, x: float) -> float:
+    """Regularised upper incomplete gamma ``Q(a, x)`` (series below a + 1, else continued
+    fraction; Numerical Recipes' ``gammq``)."""
+    if x <= 0:
+        return 1.0
+    ln_front = -x + a * math.log(x) - math.lgamma(a)
+    if x < a + 1:
+        term = total = 1 / a
+        ap = a
+        for _ in range(500):
+            ap += 1
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * 1e-15:
+                break
+        return 1 - total * math.exp(ln_front)
+    tiny = 1e-300
+    b = x + 1 - a
+    c = 1 / tiny
+    d = 1 / b
+    h = d
+    for i in range(1, 500):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < 1e-15:
+            break
+    return math.exp(ln_front) * h
+
+
+def sample_ratio_test(observed: list[int], weights: list[float]) -> tuple[float, float] | None:
+    """Chi-square goodness of fit of assignment counts to the configured weights: (chi2, p).
+
+    A tiny p (< 0.001) is a sample ratio mismatch: the split is not what was configured, so
+    something upstream (a filter, a redirect, a bug) biases who lands in which arm.
+    """
+    n = sum(observed)
+    total_w = sum(weights)
+    if n == 0 or total_w <= 0 or len(observed) < 2:
+        return None
+    chi2 = 0.0
+    for o, w in zip(observed, weights, strict=True):
+        expected = n * w / total_w
+        if expected <= 0:
+            if o:
+                return math.inf, 0.0
+            continue
+        chi2 += (o - expected) ** 2 / expected
+    return chi2, gamma_q((len(observed) - 1) / 2, chi2 / 2)

@@ -9,6 +9,7 @@ same decision is reproducible offline by ``prism policy explain``. A reload buil
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -118,6 +119,22 @@ class CompiledPolicy:
         self._experiment_by_route: dict[str, tuple[str, Experiment]] = {
             e.route: (name, e) for name, e in doc.experiments.items()
         }
+        self._definitions = {name: self._definition(e) for name, e in doc.experiments.items()}
+
+    def _definition(self, experiment: Experiment) -> str:
+        """Digest of what an experiment compares: each arm's version and what it answers.
+
+        Weights are left out (ramping a treatment up keeps its figures); redefining an arm's
+        version in place, or pointing an arm at another version, starts new figures.
+        """
+        route = next(r for r in self._routes if r.name == experiment.route)
+        model = route.target_refs[0].model
+        arms = []
+        for arm, spec in sorted(experiment.arms.items()):
+            version = self.resolve_version(model, spec.version)
+            arms.append([arm, version, self.fingerprint(model, version)])
+        raw = json.dumps([model, arms], separators=(",", ":")).encode()
+        return hashlib.blake2b(raw, digest_size=4).hexdigest()
 
     # --- lookups -----------------------------------------------------------------------
 
@@ -140,6 +157,10 @@ class CompiledPolicy:
                 extra={"model": model, "version": version},
             )
         return resolved
+
+    def experiment_definition(self, name: str) -> str:
+        """See :meth:`_definition`; "" for an experiment this policy does not have."""
+        return self._definitions.get(name, "")
 
     def fingerprint(self, model: str, version: str) -> str:
         return self._fingerprints[(model, version)]

@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from .conftest import Client, GatewayFactory, text_request
 
 AB = """
@@ -156,3 +158,111 @@ async def test_dead_redis_fails_no_request_and_reports_say_503(gateway: GatewayF
         r = await client.get("/admin/experiments/exp")
         assert r.status_code == 503 and r.json()["code"] == "counters_unavailable"
         assert r.headers["retry-after"] == "5"
+
+
+async def test_feedback_measures_each_arms_quality_with_statistics(
+    gateway: GatewayFactory,
+) -> None:
+    async with gateway(ab()) as client:
+        arms: dict[str, str] = {}
+        for i in range(120):
+            body = (await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))).json()
+            arms[body["id"]] = body["route"]["arm"]
+        # callers score answers: the treatment's are better (0.8 vs 0.6, with some spread)
+        for n, (request_id, arm) in enumerate(arms.items()):
+            value = (0.8 if arm == "treatment" else 0.6) + (n % 5 - 2) * 0.05
+            r = await client.post("/v1/feedback", json={"id": request_id, "value": value})
+            assert r.status_code == 202, r.text
+            assert r.json() == {"experiment": "exp", "arm": arm, "value": value}
+        # or name the arm, as OpenAI / KServe callers read it from x-prism-experiment
+        named = {"experiment": "exp", "arm": "control", "value": 0.6}
+        assert (await client.post("/v1/feedback", json=named)).status_code == 202
+
+        rep = await report(client)
+        control, treatment = rep["arms"]["control"]["quality"], rep["arms"]["treatment"]["quality"]
+        assert control["count"] + treatment["count"] == 121
+        assert treatment["mean"] == pytest.approx(0.8, abs=0.02)
+        low, high = treatment["mean_ci95"]
+        assert low < treatment["mean"] < high
+        quality = rep["comparison"][0]["quality"]
+        assert quality["difference"] == pytest.approx(0.2, abs=0.03)
+        assert quality["p_value"] < 0.001 and quality["difference_ci95"][0] > 0.1
+        # the split matches the weights: no sample ratio mismatch
+        assert rep["sample_ratio"]["mismatch"] is False and rep["sample_ratio"]["p_value"] > 0.001
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"id": "req_0000000000000000", "value": 1}, 404),
+        ({"experiment": "exp", "arm": "nope", "value": 1}, 404),
+        ({"experiment": "nope", "arm": "control", "value": 1}, 404),
+        ({"value": 1}, 422),
+        ({"id": "req_1", "experiment": "exp", "arm": "control", "value": 1}, 422),
+        ({"experiment": "exp", "arm": "control", "value": "high"}, 422),
+    ],
+)
+async def test_feedback_that_names_no_answer_is_refused(
+    gateway: GatewayFactory, body: dict[str, Any], status: int
+) -> None:
+    async with gateway(ab()) as client:
+        r = await client.post("/v1/feedback", json=body)
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_feedback_reaches_the_arm_through_another_replica(
+    gateway: GatewayFactory, redis_url: str, tmp_path: Any
+) -> None:
+    # two gateways sharing Redis: the answer came from one, the score goes to the other
+    redis_url = redis_url.rsplit("/", 1)[0] + "/5"  # a database no other test counts in
+    async with gateway(ab(), redis_url=redis_url) as first:
+        body = (await first.post("/v1/infer", json=text_request("x", unit="u1"))).json()
+        await first.get("/admin/experiments/exp")  # a sync shares the request id
+        async with gateway(ab(), redis_url=redis_url, file_name="second.yaml") as second:
+            r = await second.post("/v1/feedback", json={"id": body["id"], "value": 0.5})
+            assert r.status_code == 202, r.text
+            assert r.json()["arm"] == body["route"]["arm"]
+
+
+async def test_redefining_an_arm_starts_its_figures_afresh(
+    gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    async with gateway(ab()) as client:
+        for i in range(20):
+            await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))
+        before = await report(client)
+        assert sum(a["assigned"] for a in before["arms"].values()) == 20
+        # a weight change ramps the treatment up: same comparison, figures kept
+        (tmp_path / "policy.yaml").write_text(ab(weights=(40, 60)))
+        assert (await client.post("/admin/policy/reload")).status_code == 200
+        ramped = await report(client)
+        assert ramped["definition"] == before["definition"]
+        assert sum(a["assigned"] for a in ramped["arms"].values()) == 20
+        # the treatment's version redefined in place (another model): a new comparison
+        (tmp_path / "policy.yaml").write_text(ab().replace("seed: 2}", "seed: 3}"))
+        assert (await client.post("/admin/policy/reload")).status_code == 200
+        fresh = await report(client)
+        assert fresh["definition"] != before["definition"]
+        assert sum(a["assigned"] for a in fresh["arms"].values()) == 0
+
+
+async def test_without_redis_a_restart_keeps_stops_and_figures(
+    gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    async with gateway(ab()) as client:
+        for i in range(10):
+            await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))
+        r = await client.post("/admin/experiments/exp/stop", params={"arm": "treatment"})
+        assert r.status_code == 200
+    state = tmp_path / ".policy.yaml.experiments.json"
+    assert state.exists()
+    async with gateway(ab()) as restarted:  # the same policy file, a new process's memory
+        for i in range(10):  # before any report (a sync): the stop holds from request one
+            body = (await restarted.post("/v1/infer", json=text_request(unit=f"u{i}"))).json()
+            assert body["route"]["arm"] == "control"
+        rep = await report(restarted)
+        assert rep["arms"]["treatment"]["stopped"]["reason"] == "stopped by an operator"
+        assert sum(a["assigned"] for a in rep["arms"].values()) == 20
+    async with gateway(ab(), experiments_persist=False) as forgetful:
+        assert (await report(forgetful))["state"] == "running"

@@ -195,7 +195,9 @@ async def test_report_compares_arms() -> None:
     cmp = report["comparison"][0]
     assert cmp["arm"] == "treatment" and cmp["versus"] == "control"
     assert cmp["error_rate"]["p_value"] < 0.001 and cmp["latency"]["p_value"] < 0.001
-    assert cmp["latency"]["difference_ms"] == pytest.approx(10, abs=0.5)
+    assert cmp["latency"]["difference"] == pytest.approx(10, abs=0.5)
+    low, high = cmp["latency"]["difference_ci95"]
+    assert low < 10 < high and high - low < 2
 
 
 def test_statistics_match_textbook_values() -> None:
