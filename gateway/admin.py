@@ -123,5 +123,6 @@ class AdminController(Controller):
             "targets": {
                 key: {**health.tracker.snapshot(), "circuit": health.breaker.snapshot()}
                 for key, health in runtime.dispatcher.health.items()
+                if key in runtime.deployments  # targets a reload removed are gone
             }
         }

@@ -53,6 +53,8 @@ def _walk(node: yaml.Node | None, loc: Sequence[Any]) -> tuple[list[Any], int | 
     parts: list[Any] = []
     line = node.start_mark.line + 1 if node is not None else None
     for i, key in enumerate(loc):
+        if isinstance(key, str) and "[" in key:
+            continue  # a type tag ("[key]", "str-enum[Task]", "list[...]"), not a file key
         last = i == len(loc) - 1
         child: yaml.Node | None = None
         if isinstance(node, yaml.MappingNode):
@@ -60,6 +62,7 @@ def _walk(node: yaml.Node | None, loc: Sequence[Any]) -> tuple[list[Any], int | 
                 if str(k.value) == str(key):
                     child = v
                     line = k.start_mark.line + 1
+                    key = str(key)  # a mapping key, even when YAML read it as a number
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             child = node.value[key]
@@ -116,6 +119,9 @@ def _message(err: dict[str, Any]) -> str:
         ctx = err.get("ctx", {})
         return f"unknown {ctx.get('discriminator', '').strip(chr(39))} {ctx.get('tag')!r} (expected one of {ctx.get('expected_tags')})"
     msg = str(err["msg"])
+    value = err.get("input")
+    if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+        return f'must be a string: quote it, "{value}" (YAML reads {value} as a number)'
     return msg.removeprefix("Value error, ")
 
 
@@ -137,14 +143,17 @@ def parse_policy(text: str, file: str = "<policy>") -> PolicyDocument:
     try:
         doc = PolicyDocument.model_validate(data)
     except ValidationError as exc:
-        issues = []
+        issues: list[PolicyIssue] = []
         for err in exc.errors():
             loc = tuple(err["loc"])
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 # point at the discriminator key ('kind'), not at the union's own tag
                 loc = (*loc, str(err.get("ctx", {}).get("discriminator", "")).strip("'"))
             parts, line = _walk(root, loc)
-            issues.append(PolicyIssue(file, line, format_path(parts), _message(dict(err))))
+            issue = PolicyIssue(file, line, format_path(parts), _message(dict(err)))
+            # a union (``task: embed`` or a list) fails once per member: say it once
+            if not any((i.line, i.path) == (issue.line, issue.path) for i in issues):
+                issues.append(issue)
         raise PolicyLoadError(issues) from None
     problems = check_references(doc)
     if problems:

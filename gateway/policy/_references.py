@@ -65,6 +65,11 @@ def check_references(doc: PolicyDocument) -> list[Problem]:
             _check_target(doc, route.target_refs[0], loc, problems)
         for j, ref in enumerate(route.targets):
             _check_target(doc, ref, (*loc, "targets", j), problems)
+        weights = [ref.weight for ref in route.target_refs]
+        if route.latency.strategy == "weighted" and len(weights) > 1 and not any(weights):
+            problems.append(
+                ((*loc, "targets"), "a 'weighted' route needs a target with a weight above 0")
+            )
         if route.match.model is not None and route.match.model not in doc.models:
             problems.append(((*loc, "match", "model"), f"unknown model {route.match.model!r}"))
         primary: set[tuple[str, str]] = set()
