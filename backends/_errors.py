@@ -129,6 +129,14 @@ class Unauthorized(PrismError):
     title = "Unauthorized"
 
 
+class Forbidden(PrismError):
+    """A valid key without the right: an inference key on an admin endpoint."""
+
+    status_code = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
 # --- capacity and backends (5xx) ---------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ def policy_status(runtime: Runtime) -> dict[str, Any]:
 class AdminController(Controller):
     path = "/admin"
     tags = ["admin"]
+    opt = {"admin": True}  # PRISM_ADMIN_KEYS guard these
 
     @get("/policy", summary="The running policy and the last reload's outcome")
     async def policy(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:

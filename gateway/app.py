@@ -121,7 +121,7 @@ def create_app(
         ],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
-        guards=[api_key_guard(settings.api_keys)],
+        guards=[api_key_guard(settings.api_keys, settings.admin_keys)],
         exception_handlers={ValidationException: _validation_handler, Exception: _door_error},
         request_max_body_size=settings.max_body_bytes,
         request_class=PrismRequest,

@@ -2,6 +2,10 @@
 
 Off when ``PRISM_API_KEYS`` is empty. Health, readiness and metrics stay open (probes and
 scrapers carry no keys); handlers mark themselves with ``opt={"public": True}``.
+
+``PRISM_ADMIN_KEYS`` (like LiteLLM's master key): when set, ``/admin/*`` (handlers with
+``opt={"admin": True}``) takes only those keys, and an inference key there is a 403; admin
+keys work everywhere. When unset, admin endpoints take the API keys like the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from backends import Unauthorized
+from backends import Forbidden, Unauthorized
 
 
 def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -22,20 +26,34 @@ def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None
     return connection.headers.get("x-api-key")
 
 
-def api_key_guard(keys: list[str]) -> Any:
-    """A Litestar guard accepting any of ``keys`` (constant-time comparison)."""
-    encoded = [k.encode() for k in keys]
+def _matches(presented: str, keys: list[bytes]) -> bool:
+    # every key compared, in constant time each: no early exit that times which one matched
+    raw = presented.encode()
+    return sum(hmac.compare_digest(raw, k) for k in keys) > 0
+
+
+def api_key_guard(keys: list[str], admin_keys: list[str] | None = None) -> Any:
+    """A Litestar guard accepting any of ``keys``, and only ``admin_keys`` on admin handlers."""
+    inference = [k.encode() for k in keys]
+    admin = [k.encode() for k in admin_keys or []]
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        if not encoded or handler.opt.get("public") or connection.url.path.startswith("/schema"):
+        if handler.opt.get("public") or connection.url.path.startswith("/schema"):
             return
+        admin_only = bool(admin) and bool(handler.opt.get("admin"))
+        accepted = admin if admin_only else inference + admin
+        if not accepted or (not inference and not admin_only):
+            return  # no keys configured for this endpoint
         presented = _presented_key(connection)
         if presented is None:
             raise Unauthorized(
                 "missing API key: send 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not any(hmac.compare_digest(presented.encode(), k) for k in encoded):
-            raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if _matches(presented, accepted):
+            return
+        if admin_only and _matches(presented, inference):
+            raise Forbidden("this endpoint needs an admin key (PRISM_ADMIN_KEYS)")
+        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
     return guard

@@ -121,6 +121,19 @@ class Pipeline:
             )
         return out
 
+    def _reason(self, decision: Decision) -> str:
+        """The decision's reason, plus the arms a guardrail or an operator stopped: their
+        units are served by the control arm, and the caller should be able to see why."""
+        if decision.experiment is None:
+            return decision.reason
+        stopped = self.rt.experiments.stopped(decision.experiment)
+        if not stopped:
+            return decision.reason
+        names = ", ".join(
+            f"{arm!r} ({info.get('reason', 'stopped')})" for arm, info in stopped.items()
+        )
+        return f"{decision.reason}; stopped: {names}, its units go to the control arm"
+
     def _check_serves(self, decision: Decision, facts: RequestFacts) -> None:
         """A model asked for by name must serve the task and inputs: 422 before any work.
 
@@ -189,7 +202,7 @@ class Pipeline:
             arm=decision.arm,
             cache=status,
             attempts=0,
-            reason=decision.reason,
+            reason=self._reason(decision),
         )
         timing = {"queue": 0.0, "backend": 0.0}
         missing = [i for i, o in enumerate(outputs) if o is None]
@@ -285,7 +298,8 @@ class Pipeline:
                 route.target = result.target.key
                 route.attempts = result.attempts
                 route.fallback = result.fallback
-                route.reason = result.reason
+                # the dispatcher's account starts with decision.reason: keep the stop note
+                route.reason = (route.reason or "") + result.reason.removeprefix(decision.reason)
                 timing["backend"] = result.backend_ms
                 timing["queue"] = queue_wait_ms.get()
         except PrismError as exc:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     policy_watch_s: float = Field(2.0, ge=0)
     #: API keys accepted as ``Authorization: Bearer``; empty = no auth
     api_keys: list[str] = Field(default_factory=list)
+    #: keys for ``/admin/*`` only (and everything else); empty = admin takes ``api_keys``
+    admin_keys: list[str] = Field(default_factory=list)
     #: without Redis, experiment figures and guardrail stops are kept in this JSON file so a
     #: restart does not forget them (default: ``.<policy file name>.experiments.json`` next
     #: to the policy); ``experiments_persist=false`` keeps them in memory only

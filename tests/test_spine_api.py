@@ -262,6 +262,33 @@ async def test_api_keys_guard_everything_but_probes(tmp_path: Path) -> None:
         assert (await c.get("/readyz")).status_code == 200
 
 
+@pytest.mark.parametrize("api_keys", [["user-key"], []])
+async def test_admin_keys_guard_the_admin_endpoints(tmp_path: Path, api_keys: list[str]) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    settings = Settings(
+        policy=policy, policy_watch_s=0, api_keys=api_keys, admin_keys=["admin-key"]
+    )
+
+    def key(k: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {k}"}
+
+    async with AsyncTestClient(create_app(settings)) as c:
+        assert _problem(await c.get("/admin/policy"), 401)["code"] == "unauthorized"
+        if api_keys:  # an inference key is valid, but not here
+            assert (
+                _problem(await c.get("/admin/policy", headers=key("user-key")), 403)["code"]
+                == "forbidden"
+            )
+        assert (await c.get("/admin/policy", headers=key("admin-key"))).status_code == 200
+        req = {"inputs": [{"text": "x"}]}
+        answer = await c.post("/v1/infer", json=req, headers=key("admin-key"))
+        assert answer.status_code == 200  # the admin key works everywhere
+        # inference follows api_keys alone: open when there are none
+        open_call = await c.post("/v1/infer", json=req)
+        assert open_call.status_code == (401 if api_keys else 200)
+
+
 async def test_timing_reports_time_spent_queueing(tmp_path: Path) -> None:
     policy = tmp_path / "p.yaml"
     slow = "dim: 4, latency_ms: 50, batching: {max_batch_size: 1}}"

@@ -103,6 +103,7 @@ async def test_operator_can_stop_an_arm_but_not_the_control(gateway: GatewayFact
         for i in range(10):
             body = (await client.post("/v1/infer", json=text_request(unit=f"u{i}"))).json()
             assert body["route"]["arm"] == "control"
+            assert "stopped: 'treatment' (stopped by an operator)" in body["route"]["reason"]
         r = await client.post("/admin/experiments/exp/stop", params={"arm": "control"})
         assert r.status_code == 422
 
