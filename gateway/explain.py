@@ -79,6 +79,9 @@ def explain(
             ],
         },
         "why": decision.reason,
+        "skipped": [
+            {"route": name, "why": why} for name, why in policy.skipped_routes(facts, route.name)
+        ],
     }
 
 
@@ -119,6 +122,7 @@ def format_explanation(e: Mapping[str, Any]) -> str:
     ]
     lines += [f"  key[{i}]:   {k}" for i, k in enumerate(e["cache"]["keys"])]
     lines.append(f"why:        {e['why']}")
+    lines += [f"  skipped {s['route']}: {s['why']}" for s in e.get("skipped", [])]
     return "\n".join(lines)
 
 

@@ -190,20 +190,36 @@ class CompiledPolicy:
 
     # --- the decision ------------------------------------------------------------------
 
-    def _matches(self, route: Route, facts: RequestFacts) -> bool:
+    def mismatch(self, route: Route, facts: RequestFacts) -> str | None:
+        """Why ``route`` does not take this request; None when it does (first match wins)."""
         m = route.match
         if m.modality is not None and not facts.modalities <= set(m.modality):
-            return False
+            have = ", ".join(sorted(facts.modalities))
+            return f"takes modalities [{', '.join(m.modality)}], the request has [{have}]"
         if m.task is not None:
             tasks = m.task if isinstance(m.task, list) else [m.task]
             if facts.task not in tasks:
-                return False
+                return f"takes task {', '.join(t.value for t in tasks)}, not {facts.task.value}"
         if m.model is not None and facts.model != m.model:
-            return False
+            return f"matches model {m.model!r} only"
         for name, value in m.headers.items():
             if facts.headers.get(name.lower()) != value:
-                return False
-        return facts.model is None or facts.model in {r.model for r in route.target_refs}
+                return f"needs header {name}: {value}"
+        if facts.model is not None and facts.model not in {r.model for r in route.target_refs}:
+            return f"does not serve model {facts.model!r}"
+        return None
+
+    def _matches(self, route: Route, facts: RequestFacts) -> bool:
+        return self.mismatch(route, facts) is None
+
+    def skipped_routes(self, facts: RequestFacts, chosen: str) -> list[tuple[str, str]]:
+        """The routes before ``chosen``, each with why it did not take the request."""
+        out: list[tuple[str, str]] = []
+        for route in self._routes:
+            if route.name == chosen:
+                break
+            out.append((route.name, self.mismatch(route, facts) or "matches"))
+        return out
 
     def match_route(self, facts: RequestFacts) -> Route:
         for route in self._routes:

@@ -96,6 +96,7 @@ def test_explain_json_from_file_with_headers(
     assert main(args) == 0
     stable = json.loads(capsys.readouterr().out)
     assert (stable["rule"], stable["version"]) == ("text", "1")
+    assert stable["skipped"] == [{"route": "canary-testers", "why": "needs header x-canary: 1"}]
     assert stable["cache"]["keys"] != canary["cache"]["keys"]  # the version is in the key
 
 
@@ -127,6 +128,12 @@ def test_explain_refuses_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     no_route = json.dumps({"inputs": [{"user": "u1"}], "task": "recommend"})
     assert main(["policy", "explain", policy, "--request", no_route]) == 2
     assert "no route" in capsys.readouterr().err
+    wrong_type = json.dumps({"inputs": [{"text": 5}]})
+    assert main(["policy", "explain", policy, "--request", wrong_type]) == 2
+    assert "inputs[0].text: Input should be a valid string" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # argparse: a usage error, exit 2
+        main(["policy", "explain", policy, "--request", "{}", "--header", "nokey"])
+    assert usage.value.code == 2 and "expected NAME=VALUE" in capsys.readouterr().err
     bad = str(FIXTURES / "invalid/unknown_key.yaml")
     assert main(["policy", "explain", bad, "--request", "{}"]) == 1
     assert "routes[0].timout_ms: unknown key" in capsys.readouterr().err
