@@ -52,7 +52,10 @@ class TextEncoderModel(LocalModel):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        # a server's log is no place for a per-load progress bar
+        hf_logging.disable_progress_bar()
         self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
         model = AutoModel.from_pretrained(self.folder, local_files_only=True)
         self._model = model.to(self.device).eval()
