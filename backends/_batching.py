@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._base import Backend, Capabilities, InputItem, LocalModel, Output, Task
-from ._errors import BackendError, BackendTimeout, NotReady, Overloaded, PrismError, QueueTimeout
+from ._errors import BackendError, ModelTimeout, NotReady, Overloaded, PrismError, QueueTimeout
 from ._specs import Batching
 
 log = logging.getLogger("prism.batching")
@@ -164,8 +164,9 @@ class LocalBackend(Backend):
                 return outputs
         except TimeoutError as exc:
             if pending and all(p.started for p in pending):
-                raise BackendTimeout(
-                    f"{self.name} did not answer within {timeout_s:.3f} s"
+                raise ModelTimeout(
+                    f"{self.name} did not answer within {timeout_s:.3f} s",
+                    headers={"Retry-After": "1"},
                 ) from exc
             # still queued (or preparing) at the deadline: load, not a fault of the model
             raise QueueTimeout(

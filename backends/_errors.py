@@ -152,6 +152,15 @@ class Overloaded(PrismError):
         self.headers.setdefault("Retry-After", str(max(1, int(retry_after_s))))
 
 
+class CircuitOpen(Overloaded):
+    """Every target of the route failed often enough that its circuit opened: 503 with
+    Retry-After (when the next probe may go through). Unlike plain load, this is the
+    targets failing, so an experiment arm counts it against itself."""
+
+    code = "circuit_open"
+    title = "Circuit open"
+
+
 class QueueTimeout(Overloaded):
     """The deadline passed while the inputs still waited in a local batching queue.
 
@@ -176,6 +185,9 @@ class BackendError(PrismError):
     title = "Backend failed"
     #: whether trying again (same or another target) may succeed
     retryable: ClassVar[bool] = True
+    #: whether the failure says the target is unhealthy (its circuit breaker, error rate and
+    #: an experiment arm's guardrails count it); load on a local model does not
+    blames_target: ClassVar[bool] = True
 
 
 class UpstreamRejected(BackendError):
@@ -190,6 +202,16 @@ class BackendTimeout(BackendError):
     status_code = 504
     code = "backend_timeout"
     title = "Backend timed out"
+
+
+class ModelTimeout(BackendTimeout):
+    """A local model started the inputs but did not finish them by the deadline. On one
+    machine that is load (CPU contention, a long batch ahead), not a broken model: 504 with
+    Retry-After, and no circuit opens or guardrail trips because of it."""
+
+    code = "model_timeout"
+    title = "Model timed out"
+    blames_target = False
 
 
 class BackendUnavailable(BackendError):

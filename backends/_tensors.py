@@ -9,7 +9,6 @@ little-endian. Prism's conventions for which tensors mean what live in :mod:`bac
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from . import _json as strict_json
 
 NUMPY_DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -72,11 +73,9 @@ def split_body(body: bytes, header_length: str | int | None) -> tuple[dict[str, 
             )
         head, tail = body[:n], body[n:]
     try:
-        doc = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TensorFormatError("body is not valid JSON") from exc
-    except RecursionError as exc:
-        raise TensorFormatError("body's JSON is nested too deeply") from exc
+        doc = strict_json.loads(head)
+    except ValueError as exc:
+        raise TensorFormatError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise TensorFormatError("body must be a JSON object")
     return doc, tail

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import _json as strict_json
 from ._base import InputItem, Modality, Output, Task
 from ._tensors import (
     Tensor,
@@ -48,6 +49,8 @@ from ._tensors import (
 )
 
 INPUT_NAMES = ("text", "image", "user", "history")
+#: rows one request may carry here (the gateway's own ``max_inputs`` is usually lower)
+MAX_ROWS = 65_536
 OUTPUTS_BY_TASK: dict[Task, tuple[str, ...]] = {
     Task.EMBED: ("embedding",),
     Task.CLASSIFY: ("label", "score"),
@@ -91,8 +94,8 @@ def _history(t: Tensor, n: int) -> list[tuple[str, ...] | None]:
             out.append(None)
             continue
         try:
-            ids = json.loads(raw)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            ids = strict_json.loads(raw)
+        except ValueError as exc:
             raise TensorFormatError(f"input 'history'[{r}] is not a JSON array of ids") from exc
         if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
             raise TensorFormatError(f"input 'history'[{r}] is not a JSON array of ids")
@@ -125,6 +128,8 @@ def tensors_to_items(tensors: Sequence[Tensor], binary_names: frozenset[str]) ->
     n = sizes.pop()
     if n == 0:
         raise TensorFormatError("the inputs have no rows")
+    if n > MAX_ROWS:  # before building anything per row: a [10**9, 0] shape costs no bytes
+        raise TensorFormatError(f"{n} rows; at most {MAX_ROWS} per request")
 
     def column(name: str) -> list[bytes] | None:
         t = by_name.get(name)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from backends import (
     BackendError,
     BackendTimeout,
+    CircuitOpen,
     InputItem,
     Output,
     Overloaded,
@@ -61,7 +62,7 @@ def _worth_retrying(exc: PrismError) -> bool:
 
 def _against_target(exc: PrismError) -> bool:
     """Does this failure say the target is unhealthy (circuit breaker, error rate)?"""
-    return isinstance(exc, BackendError) and exc.retryable
+    return isinstance(exc, BackendError) and exc.retryable and exc.blames_target
 
 
 @dataclass
@@ -267,7 +268,7 @@ class Dispatcher:
         backend = self.deployments.backend(target)  # NotReady: try elsewhere, not its fault
         health = self.health.of(target)
         if not health.breaker.acquire():
-            raise Overloaded(f"{target.key}: circuit open", retry_after_s=1)
+            raise CircuitOpen(f"{target.key}: circuit open", retry_after_s=1)
         health.tracker.begin()
         start = time.perf_counter()
         try:
@@ -316,10 +317,10 @@ class Dispatcher:
         delay = step * (0.5 + self.rng.random() / 2)
         await asyncio.sleep(max(0.0, min(delay, deadline - time.perf_counter())))
 
-    def _all_open(self, decision: Decision) -> Overloaded:
+    def _all_open(self, decision: Decision) -> CircuitOpen:
         targets = [*decision.targets, *decision.fallback]
         wait = min((self.health.of(t).breaker.retry_after_s() for t in targets), default=1.0)
-        return Overloaded(
+        return CircuitOpen(
             f"route {decision.rule!r}: every target's circuit is open "
             f"({', '.join(t.key for t in targets)})",
             retry_after_s=max(1, round(wait + 0.5)),

@@ -56,8 +56,8 @@ def _from_litestar(exc: HTTPException) -> PrismError:
     if status == 404:
         detail = str(exc.detail or "")
         return NotFound(detail if detail.startswith("no such endpoint") else "no such endpoint")
-    if status == 405:
-        return MethodNotAllowed(exc.detail or "method not allowed")
+    if status == 405:  # Litestar names the allowed methods in an Allow header: keep it
+        return MethodNotAllowed(exc.detail or "method not allowed", headers=dict(exc.headers or {}))
     if status in (401, 403):
         return Unauthorized(exc.detail or "not authorized")
     if isinstance(exc, ValidationException) or status < 500:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends import InputItem, Output, PrismError, Task
+from backends import CircuitOpen, InputItem, Output, Overloaded, PrismError, Task
 
 from .cache import MemoryStore, RedisStore, ResponseCache
 from .deployments import DeploymentFailed, Deployments
@@ -65,9 +65,7 @@ class Runtime:
                 else None
             ),
             experiments=lambda: self._policy.document.experiments if self._policy else {},
-            definition=lambda name: (
-                self._policy.experiment_definition(name) if self._policy else ""
-            ),
+            definition=lambda name: self._policy.arm_definitions(name) if self._policy else {},
         )
         self.mirror = ShadowMirror(self.dispatcher.call, self.experiments, self.spawn)
         self.policy_watcher: PolicyWatcher | None = None
@@ -189,10 +187,17 @@ class Runtime:
     def observe_error(
         self, door: str, decision: Decision, exc: PrismError, total_ms: float
     ) -> None:
-        """A request that failed after its decision; server-side failures count against the arm."""
+        """A request that failed after its decision. Failures of the arm's version count
+        against the arm; the caller's mistakes (4xx) and load (503, a model slowed down by
+        contention) do not, or a traffic burst would trip a guardrail on a healthy arm."""
         labels = (door, decision.rule, decision.model, decision.version, "")
         self.metrics.requests.labels(*labels, "error").inc()
-        if decision.experiment is not None and decision.arm is not None and exc.status_code >= 500:
+        blames_arm = (
+            exc.status_code >= 500
+            and (isinstance(exc, CircuitOpen) or not isinstance(exc, Overloaded))
+            and getattr(exc, "blames_target", True)
+        )
+        if decision.experiment is not None and decision.arm is not None and blames_arm:
             self.experiments.record(
                 decision.experiment, decision.arm, ok=False, latency_ms=total_ms
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backends import Task
 
@@ -91,13 +91,24 @@ class Feedback(_Wire):
     experiment: str | None = Field(None, description="experiment name (x-prism-experiment)")
     arm: str | None = Field(None, description="arm that answered (x-prism-experiment: arm=...)")
     value: float = Field(
-        allow_inf_nan=False,
+        ge=-1e9,
+        le=1e9,  # squares stay finite in the running sums
         description="the answer's score (accuracy, relevance, a click: one scale per experiment)",
     )
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        # Litestar validates bodies in lax mode, which would read "1" and true as 1.0
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a number")
+        return value
+
     @model_validator(mode="after")
     def _one_way_to_name_the_answer(self) -> Feedback:
-        if (self.id is None) == (self.experiment is None or self.arm is None):
+        by_id = self.id is not None
+        by_arm = self.experiment is not None or self.arm is not None
+        if by_id == by_arm or (by_arm and (self.experiment is None or self.arm is None)):
             raise ValueError("give either 'id', or both 'experiment' and 'arm'")
         return self
 

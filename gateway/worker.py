@@ -169,7 +169,7 @@ def create_worker_app(
         ],
         lifespan=[lifespan],
         exception_handlers={Exception: exception_handler},
-        state=State({"metrics": metrics}),
+        state=State({"metrics": metrics, "models": {name: compiled.models[name]}}),
         openapi_config=None,
         request_class=PrismRequest,
         debug=False,

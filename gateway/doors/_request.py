@@ -17,18 +17,17 @@ import zlib
 from typing import Any
 
 import anyio.to_thread
-import msgspec
 from litestar import Request
 from litestar.types import Empty
 
 from backends import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from backends import _json as strict_json
 
 #: Codings Prism inflates; ``identity`` (or no header) is the body as sent.
 ACCEPTED_CODINGS = ("gzip", "deflate")
 #: The ``limit`` when a handler sets none (Litestar's own default).
 DEFAULT_LIMIT = 10 * 2**20
 _CHUNK = 1 << 16
-_decoder = msgspec.json.Decoder()
 
 
 def inflate(body: bytes, coding: str, limit: int) -> bytes:
@@ -71,11 +70,9 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise MalformedBody("the request body is empty; send a JSON object")
     try:
-        return _decoder.decode(body)
-    except msgspec.DecodeError as exc:
+        return strict_json.loads(body)
+    except ValueError as exc:
         raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise MalformedBody("the body's JSON is nested too deeply") from exc
 
 
 class PrismRequest(Request[Any, Any, Any]):

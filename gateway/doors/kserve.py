@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Literal, NamedTuple
 
 from litestar import Controller, Request, Response, Router, get, post
@@ -34,6 +35,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from backends import BadRequest, PrismError, Task
+from backends import _json as strict_json
 from backends._v2 import (
     CONTROL_PARAMETERS,
     OUTPUTS_BY_TASK,
@@ -58,7 +60,7 @@ def v2_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, PrismError):
         status, message, headers = exc.status_code, exc.detail, exc.headers
     elif isinstance(exc, HTTPException) and exc.status_code < 500:
-        status, message, headers = exc.status_code, str(exc.detail), {}
+        status, message, headers = exc.status_code, str(exc.detail), dict(exc.headers or {})
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         status, message, headers = 500, "internal error; see the server's logs", {}
@@ -71,11 +73,21 @@ def v2_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 def _count_error(request: Request[Any, Any, Any], code: str) -> None:
     state = request.app.state
-    metrics = getattr(getattr(state, "runtime", None), "metrics", None) or state.get("metrics")
-    if metrics is not None:
-        model = request.path_params.get("model", "")
-        version = request.path_params.get("version", "")
-        metrics.requests.labels("kserve", "", model, version, "", code).inc()
+    runtime = getattr(state, "runtime", None)
+    metrics = getattr(runtime, "metrics", None) or state.get("metrics")
+    if metrics is None:
+        return
+    # label values come from the path only when the policy knows them: a caller must not be
+    # able to mint a new time series per request (/v2/models/<random>/infer)
+    model = request.path_params.get("model", "")
+    version = request.path_params.get("version") or ""
+    known = runtime.policy.models if runtime is not None else state.get("models", {})
+    entry = known.get(model)
+    if entry is None:
+        model, version = ("(unknown)", "") if model else ("", "")
+    elif version and version not in entry.versions and version not in entry.labels:
+        version = "(unknown)"
+    metrics.requests.labels("kserve", "", model, version, "", code).inc()
 
 
 class _Control(NamedTuple):
@@ -100,7 +112,7 @@ def _parameters(doc: dict[str, Any]) -> tuple[_Control, dict[str, Any]]:
     labels = model_params.get("labels")
     if isinstance(labels, str):  # tritonclient users often send a JSON array in a string
         try:
-            model_params["labels"] = json.loads(labels)
+            model_params["labels"] = strict_json.loads(labels)
         except ValueError:
             model_params["labels"] = [s.strip() for s in labels.split(",") if s.strip()]
     if "labels" in model_params and not (
@@ -122,9 +134,13 @@ def _parameters(doc: dict[str, Any]) -> tuple[_Control, dict[str, Any]]:
     return _Control(task, unit, cache, binary), model_params
 
 
+#: what a string parameter may hold to count as an int (ASCII digits, no huge values)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+
+
 def _integer(value: Any, name: str) -> int:
     """An int parameter; tritonclient may send it as a string. Never rounds, never a bool."""
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value

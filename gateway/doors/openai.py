@@ -73,10 +73,16 @@ def openai_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
             param = exc.param
         elif isinstance(exc, ModelNotFound | VersionNotFound):
             param = "model"
-        elif exc.errors:
-            param = "input"  # the pipeline names inputs[i]: in OpenAI's terms that is `input`
+        elif exc.errors:  # the pipeline's field names, in OpenAI's terms
+            path = exc.errors[0].path
+            param = {"task": "model", "routing.unit": "user"}.get(path, "input")
     elif isinstance(exc, HTTPException) and exc.status_code < 500:
-        status, message, headers, code = exc.status_code, str(exc.detail), {}, None
+        status, message, headers, code = (
+            exc.status_code,
+            str(exc.detail),
+            dict(exc.headers or {}),
+            None,
+        )
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         status, message, headers, code = 500, "internal error; see the gateway's logs", {}, None
@@ -93,7 +99,9 @@ def openai_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
 def _split_model(raw: Any) -> tuple[str, str | None]:
     if not isinstance(raw, str) or not raw:
         raise OpenAIRequestError("you must provide a model parameter (a string)", "model")
-    name, _, version = raw.partition("@")
+    name, at, version = raw.partition("@")
+    if not name or (at and not version):
+        raise OpenAIRequestError("'model' must be a name or 'name@version'", "model")
     return name, version or None
 
 

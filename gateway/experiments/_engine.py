@@ -11,7 +11,10 @@ in memory and assignment keeps working.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -46,14 +49,15 @@ class ExperimentEngine:
         store: CounterStore | None = None,
         *,
         experiments: Experiments = dict,
-        definition: Callable[[str], str] = lambda name: "",
+        definition: Callable[[str], Mapping[str, str]] = lambda name: {},
         sync_s: float = 0.5,
     ) -> None:
         self.store: CounterStore = store or MemoryCounterStore()
         #: the running policy's experiments (read at every sync: reloads change them)
         self.experiments = experiments
-        #: name -> digest of what the experiment compares (``CompiledPolicy``): the store
-        #: keeps figures and guard state per definition, so a redefined arm starts afresh
+        #: name -> {arm: what the arm serves} (``CompiledPolicy.arm_definitions``): the store
+        #: keeps each arm's figures and stop under its definition, so an arm whose version is
+        #: redefined (other weights, another model) starts afresh and the others keep theirs
         self.definition = definition
         #: request id -> (experiment, arm) of recent experiment requests, for feedback
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -132,9 +136,34 @@ class ExperimentEngine:
         delta.cosine_sum += sum(cosines)
         delta.cosine_count += len(cosines)
 
-    def _key(self, name: str) -> str:
-        definition = self.definition(name)
-        return f"{name}~{definition}" if definition else name
+    def _arm_key(self, name: str, arm: str) -> str:
+        definition = self.definition(name).get(arm)
+        return f"{arm}@{definition}" if definition else arm
+
+    def _srm_key(self, name: str, experiment: Experiment) -> str:
+        """Assignments under the current split (weights and arm definitions): the sample
+        ratio test must not compare counts made under one split with another's weights."""
+        split = sorted(
+            (a, spec.weight, self.definition(name).get(a, ""))
+            for a, spec in experiment.arms.items()
+        )
+        digest = hashlib.blake2b(json.dumps(split).encode(), digest_size=4).hexdigest()
+        return f"{name}:split:{digest}"
+
+    async def _totals(self, name: str, arms: list[str]) -> dict[str, ArmCounts]:
+        keys = {arm: self._arm_key(name, arm) for arm in arms}
+        raw = await self.store.totals(name, list(keys.values()))
+        return {arm: raw[key] for arm, key in keys.items()}
+
+    async def _guard(self, name: str, experiment: Experiment) -> GuardState:
+        """The shared guard state of the arms as defined now (a redefined arm's old stop and
+        baseline belong to its old definition)."""
+        raw = await self.store.guard(name)
+        keys = {arm: self._arm_key(name, arm) for arm in experiment.arms}
+        return GuardState(
+            {arm: raw.stopped[key] for arm, key in keys.items() if key in raw.stopped},
+            {arm: raw.baseline[key] for arm, key in keys.items() if key in raw.baseline},
+        )
 
     def _delta(self, name: str, arm: str) -> ArmCounts:
         arms = self._deltas.setdefault(name, {})
@@ -154,12 +183,19 @@ class ExperimentEngine:
                     await self.store.remember(shared, FEEDBACK_TTL_S)
                 except Exception as exc:  # feedback on these works on this replica only
                     log.warning("request ids for feedback not shared: %r", exc)
+            experiments = self.experiments()
             try:
                 for name, deltas in pending.items():
-                    await self.store.push(self._key(name), deltas)
+                    await self.store.push(
+                        name, {self._arm_key(name, a): d for a, d in deltas.items()}
+                    )
+                    experiment = experiments.get(name)
+                    if experiment is not None:
+                        assigned = {a: ArmCounts(assigned=d.assigned) for a, d in deltas.items()}
+                        await self.store.push(self._srm_key(name, experiment), assigned)
                     pending = {k: v for k, v in pending.items() if k != name}
-                for name, experiment in self.experiments().items():
-                    self._guards[name] = await self.store.guard(self._key(name))
+                for name, experiment in experiments.items():
+                    self._guards[name] = await self._guard(name, experiment)
                     await self._check_guardrails(name, experiment)
             except Exception as exc:
                 # counts not yet pushed wait for the next sync; requests never notice
@@ -183,7 +219,7 @@ class ExperimentEngine:
         arms = [a for a in experiment.arms if a != control and a not in guard.stopped]
         if not arms:
             return
-        totals = await self.store.totals(self._key(name), arms)
+        totals = await self._totals(name, arms)
         for arm in arms:
             counts = totals[arm].merge(guard.baseline.get(arm, ArmCounts()), sign=-1)
             if counts.requests < rails.min_samples:
@@ -200,7 +236,7 @@ class ExperimentEngine:
 
     async def stop(self, name: str, arm: str, reason: str) -> bool:
         info = {"reason": reason, "at": time.time()}
-        first = await self.store.stop(self._key(name), arm, info)
+        first = await self.store.stop(name, self._arm_key(name, arm), info)
         guard = self._guards.setdefault(name, GuardState())
         guard.stopped.setdefault(arm, info)
         if first:
@@ -212,8 +248,8 @@ class ExperimentEngine:
     async def resume(self, name: str, experiment: Experiment) -> None:
         """Operator's resume: stopped arms serve again; guardrails judge only what follows."""
         await self.sync()
-        totals = await self.store.totals(self._key(name), list(experiment.arms))
-        await self.store.resume(self._key(name), totals)
+        totals = await self._totals(name, list(experiment.arms))
+        await self.store.resume(name, {self._arm_key(name, a): c for a, c in totals.items()})
         self._guards[name] = GuardState({}, totals)
         log.warning("experiment %s resumed by an operator", name)
 
@@ -238,9 +274,9 @@ class ExperimentEngine:
 
     async def report(self, name: str, experiment: Experiment) -> dict[str, Any]:
         control = control_arm(experiment)
-        key = self._key(name)
-        totals = await self.store.totals(key, list(experiment.arms))
-        guard = await self.store.guard(key)
+        totals = await self._totals(name, list(experiment.arms))
+        guard = await self._guard(name, experiment)
+        split = await self.store.totals(self._srm_key(name, experiment), list(experiment.arms))
         ranges = {r.arm: r for r in arm_ranges(experiment)}
         arms: dict[str, Any] = {}
         for arm_name, arm in experiment.arms.items():
@@ -249,6 +285,7 @@ class ExperimentEngine:
             q_mean, q_var = mean_var(c.quality_sum, c.quality_sq, c.quality_count)
             arms[arm_name] = {
                 "version": arm.version,
+                "definition": self.definition(name).get(arm_name),
                 "weight": arm.weight,
                 "buckets": [ranges[arm_name].start, ranges[arm_name].end],
                 "stopped": guard.stopped.get(arm_name),
@@ -281,11 +318,10 @@ class ExperimentEngine:
         cos_sum = sum(t.cosine_sum for t in totals.values())
         return {
             "name": name,
-            "definition": self.definition(name) or None,
             "route": experiment.route,
             "control": control,
             "shadow": experiment.shadow,
-            "state": "stopped" if guard.stopped else "running",
+            "state": _state(experiment, control, guard),
             "guardrails": {**experiment.guardrails.model_dump(), "stopped": guard.stopped},
             "counters": self.store.name,
             "arms": arms,
@@ -293,7 +329,7 @@ class ExperimentEngine:
                 "mean": finite(cos_sum / cos_n, 5) if cos_n else None,
                 "count": cos_n,
             },
-            "sample_ratio": _sample_ratio(experiment, totals, guard),
+            "sample_ratio": _sample_ratio(experiment, split, guard),
             "comparison": [
                 _compare(control, totals[control], a, totals[a])
                 for a in experiment.arms
@@ -302,15 +338,28 @@ class ExperimentEngine:
         }
 
 
+def _p(value: float) -> float | None:
+    """A p-value to three significant digits: 2.1e-09 stays readable, never rounds to 0."""
+    return float(f"{value:.3g}") if math.isfinite(value) else None
+
+
 def _interval(ci: tuple[float, float] | None, digits: int = 3) -> list[float | None] | None:
     return None if ci is None else [finite(ci[0], digits), finite(ci[1], digits)]
+
+
+def _state(experiment: Experiment, control: str, guard: GuardState) -> str:
+    """running; partly stopped (some arms stopped); control only (every other arm stopped)."""
+    if not guard.stopped:
+        return "running"
+    others = [a for a in experiment.arms if a != control]
+    return "control only" if all(a in guard.stopped for a in others) else "partly stopped"
 
 
 def _sample_ratio(
     experiment: Experiment, totals: Mapping[str, ArmCounts], guard: GuardState
 ) -> dict[str, Any] | None:
-    """Is the split what the weights say? (chi-square on assignments; not while an arm is
-    stopped, since its units then go to the control arm on purpose)."""
+    """Is the split what the weights say? (chi-square on the assignments made since the
+    split last changed; not while an arm is stopped: its units go to the control on purpose)."""
     if guard.stopped:
         return None
     arms = list(experiment.arms)
@@ -322,7 +371,7 @@ def _sample_ratio(
     return {
         "test": "chi-square goodness of fit (assigned requests vs weights)",
         "chi2": finite(test[0]),
-        "p_value": finite(test[1], 6),
+        "p_value": _p(test[1]),
         # the usual SRM alarm level: a split this far off is a bug, not chance
         "mismatch": test[1] < 0.001,
     }
@@ -341,7 +390,7 @@ def _compare(control: str, a: ArmCounts, arm: str, b: ArmCounts) -> dict[str, An
                 proportion_diff_ci(a.errors, a.requests, b.errors, b.requests), 5
             ),
             "z": finite(z[0]),
-            "p_value": finite(z[1], 5),
+            "p_value": _p(z[1]),
         }
     out["latency"] = _welch(
         "Welch t (mean latency, ms)",
@@ -373,5 +422,5 @@ def _welch(
         "difference_ci95": _interval(welch_ci(mean_a, var_a, a[2], mean_b, var_b, b[2]), digits),
         "t": finite(t[0]),
         "df": finite(t[1], 1),
-        "p_value": finite(t[2], 5),
+        "p_value": _p(t[2]),
     }

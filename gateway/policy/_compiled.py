@@ -9,7 +9,6 @@ same decision is reproducible offline by ``prism policy explain``. A reload buil
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,22 +118,19 @@ class CompiledPolicy:
         self._experiment_by_route: dict[str, tuple[str, Experiment]] = {
             e.route: (name, e) for name, e in doc.experiments.items()
         }
-        self._definitions = {name: self._definition(e) for name, e in doc.experiments.items()}
+        self._arm_definitions = {name: self._arms_served(e) for name, e in doc.experiments.items()}
 
-    def _definition(self, experiment: Experiment) -> str:
-        """Digest of what an experiment compares: each arm's version and what it answers.
-
-        Weights are left out (ramping a treatment up keeps its figures); redefining an arm's
-        version in place, or pointing an arm at another version, starts new figures.
-        """
+    def _arms_served(self, experiment: Experiment) -> dict[str, str]:
+        """arm -> ``version.fingerprint``: what each arm serves. Weights are left out
+        (ramping a treatment up keeps its figures); pointing an arm at another version, or
+        redefining its version in place, gives it a new definition and new figures."""
         route = next(r for r in self._routes if r.name == experiment.route)
         model = route.target_refs[0].model
-        arms = []
-        for arm, spec in sorted(experiment.arms.items()):
+        out: dict[str, str] = {}
+        for arm, spec in experiment.arms.items():
             version = self.resolve_version(model, spec.version)
-            arms.append([arm, version, self.fingerprint(model, version)])
-        raw = json.dumps([model, arms], separators=(",", ":")).encode()
-        return hashlib.blake2b(raw, digest_size=4).hexdigest()
+            out[arm] = f"{version}.{self.fingerprint(model, version)}"
+        return out
 
     # --- lookups -----------------------------------------------------------------------
 
@@ -158,9 +154,9 @@ class CompiledPolicy:
             )
         return resolved
 
-    def experiment_definition(self, name: str) -> str:
-        """See :meth:`_definition`; "" for an experiment this policy does not have."""
-        return self._definitions.get(name, "")
+    def arm_definitions(self, name: str) -> Mapping[str, str]:
+        """See :meth:`_arms_served`; empty for an experiment this policy does not have."""
+        return self._arm_definitions.get(name, {})
 
     def fingerprint(self, model: str, version: str) -> str:
         return self._fingerprints[(model, version)]

@@ -129,9 +129,12 @@ def test_unreadable_bodies_get_the_doors_error(
 def test_unknown_paths_and_methods_answer_in_the_doors_shape(
     http: httpx.Client, door: str, method: str, path: str, status: int
 ) -> None:
-    message = door_error(door, http.request(method, path), status)
+    r = http.request(method, path)
+    message = door_error(door, r, status)
     if status == 404:
         assert message.startswith(f"no such endpoint: {method} {path}")
+    else:
+        assert r.headers["allow"]  # which methods the path does take
 
 
 def test_a_model_asked_for_a_task_it_does_not_serve(http: httpx.Client) -> None:
@@ -186,17 +189,36 @@ def test_kserve_wrong_types_are_400(http: httpx.Client, body: dict[str, Any], sa
     assert says in door_error("kserve", http.post("/v2/models/fake/infer", json=body), 400)
 
 
+def _kserve(parameters: dict[str, Any] | None = None, **tensor: Any) -> bytes:
+    body: dict[str, Any] = {"inputs": [_tensor(**tensor)]}
+    if parameters is not None:
+        body["parameters"] = parameters
+    return json.dumps(body).encode()
+
+
+SURROGATE = "\\" + "ud800"  # the JSON escape of an unpaired surrogate, as text
+
+
 @pytest.mark.parametrize(
     ("raw", "says"),
     [
-        # JSON that Python's parser takes but that no UTF-8 string can hold
-        (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["\\ud800"]}]}',
-         "not valid Unicode"),
-        (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}],'
-         b' "parameters": {"top_k": Infinity}}', "'top_k' must be an integer"),
+        # JSON that Python's json module takes, then fails on far from the parser
+        (_kserve(data=["HOLE"]).replace(b"HOLE", SURROGATE.encode()), "without its pair"),
+        (_kserve({"top_k": 1}).replace(b"1}", b"Infinity}"), "not valid JSON"),
+        (
+            _kserve(name="history", data=["HOLE"]).replace(
+                b"HOLE", b'[\\"' + SURROGATE.encode() + b'\\"]'
+            ),
+            "without its pair",
+        ),
+        # values that used to reach int() or the model
+        (_kserve({"top_k": "\u00b2"}), "'top_k' must be an integer"),
+        (_kserve({"top_k": "9" * 5000}), "'top_k' must be an integer"),
+        # a shape that costs no bytes but would build 10**8 rows
+        (_kserve(name="history", shape=[10**8, 0], data=[]), "at most 65536 per request"),
     ],
-)  # fmt: skip
-def test_kserve_values_python_json_lets_through(http: httpx.Client, raw: bytes, says: str) -> None:
+)
+def test_kserve_values_that_used_to_fail_late(http: httpx.Client, raw: bytes, says: str) -> None:
     assert says in door_error("kserve", post(http, "/v2/models/fake/infer", raw), 400)
 
 
@@ -231,6 +253,8 @@ def test_kserve_binary_history_that_is_not_utf8(http: httpx.Client) -> None:
         ("encoding_format", [], "'encoding_format' must be"),
         ("encoding_format", "", "'encoding_format' must be"),
         ("input", [True], "input[0] must be a string"),
+        ("model", "fake@", "'model' must be a name or 'name@version'"),
+        ("model", "@1", "'model' must be a name or 'name@version'"),
     ],
 )
 def test_openai_wrong_values_are_400(http: httpx.Client, field: str, value: Any, says: str) -> None:

@@ -57,3 +57,19 @@ async def test_metrics_parse_and_count_every_door(client: AsyncTestClient) -> No
         {"target": "fake@1/local", "outcome": "rejected"},
         0.0,
     ) in got
+
+
+async def test_callers_cannot_mint_metric_series(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+    for i in range(50):
+        await client.get(f"/v2/models/random-{i}/config")
+        await client.post(f"/v2/models/fake/versions/v{i}/infer", json=body)
+    got = samples((await client.get("/metrics")).text)
+    kserve = {
+        (lb.get("model"), lb.get("version"))
+        for name, lb, _ in got
+        if name == "prism_requests_total" and lb.get("door") == "kserve"
+    }
+    assert not any(m.startswith("random-") for m, _ in kserve)
+    assert not any(v.startswith("v") and v[1:].isdigit() for _, v in kserve)
+    assert ("(unknown)", "") in kserve and ("fake", "(unknown)") in kserve

@@ -78,12 +78,12 @@ async def test_failed_requests_count_against_their_arm_and_trip_the_guardrail(
             if i == 30:
                 await client.get("/admin/experiments/exp")  # a sync: the guardrail trips
         assert any(code == 502 for code, _ in statuses[:30])
-        assert all(code == 200 for code, _ in statuses[31:])  # treatment stopped
+        assert all(code == 200 for code, _ in statuses[31:]), statuses  # treatment stopped
         rep = await report(client)
         treatment = rep["arms"]["treatment"]
         assert treatment["errors"] >= 10 and treatment["error_rate"] == 1.0
         assert "guardrail: error rate" in treatment["stopped"]["reason"]
-        assert rep["state"] == "stopped"
+        assert rep["state"] == "control only"
         assert rep["comparison"][0]["error_rate"]["p_value"] < 0.01
 
         r = await client.post("/admin/experiments/exp/resume")
@@ -201,6 +201,11 @@ async def test_feedback_measures_each_arms_quality_with_statistics(
         ({"value": 1}, 422),
         ({"id": "req_1", "experiment": "exp", "arm": "control", "value": 1}, 422),
         ({"experiment": "exp", "arm": "control", "value": "high"}, 422),
+        ({"experiment": "exp", "arm": "control", "value": "1"}, 422),
+        ({"experiment": "exp", "arm": "control", "value": True}, 422),
+        ({"experiment": "exp", "arm": "control", "value": 1e308}, 422),
+        ({"id": "req_1", "experiment": "exp", "value": 1}, 422),
+        ({"experiment": "exp", "value": 1}, 422),
     ],
 )
 async def test_feedback_that_names_no_answer_is_refused(
@@ -230,22 +235,30 @@ async def test_redefining_an_arm_starts_its_figures_afresh(
     gateway: GatewayFactory, tmp_path: Any
 ) -> None:
     async with gateway(ab()) as client:
-        for i in range(20):
+        for i in range(40):
             await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))
         before = await report(client)
-        assert sum(a["assigned"] for a in before["arms"].values()) == 20
-        # a weight change ramps the treatment up: same comparison, figures kept
-        (tmp_path / "policy.yaml").write_text(ab(weights=(40, 60)))
+        counts = {arm: a["assigned"] for arm, a in before["arms"].items()}
+        assert sum(counts.values()) == 40 and min(counts.values()) > 0
+        # a weight change ramps the treatment up: same arms, figures kept; the sample ratio
+        # test starts over, since earlier assignments followed the old weights
+        (tmp_path / "policy.yaml").write_text(ab(weights=(10, 90)))
         assert (await client.post("/admin/policy/reload")).status_code == 200
         ramped = await report(client)
-        assert ramped["definition"] == before["definition"]
-        assert sum(a["assigned"] for a in ramped["arms"].values()) == 20
-        # the treatment's version redefined in place (another model): a new comparison
-        (tmp_path / "policy.yaml").write_text(ab().replace("seed: 2}", "seed: 3}"))
+        assert {a: r["assigned"] for a, r in ramped["arms"].items()} == counts
+        assert ramped["sample_ratio"] is None  # no assignments under the new split yet
+        for i in range(40, 80):
+            await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))
+        assert (await report(client))["sample_ratio"]["mismatch"] is False
+        # the treatment's version redefined in place (another model): its figures start
+        # afresh, the control's stay
+        (tmp_path / "policy.yaml").write_text(ab(weights=(10, 90)).replace("seed: 2}", "seed: 3}"))
         assert (await client.post("/admin/policy/reload")).status_code == 200
         fresh = await report(client)
-        assert fresh["definition"] != before["definition"]
-        assert sum(a["assigned"] for a in fresh["arms"].values()) == 0
+        assert fresh["arms"]["treatment"]["definition"] != before["arms"]["treatment"]["definition"]
+        assert fresh["arms"]["control"]["definition"] == before["arms"]["control"]["definition"]
+        assert fresh["arms"]["treatment"]["assigned"] == 0
+        assert fresh["arms"]["control"]["assigned"] > counts["control"]
 
 
 async def test_without_redis_a_restart_keeps_stops_and_figures(

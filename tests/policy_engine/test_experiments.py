@@ -162,7 +162,7 @@ async def test_guardrail_stops_a_failing_treatment_until_resumed() -> None:
     arms = Counter(engine.pick_arm("e", exp, f"u{i}") for i in range(200))
     assert arms == {"control": 200}
     report = await engine.report("e", exp)
-    assert report["state"] == "stopped" and report["arms"]["treatment"]["stopped"]
+    assert report["state"] == "control only" and report["arms"]["treatment"]["stopped"]
     await engine.resume("e", exp)
     await engine.sync()  # the old failures are behind the baseline now
     assert engine.stopped("e") == {}
