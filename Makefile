@@ -33,7 +33,7 @@ redis:  ## make sure redis-server exists (installs Debian's package when root)
 	fi
 
 $(DEMO): | $(BIN)/.installed
-	@echo "==> building the demo CLIP and catalogue (once; about 4 minutes on 2 cores)"
+	@echo "==> building the demo CLIP and catalogue (once; 4 to 6 minutes on 2 cores)"
 	$(BIN)/prism demo build --out models
 
 demo: $(DEMO)  ## train the demo CLIP and build the demo catalogue (once)

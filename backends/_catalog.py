@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ._errors import InvalidImage
 from ._images import decode_base64_image
+from ._progress import progress as progress_bar
 
 if TYPE_CHECKING:
     from ._open_clip import OpenClipModel
@@ -183,7 +183,7 @@ def build_catalog(
     chunks: list[np.ndarray] = []
     tag_counts: dict[str, int] = {}
     with_image = 0
-    bar = tqdm(total=total, desc="embed catalogue", unit="item", disable=not progress)
+    bar = progress_bar(total=total, desc="embed catalogue", unit="item", enabled=progress)
     with (staging / ITEMS_FILE).open("w", encoding="utf-8") as items_out, bar:
         for batch in _batches(read_source(jsonl_path), batch_size):
             chunks.append(_embed_batch(batch, encoder, (text_weight, image_weight), jsonl_path))

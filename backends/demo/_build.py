@@ -126,7 +126,10 @@ def build_demo(
     with _exclusive(out_dir / LOCK_FILE):
         current = None if force else load_manifest(out_dir)
         if current is not None and current.seed == seed:
-            _say(f"demo artefacts in {out_dir} are current (seed {seed}); --force rebuilds them")
+            _say(
+                f"demo artefacts in {out_dir} are current (seed {seed}, zero-shot accuracy "
+                f"{current.zero_shot_accuracy:.1%}); --force rebuilds them"
+            )
             return current
         return _build(out_dir, seed, progress, train_config, catalog_items)
 

@@ -6,8 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from tqdm import tqdm
-
+from .._progress import progress as progress_bar
 from . import _shapes
 
 #: title shapes, so that items of one class do not all read alike
@@ -40,7 +39,7 @@ def write_demo_items(
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     jsonl = folder / "items.jsonl"
-    bar = tqdm(range(count), desc="draw catalogue items", unit="item", disable=not progress)
+    bar = progress_bar(range(count), desc="draw catalogue items", unit="item", enabled=progress)
     with jsonl.open("w", encoding="utf-8") as out:
         for index in bar:
             color, shape = _shapes.CLASSES[rng.randrange(len(_shapes.CLASSES))]

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from .._progress import progress as progress_bar
 from . import _shapes
 
 ARCH = "demo-clip"
@@ -176,7 +176,7 @@ def train_demo_clip(
         group = len(_shapes.CLASSES)
         started = time.perf_counter()
         loss_value = float("nan")
-        bar = tqdm(range(cfg.steps), desc="train demo-clip", unit="step", disable=not progress)
+        bar = progress_bar(range(cfg.steps), desc="train demo-clip", unit="step", enabled=progress)
         for _ in bar:
             images, texts = _batch(rng, cfg.groups, preprocess, tokenizer)
             images = images.contiguous(memory_format=torch.channels_last)
