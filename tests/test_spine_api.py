@@ -195,6 +195,9 @@ async def test_unknown_endpoint_and_method_are_problems(client: AsyncTestClient)
 
 async def test_health_readiness_and_openapi(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
     assert (await client.get("/healthz")).json() == {"status": "ok"}
+    for probe in ("/healthz", "/readyz"):  # load balancers probe with HEAD too
+        head = await client.head(probe)
+        assert head.status_code == 200 and head.content == b"", probe
     ready = await client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["models"] == {

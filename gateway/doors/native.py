@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, head, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
@@ -23,6 +23,31 @@ def route_headers(resp: InferResponse) -> dict[str, str]:
     if r.experiment:
         headers["x-prism-experiment"] = f"{r.experiment}; arm={r.arm}"
     return headers
+
+
+def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
+    """200 once loading has settled and every route has a target up; else 503 saying why."""
+    deployments = runtime.deployments
+    models = {
+        d.target.key: (
+            ("ready" if deployments.probe_ok(d.target) else "unreachable")
+            if d.ready
+            else (d.error or "loading")
+        )
+        for d in deployments.all()
+    }
+    settled = deployments.settled
+    down = deployments.routes_without_healthy_target(runtime.policy) if settled else []
+    ready = settled and not down
+    return Response(
+        {
+            "status": "ready" if ready else "not ready",
+            "models": models,
+            **({"routes_down": down} if down else {}),
+        },
+        status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
+        headers={} if ready else {"Retry-After": "5"},
+    )
 
 
 class NativeController(Controller):
@@ -63,29 +88,19 @@ class NativeController(Controller):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    # load balancers and uptime checks often probe with HEAD: same answer, no body
+    @head("/healthz", opt={"public": True}, include_in_schema=False)
+    async def healthz_head(self) -> None:
+        return None
+
+    @head("/readyz", opt={"public": True}, include_in_schema=False)
+    async def readyz_head(self, runtime: NamedDependency[Runtime]) -> Response[None]:
+        full = readiness(runtime)
+        return Response(None, status_code=full.status_code, headers=dict(full.headers))
+
     @get("/readyz", summary="Readiness: the policy's local models are loaded", opt={"public": True})
     async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
-        deployments = runtime.deployments
-        models = {
-            d.target.key: (
-                ("ready" if deployments.probe_ok(d.target) else "unreachable")
-                if d.ready
-                else (d.error or "loading")
-            )
-            for d in deployments.all()
-        }
-        settled = deployments.settled
-        down = deployments.routes_without_healthy_target(runtime.policy) if settled else []
-        ready = settled and not down
-        return Response(
-            {
-                "status": "ready" if ready else "not ready",
-                "models": models,
-                **({"routes_down": down} if down else {}),
-            },
-            status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
-            headers={} if ready else {"Retry-After": "5"},
-        )
+        return readiness(runtime)
 
     @get(
         "/metrics",
