@@ -253,6 +253,43 @@ class Pipeline:
         self.rt.metrics.cache.labels("miss").inc(len(keys) - hits)
         return "hit" if hits == len(keys) else "miss"
 
+    async def _dispatch(
+        self,
+        req: InferRequest,
+        decision: Decision,
+        items: Sequence[InputItem],
+        indices: list[int],
+        outputs: list[Output | None],
+        route: RouteInfo,
+        timing: dict[str, float],
+    ) -> None:
+        """Run ``items[indices]`` on the decision's targets; fill ``outputs`` and ``route``.
+        A backend's complaint about one input is reported at that input's field."""
+        queue_wait_ms.set(0.0)
+        try:
+            result = await self.rt.dispatcher.run(
+                decision,
+                req.task,
+                [items[i] for i in indices],
+                req.parameters,
+                budget_ms=decision.budget_ms(req.routing.latency_budget_ms),
+            )
+        except PrismError as exc:
+            if exc.input_index is not None and exc.input_index < len(indices):
+                field = f"inputs[{indices[exc.input_index]}]"
+                exc.errors = exc.errors or [FieldError(field, exc.detail)]
+                exc.input_index = None
+            raise
+        for i, out in zip(indices, result.outputs, strict=True):
+            outputs[i] = out
+        route.target = result.target.key
+        route.attempts = result.attempts
+        route.fallback = result.fallback
+        # the dispatcher's account starts with decision.reason: keep the stop note
+        route.reason = (route.reason or "") + result.reason.removeprefix(decision.reason)
+        timing["backend"] = result.backend_ms
+        timing["queue"] = queue_wait_ms.get()
+
     async def _compute(
         self,
         req: InferRequest,
@@ -268,7 +305,7 @@ class Pipeline:
         rt = self.rt
         cache = rt.cache
         coalesce = status in ("miss", "hit")  # bypass/refresh/off compute for themselves
-        followers: dict[int, asyncio.Future[Output]] = {}
+        followers: dict[int, asyncio.Future[Output | None]] = {}
         leaders: list[int] = []
         seen: dict[str, int] = {}
         for i in missing:
@@ -285,44 +322,23 @@ class Pipeline:
             cache.lead(k)
         try:
             if leaders:
-                queue_wait_ms.set(0.0)
-                result = await rt.dispatcher.run(
-                    decision,
-                    req.task,
-                    [items[i] for i in leaders],
-                    req.parameters,
-                    budget_ms=decision.budget_ms(req.routing.latency_budget_ms),
-                )
-                for i, out in zip(leaders, result.outputs, strict=True):
-                    outputs[i] = out
-                route.target = result.target.key
-                route.attempts = result.attempts
-                route.fallback = result.fallback
-                # the dispatcher's account starts with decision.reason: keep the stop note
-                route.reason = (route.reason or "") + result.reason.removeprefix(decision.reason)
-                timing["backend"] = result.backend_ms
-                timing["queue"] = queue_wait_ms.get()
-        except PrismError as exc:
-            if exc.input_index is not None and exc.input_index < len(leaders):
-                field = f"inputs[{leaders[exc.input_index]}]"
-                exc.errors = exc.errors or [FieldError(field, exc.detail)]
-                exc.input_index = None
+                await self._dispatch(req, decision, items, leaders, outputs, route, timing)
+        finally:
+            # None when this request failed or left: followers then compute for themselves
             for k in owned:
-                cache.finish(k, None, exc)
-            raise
-        except BaseException as exc:
-            for k in owned:
-                cache.finish(k, None, exc)
-            raise
-        for k in owned:
-            cache.finish(k, outputs[seen[k]])
+                cache.finish(k, outputs[seen[k]])
         for i in missing:  # duplicates inside this request
             if outputs[i] is None and keys[i] in seen:
                 outputs[i] = outputs[seen[keys[i]]]
         if followers:
-            results = await asyncio.gather(*followers.values())
+            # shielded: this request leaving must not cancel a future other requests share
+            results = await asyncio.gather(*(asyncio.shield(f) for f in followers.values()))
             for i, out in zip(followers, results, strict=True):
                 outputs[i] = out
+            orphans = [i for i in followers if outputs[i] is None]
+            if orphans:
+                await self._dispatch(req, decision, items, orphans, outputs, route, timing)
+                leaders = leaders + orphans
         if status != "bypass" and leaders:
             fresh = {keys[i]: value for i in leaders if (value := outputs[i]) is not None}
             await cache.set_many(fresh, decision.cache_ttl_s)

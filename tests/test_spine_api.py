@@ -241,6 +241,37 @@ async def test_concurrent_identical_misses_are_computed_once(tmp_path: Path) -> 
         assert dep.backend.model._calls == 1
 
 
+async def test_a_follower_never_inherits_the_leaders_failure(tmp_path: Path) -> None:
+    # B joins A's in-flight computation of the same input, and A's call fails (the fake
+    # fails every 2nd call). B must not get A's 502: it computes the input itself.
+    import asyncio
+
+    import httpx
+
+    from tests.upstream import UvicornThread
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY.replace("dim: 4}", "dim: 4, latency_ms: 300, fail_every: 2}"))
+    app = create_app(Settings(policy=policy, policy_watch_s=0))
+    server = UvicornThread(app).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            warm = await c.post("/v1/infer", json={"model": "other", "inputs": [{"text": "w"}]})
+            assert warm.status_code == 200  # call 1
+            req = {"model": "other", "inputs": [{"text": "x"}]}
+
+            async def after(delay_s: float) -> httpx.Response:
+                await asyncio.sleep(delay_s)
+                return await c.post("/v1/infer", json=req)
+
+            leader, follower = await asyncio.gather(after(0), after(0.1))
+        assert app.state.runtime.cache.stats.coalesced == 1
+        assert leader.status_code == 502  # call 2 failed
+        assert follower.status_code == 200, follower.text  # call 3: its own
+    finally:
+        server.stop()
+
+
 async def test_api_keys_guard_everything_but_probes(tmp_path: Path) -> None:
     policy = tmp_path / "p.yaml"
     policy.write_text(POLICY)

@@ -63,7 +63,7 @@ class ResponseCache:
         self.half = half
         self._retry_after_s = retry_after_s
         self._down_until = 0.0
-        self._inflight: dict[str, asyncio.Future[Output]] = {}
+        self._inflight: dict[str, asyncio.Future[Output | None]] = {}
 
     @property
     def available(self) -> bool:
@@ -111,28 +111,27 @@ class ResponseCache:
 
     # --- single flight -------------------------------------------------------------------
 
-    def join(self, key: str) -> asyncio.Future[Output] | None:
-        """The in-flight computation of ``key`` in this process, if any."""
+    def join(self, key: str) -> asyncio.Future[Output | None] | None:
+        """The in-flight computation of ``key`` in this process, if any. Its result is the
+        output, or None when the leader did not get one (its request failed or left): then
+        the follower computes the input itself, so it never inherits another caller's error
+        (a 422 naming the other request's fields) or cancellation."""
         fut = self._inflight.get(key)
         if fut is not None:
             self.stats.coalesced += 1
         return fut
 
-    def lead(self, key: str) -> asyncio.Future[Output]:
+    def lead(self, key: str) -> asyncio.Future[Output | None]:
         """Register this request as the one computing ``key``; others will join it."""
-        fut: asyncio.Future[Output] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Output | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         return fut
 
-    def finish(self, key: str, output: Output | None, error: BaseException | None = None) -> None:
+    def finish(self, key: str, output: Output | None) -> None:
+        """The leader's outcome for ``key``: its output, or None (followers compute it)."""
         fut = self._inflight.pop(key, None)
-        if fut is None or fut.done():
-            return
-        if error is not None:
-            fut.set_exception(error)
-            fut.exception()  # followers may all have left: don't warn "never retrieved"
-        else:
-            fut.set_result(output if output is not None else {})
+        if fut is not None and not fut.done():
+            fut.set_result(output)
 
     async def aclose(self) -> None:
         await self.store.aclose()
