@@ -206,9 +206,10 @@ class Pipeline:
         )
         timing = {"queue": 0.0, "backend": 0.0}
         missing = [i for i, o in enumerate(outputs) if o is None]
+        answered_by = (decision.model, decision.version)
         if missing:
             try:
-                await self._compute(
+                answered_by = await self._compute(
                     req, decision, items, keys, missing, outputs, route, timing, status
                 )
             except PrismError as exc:  # failed requests count too (per route, per arm)
@@ -223,8 +224,8 @@ class Pipeline:
         rt.observe(door, decision, route, timing["total"], request_id)
         return InferResponse(
             id=request_id,
-            model=decision.model,
-            version=decision.version,
+            model=answered_by[0],
+            version=answered_by[1],
             outputs=[o if o is not None else {} for o in outputs],
             route=route,
             timing_ms={k: round(v, 3) for k, v in timing.items()},
@@ -262,8 +263,9 @@ class Pipeline:
         outputs: list[Output | None],
         route: RouteInfo,
         timing: dict[str, float],
-    ) -> None:
-        """Run ``items[indices]`` on the decision's targets; fill ``outputs`` and ``route``.
+    ) -> tuple[str, str]:
+        """Run ``items[indices]`` on the decision's targets; fill ``outputs`` and ``route``;
+        return the (model, version) that answered (a fallback or another target may).
         A backend's complaint about one input is reported at that input's field."""
         queue_wait_ms.set(0.0)
         try:
@@ -289,6 +291,7 @@ class Pipeline:
         route.reason = (route.reason or "") + result.reason.removeprefix(decision.reason)
         timing["backend"] = result.backend_ms
         timing["queue"] = queue_wait_ms.get()
+        return result.target.model, result.target.version
 
     async def _compute(
         self,
@@ -301,7 +304,13 @@ class Pipeline:
         route: RouteInfo,
         timing: dict[str, float],
         status: str,
-    ) -> None:
+    ) -> tuple[str, str]:
+        """Compute the missing inputs (identical concurrent misses once, across requests);
+        returns the (model, version) that answered them.
+
+        Cache keys name the decided version: an answer from another version (a fallback, or
+        another target of a multi-version route) is never stored under them nor handed to
+        followers, who then compute for themselves. It is reported as that version's."""
         rt = self.rt
         cache = rt.cache
         coalesce = status in ("miss", "hit")  # bypass/refresh/off compute for themselves
@@ -317,16 +326,21 @@ class Pipeline:
             else:
                 seen[keys[i]] = i
                 leaders.append(i)
+        planned = (decision.model, decision.version)
+        answered_by = planned
         owned = [keys[i] for i in leaders] if coalesce else []
         for k in owned:
             cache.lead(k)
         try:
             if leaders:
-                await self._dispatch(req, decision, items, leaders, outputs, route, timing)
+                answered_by = await self._dispatch(
+                    req, decision, items, leaders, outputs, route, timing
+                )
         finally:
-            # None when this request failed or left: followers then compute for themselves
+            # None when this request failed, left, or got another version's answer:
+            # followers then compute for themselves
             for k in owned:
-                cache.finish(k, outputs[seen[k]])
+                cache.finish(k, outputs[seen[k]] if answered_by == planned else None)
         for i in missing:  # duplicates inside this request
             if outputs[i] is None and keys[i] in seen:
                 outputs[i] = outputs[seen[keys[i]]]
@@ -337,8 +351,11 @@ class Pipeline:
                 outputs[i] = out
             orphans = [i for i in followers if outputs[i] is None]
             if orphans:
-                await self._dispatch(req, decision, items, orphans, outputs, route, timing)
+                answered_by = await self._dispatch(
+                    req, decision, items, orphans, outputs, route, timing
+                )
                 leaders = leaders + orphans
-        if status != "bypass" and leaders:
+        if status != "bypass" and leaders and answered_by == planned:
             fresh = {keys[i]: value for i in leaders if (value := outputs[i]) is not None}
             await cache.set_many(fresh, decision.cache_ttl_s)
+        return answered_by
