@@ -150,7 +150,7 @@ async def _resolve(host: str, port: int, allow_private: bool) -> str:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: an empty or over-long label
         raise _refuse(f"the image host {host!r} cannot be resolved") from exc
     addresses = [str(info[4][0]) for info in infos]
     if not addresses:

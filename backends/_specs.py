@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
@@ -161,10 +162,35 @@ OPERATIONAL_FIELDS = frozenset(
 )
 
 
-def output_fingerprint(spec: _Spec) -> str:
-    """A short digest of what determines a version's outputs (its spec, less the operational
-    fields). Redefining a version in place (other weights, another model kind) changes it."""
-    data = spec.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS))
+#: spec fields naming files or folders a version's outputs come from
+PATH_FIELDS = ("weights", "path", "catalog")
+
+
+def _file_identity(path: Path) -> Any:
+    """Size and modification time of a file, or of each file in a folder (not recursive):
+    a weights file replaced in place, under the same name, changes it."""
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file())[:256]
+            return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return None  # missing: loading it fails anyway
+
+
+def output_fingerprint(spec: _Spec, base_dir: Path | None = None) -> str:
+    """A short digest of what determines a version's outputs: its spec, less the operational
+    fields, and (given ``base_dir``, where relative paths resolve) the identity of the files
+    it loads. Redefining a version in place (other weights, another model kind, a weights
+    file overwritten) changes it."""
+    data: dict[str, Any] = spec.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS))
+    if base_dir is not None:
+        data["files"] = {
+            name: _file_identity(base_dir / value)
+            for name in PATH_FIELDS
+            if isinstance(value := getattr(spec, name, None), str)
+        }
     raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.blake2b(raw, digest_size=6).hexdigest()
 

@@ -12,7 +12,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends import Backend, BackendSpec, Capabilities, LocalBackend, NotReady, build_backend
+from backends import (
+    Backend,
+    BackendSpec,
+    Capabilities,
+    LocalBackend,
+    NotReady,
+    build_backend,
+    output_fingerprint,
+)
 
 from .policy import CompiledPolicy, Target
 
@@ -24,13 +32,16 @@ class Deployment:
     target: Target
     spec: BackendSpec
     backend: Backend
-    #: None while loading; the error if loading failed
+    #: False while loading (and after a failure); ``error`` then says why it failed
     ready: bool = False
     error: str | None = None
+    #: spec + identity of its files when built: a reload rebuilds when either changed
+    fingerprint: str = ""
 
 
-def _fingerprint(spec: BackendSpec) -> str:
-    return spec.model_dump_json()
+def _fingerprint(spec: BackendSpec, base_dir: Path) -> str:
+    """Same spec and same files: the running backend stays (a reload keeps it warm)."""
+    return spec.model_dump_json() + output_fingerprint(spec, base_dir)
 
 
 class DeploymentFailed(Exception):
@@ -136,12 +147,13 @@ class Deployments:
         next_map: dict[str, Deployment] = {}
         for key, (target, spec) in wanted.items():
             current = self._by_key.get(key)
-            unchanged = current is not None and _fingerprint(current.spec) == _fingerprint(spec)
+            fingerprint = _fingerprint(spec, self.base_dir)
+            unchanged = current is not None and current.fingerprint == fingerprint
             if current is not None and unchanged and current.error is None:
                 next_map[key] = current
                 continue
             backend = build_backend(spec, base_dir=self.base_dir, name=key, url=target.replica)
-            dep = Deployment(target, spec, backend)
+            dep = Deployment(target, spec, backend, fingerprint=fingerprint)
             fresh.append(dep)
             next_map[key] = dep
             if current is not None:

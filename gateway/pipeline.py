@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 
+#: image URLs of one request fetched at once
+URL_FETCHES_PER_REQUEST = 8
+
+
 def decode_inputs(req: InferRequest, max_image_bytes: int) -> list[InputItem]:
     """Wire inputs -> :class:`InputItem`; base64 is checked here, image content by the backend."""
     items: list[InputItem] = []
@@ -103,15 +107,22 @@ class Pipeline:
                     )
                 ],
             )
-        fetched = await asyncio.gather(
-            *(fetch_image(url, allow_hosts=allowed) for _, url in urls),
-            return_exceptions=True,
-        )
+        # a few at a time: one request must not open hundreds of outbound connections
+        gate = asyncio.Semaphore(URL_FETCHES_PER_REQUEST)
+
+        async def fetch(url: str) -> bytes:
+            async with gate:
+                return await fetch_image(
+                    url, allow_hosts=allowed, max_bytes=self.rt.settings.max_body_bytes
+                )
+
+        fetched = await asyncio.gather(*(fetch(url) for _, url in urls), return_exceptions=True)
         out = list(items)
         for (i, _), result in zip(urls, fetched, strict=True):
             if isinstance(result, PrismError):
-                result.errors = result.errors or [
-                    FieldError(f"inputs[{i}].image.url", result.detail)
+                path = f"inputs[{i}].image.url"
+                result.errors = [FieldError(path, e.message) for e in result.errors] or [
+                    FieldError(path, result.detail)
                 ]
                 raise result
             if isinstance(result, BaseException):

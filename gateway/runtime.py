@@ -86,9 +86,7 @@ class Runtime:
         return self._policy
 
     def load_policy(self) -> CompiledPolicy:
-        compiled = compile_policy_file(str(self.settings.policy))
-        compiled.base_dir = Path(self.settings.data_dir)
-        return compiled
+        return compile_policy_file(str(self.settings.policy), Path(self.settings.data_dir))
 
     async def start(self) -> None:
         if self._policy is None:

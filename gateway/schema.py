@@ -21,9 +21,9 @@ class _Wire(BaseModel):
 class ImageRef(_Wire):
     """An image by value (base64 of PNG/JPEG/WebP/GIF bytes) or, where a route allows, by URL."""
 
-    base64: str | None = Field(None, description="base64 of the encoded image file")
+    base64: str | None = Field(None, min_length=1, description="base64 of the encoded image file")
     url: str | None = Field(
-        None, description="http(s) URL; refused unless the model allows its host"
+        None, min_length=1, description="http(s) URL; refused unless the model allows its host"
     )
 
     @model_validator(mode="after")
@@ -67,6 +67,14 @@ class InferRequest(_Wire):
     parameters: dict[str, Any] = Field(default_factory=dict)
     routing: Routing = Field(default_factory=Routing)
     cache: Literal["use", "bypass", "refresh"] = "use"
+
+    @model_validator(mode="after")
+    def _labels_mean_classify(self) -> InferRequest:
+        """``parameters.labels`` without a ``task`` asks for classification (as the KServe
+        door reads it); an explicit ``task`` always wins."""
+        if "task" not in self.model_fields_set and "labels" in self.parameters:
+            self.task = Task.CLASSIFY
+        return self
 
     @model_validator(mode="after")
     def _split_model_at_version(self) -> InferRequest:

@@ -121,7 +121,7 @@ def create_worker_app(
     policy: Path, model_ref: str, *, data_dir: Path | None = None, timeout_s: float = 30.0
 ) -> Litestar:
     """A KServe v2 app serving ``model_ref`` (``NAME``, ``NAME@VERSION`` or ``NAME@LABEL``)."""
-    compiled = compile_policy_file(str(policy))
+    compiled = compile_policy_file(str(policy), data_dir)
     name, _, wanted = model_ref.partition("@")
     version = compiled.resolve_version(name, wanted or None)
     spec = compiled.spec(name, version)

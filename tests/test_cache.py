@@ -85,12 +85,19 @@ async def test_response_cache_counts_and_corrupt_entries_are_misses() -> None:
     cache = ResponseCache(store)
     vec = np.ones(4, dtype=np.float32)
     assert await cache.set_many({"k": {"embedding": vec}}, ttl_s=60)
-    await store.set_many({"bad": b"not ours"}, 60)
-    got = await cache.get_many(["k", "bad", "missing"])
+    good = encode_output({"embedding": vec})
+    corrupt = {
+        "bad": b"not ours",
+        "short": good[:4] + b"\x01",  # our magic, then a truncated length
+        "cut": good[: len(good) // 2],  # a write cut short
+        "foreign-array": good.replace(b'"f4"', b'"f8"'),  # a dtype this codec never writes
+    }
+    await store.set_many(corrupt, 60)
+    got = await cache.get_many(["k", *corrupt, "missing"])
     assert got is not None
     np.testing.assert_array_equal(got[0]["embedding"], vec)  # type: ignore[index]
-    assert got[1:] == [None, None]
-    assert (cache.stats.hits, cache.stats.misses) == (1, 2)
+    assert got[1:] == [None] * (len(corrupt) + 1)
+    assert (cache.stats.hits, cache.stats.misses) == (1, len(corrupt) + 1)
 
 
 async def test_redis_down_serves_uncached_then_recovers() -> None:

@@ -144,6 +144,7 @@ def _problem(r, status: int) -> dict:  # type: ignore[no-untyped-def]
             "inputs[0].image.base64",
         ),
         ('{"inputs": [{"image": {}}]}', 422, "invalid_input", "inputs[0].image"),
+        ('{"inputs": [{"image": {"url": ""}}]}', 422, "invalid_input", "inputs[0].image.url"),
         ('{"model": "nope", "inputs": [{"text": "x"}]}', 404, "model_not_found", None),
         (
             '{"model": "fake", "version": "9", "inputs": [{"text": "x"}]}',
@@ -347,3 +348,12 @@ async def test_model_at_version_reads_like_the_openai_door(client: AsyncTestClie
     clash = {"model": "fake@canary", "version": "1", "inputs": [{"text": "x"}]}
     problem = _problem(await client.post("/v1/infer", json=clash), 422)
     assert "names version 'canary' but 'version' is '1'" in problem["detail"]
+
+
+async def test_labels_without_a_task_mean_classify(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    body = {"model": "fake", "inputs": [{"text": "x"}], "parameters": {"labels": ["a", "b"]}}
+    r = await client.post("/v1/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert [x["label"] for x in r.json()["outputs"][0]["labels"]] in (["a", "b"], ["b", "a"])
+    explicit = await client.post("/v1/infer", json={**body, "task": "embed"})
+    assert "embedding" in explicit.json()["outputs"][0]  # an explicit task wins

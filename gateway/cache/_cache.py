@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,8 +92,10 @@ class ResponseCache:
         for blob in blobs:
             try:
                 out.append(decode_output(blob) if blob is not None else None)
-            except ValueError:
-                out.append(None)  # a foreign or corrupt entry is a miss, never an error
+            except (ValueError, KeyError, TypeError, IndexError, struct.error):
+                # a foreign or corrupt entry (someone else's key, a truncated write, another
+                # codec version) is a miss, never an error
+                out.append(None)
         hits = sum(o is not None for o in out)
         self.stats.hits += hits
         self.stats.misses += len(out) - hits

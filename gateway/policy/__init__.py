@@ -1,5 +1,7 @@
 """Policy: the YAML document operators edit, its validation and its compiled runtime form."""
 
+from pathlib import Path
+
 from ._compiled import CompiledPolicy, Decision, RequestFacts, Target
 from ._document import (
     Arm,
@@ -49,10 +51,7 @@ __all__ = [
 ]
 
 
-def compile_policy_file(path: str) -> CompiledPolicy:
-    """Load, validate and compile a policy file; raises PolicyLoadError with file:line."""
-    from pathlib import Path
-
-    doc = load_policy_file(path)
-    p = Path(path).resolve()
-    return CompiledPolicy(doc, source=str(path), base_dir=p.parent)
+def compile_policy_file(path: str, base_dir: Path | None = None) -> CompiledPolicy:
+    """Load, validate and compile a policy file; raises PolicyLoadError with file:line.
+    Relative model paths resolve in ``base_dir`` (default: the current directory)."""
+    return CompiledPolicy(load_policy_file(path), source=str(path), base_dir=base_dir)

@@ -105,7 +105,7 @@ class CompiledPolicy:
         #: (model, version) -> digest of what the version answers: part of every cache key
         #: and experiment counter, so a version redefined in place starts afresh
         self._fingerprints = {
-            (name, version): output_fingerprint(spec)
+            (name, version): output_fingerprint(spec, self.base_dir)
             for name, entry in doc.models.items()
             for version, spec in entry.versions.items()
         }

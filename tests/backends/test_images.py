@@ -136,6 +136,8 @@ def test_too_many_pixels_is_refused_before_decoding() -> None:
         ("http://169.254.169.254/latest/meta-data", ["169.254.169.254"]),  # link-local
         ("http://0.0.0.0/a.png", ["0.0.0.0"]),
         ("http://[::ffff:127.0.0.1]/a.png", ["::ffff:127.0.0.1"]),
+        ("http://a..example.com/a.png", ["*.example.com"]),  # empty label: not resolvable
+        ("http://" + "a" * 300 + ".example.com/a.png", ["*.example.com"]),  # label too long
     ],
 )
 async def test_fetch_refusals(url: str, allow: list[str]) -> None:
