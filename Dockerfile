@@ -1,7 +1,8 @@
 # Prism gateway and workers: one image, the command picks the role.
 #   docker build -t prism-gateway:latest .
 #   docker run -p 8080:8080 prism-gateway:latest            # gateway, default policy
-#   docker run prism-gateway:latest prism worker --policy policies/default.yaml --model text-embed@1 --port 9000
+#   docker run -p 9000:9000 prism-gateway:latest \
+#     prism worker --policy policies/default.yaml --model text-embed@1 --host 0.0.0.0 --port 9000
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 PRISM_DATA_DIR=/app
@@ -18,4 +19,4 @@ RUN pip install --upgrade pip && pip install .
 RUN prism demo build --out /app/models
 
 EXPOSE 8080
-CMD ["prism", "serve", "--host", "0.0.0.0", "--port", "8080", "--data-dir", "/app"]
+CMD ["prism", "serve", "--policy", "/app/policies/default.yaml", "--host", "0.0.0.0", "--port", "8080", "--data-dir", "/app"]

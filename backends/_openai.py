@@ -111,9 +111,10 @@ class OpenAIBackend(RemoteBackend):
         }
         body.update({k: parameters[k] for k in _PASS_THROUGH if k in parameters})
         resp = await self.call("POST", "/embeddings", json_body=body, timeout_s=timeout_s)
-        return self._parse(self.parse_json(resp), len(texts))
+        shortened = "dimensions" in body
+        return self._parse(self.parse_json(resp), len(texts), shortened=shortened)
 
-    def _parse(self, doc: Any, n: int) -> list[Output]:
+    def _parse(self, doc: Any, n: int, *, shortened: bool = False) -> list[Output]:
         data = doc.get("data") if isinstance(doc, dict) else None
         if not isinstance(data, list) or len(data) != n:
             got = len(data) if isinstance(data, list) else "no"
@@ -125,11 +126,16 @@ class OpenAIBackend(RemoteBackend):
             index = entry.get("index", pos)
             if not isinstance(index, int) or not 0 <= index < n or index in rows:
                 raise self.garbage(f"data[{pos}].index {index!r} is not a fresh index < {n}")
-            rows[index] = self._vector(entry.get("embedding"), pos)
+            vector = self._vector(entry.get("embedding"), pos)
+            if not np.isfinite(vector).all():  # NaN/inf would be cached and served as null
+                raise self.garbage(f"data[{pos}].embedding has non-finite values")
+            rows[index] = vector
         dims = {v.shape[0] for v in rows.values()}
         if len(dims) != 1 or 0 in dims:
             raise self.garbage(f"embeddings of different or zero widths {sorted(dims)}")
-        self._dim = dims.pop()
+        width = dims.pop()
+        if not shortened:  # a caller's `dimensions` is not the model's width
+            self._dim = width
         return [{"embedding": rows[i]} for i in range(n)]
 
     def _vector(self, raw: Any, pos: int) -> np.ndarray:

@@ -211,6 +211,8 @@ def tensors_to_outputs(task: Task, tensors: Sequence[Tensor], n: int) -> list[Ou
         if len(t.shape) != 2 or t.shape[0] != n or not isinstance(t.data, np.ndarray):
             raise TensorFormatError(f"'embedding' has shape {list(t.shape)}, expected [{n}, dim]")
         matrix = t.data.astype(np.float32).reshape(t.shape)
+        if not np.isfinite(matrix).all():  # NaN/inf would be cached and served as null
+            raise TensorFormatError("'embedding' has non-finite values")
         return [{"embedding": np.ascontiguousarray(row)} for row in matrix]
     ids_name = "label" if task is Task.CLASSIFY else "item"
     ids, scores = by_name[ids_name], by_name["score"]

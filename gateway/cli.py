@@ -15,6 +15,13 @@ from pathlib import Path
 Handler = Callable[[argparse.Namespace], int]
 
 
+def configure_logging(level: str) -> None:
+    """One format for every Prism process; one line per upstream call is noise, not news."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def run_http(app: object, host: str, port: int, log_level: str) -> None:
     """Serve an ASGI app with uvicorn the way every Prism process does."""
     import uvicorn
@@ -39,9 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[name] = value
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     from .policy import PolicyLoadError, load_policy_file
 
     try:  # refuse a bad file up front, with file:line: reason, not a startup traceback

@@ -105,8 +105,14 @@ class Deployments:
             if isinstance(d.backend, LocalBackend)
         )
 
-    def routes_without_healthy_target(self, policy: CompiledPolicy) -> list[str]:
-        """Routes none of whose targets or fallbacks the health probes currently find up."""
+    def routes_without_healthy_target(
+        self, policy: CompiledPolicy, *, local_only: bool = False
+    ) -> list[str]:
+        """Routes none of whose targets or fallbacks the health probes currently find up.
+
+        ``local_only``: only routes with an in-process target, the ones this process can
+        fix by loading a model. Readiness asks that: a remote provider's outage must not take
+        every replica out of a load balancer (the other routes still serve)."""
         down: list[str] = []
         for route in policy.document.routes:
             refs = [*route.target_refs, *route.fallback]
@@ -114,6 +120,8 @@ class Deployments:
             for ref in refs:
                 version = policy.resolve_version(ref.model, ref.version)
                 targets.extend(policy.targets_for(ref.model, version))
+            if local_only and not any(t.replica is None for t in targets):
+                continue
             if not any(self.probe_ok(t) for t in targets):
                 down.append(route.name)
         return down

@@ -222,11 +222,12 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        """Serving: loading has settled and every route has a target that is up."""
+        """Serving: loading has settled and every route with a local target has one up
+        (remote outages are reported by /readyz, but they do not make this process unready)."""
         return (
             self._policy is not None
             and self.deployments.settled
-            and not self.deployments.routes_without_healthy_target(self._policy)
+            and not self.deployments.routes_without_healthy_target(self._policy, local_only=True)
         )
 
     async def aclose(self) -> None:

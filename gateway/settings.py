@@ -7,7 +7,15 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+def _default_policy() -> Path:
+    """The checkout's policies/default.yaml (an editable install, ``make serve``), else the
+    one in the working directory (an installed wheel: the Docker image runs in /app)."""
+    beside_code = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+    return beside_code if beside_code.exists() else Path("policies") / "default.yaml"
+
+
+DEFAULT_POLICY = _default_policy()
 
 
 class Settings(BaseSettings):

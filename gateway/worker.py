@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -22,7 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Response, get
+from litestar import Litestar, Response, get, head
 from litestar.datastructures import State
 from litestar.di import Provide
 
@@ -118,7 +119,12 @@ class BackendModelServer:
 
 
 def create_worker_app(
-    policy: Path, model_ref: str, *, data_dir: Path | None = None, timeout_s: float = 30.0
+    policy: Path,
+    model_ref: str,
+    *,
+    data_dir: Path | None = None,
+    timeout_s: float = 30.0,
+    max_body_bytes: int = 16 * 2**20,
 ) -> Litestar:
     """A KServe v2 app serving ``model_ref`` (``NAME``, ``NAME@VERSION`` or ``NAME@LABEL``)."""
     compiled = compile_policy_file(str(policy), data_dir)
@@ -148,10 +154,18 @@ def create_worker_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @head("/healthz", sync_to_thread=False)
+    def healthz_head() -> None:
+        return None
+
     @get("/readyz")
     async def readyz() -> Response[dict[str, Any]]:
         ok = await backend.health()
         return Response({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+    @head("/readyz")
+    async def readyz_head() -> Response[None]:
+        return Response(None, status_code=200 if await backend.health() else 503)
 
     @get("/metrics", media_type="text/plain; version=0.0.4", sync_to_thread=False)
     def metrics_endpoint() -> bytes:
@@ -164,7 +178,9 @@ def create_worker_app(
         route_handlers=[
             kserve_router(Provide(provide_server, sync_to_thread=False)),
             healthz,
+            healthz_head,
             readyz,
+            readyz_head,
             metrics_endpoint,
         ],
         lifespan=[lifespan],
@@ -172,17 +188,22 @@ def create_worker_app(
         state=State({"metrics": metrics, "models": {name: compiled.models[name]}}),
         openapi_config=None,
         request_class=PrismRequest,
+        request_max_body_size=max_body_bytes,
         debug=False,
     )
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from .cli import configure_logging
+
+    configure_logging(args.log_level)
     try:
         app = create_worker_app(
-            args.policy, args.model, data_dir=args.data_dir, timeout_s=args.timeout_s
+            args.policy,
+            args.model,
+            data_dir=args.data_dir,
+            timeout_s=args.timeout_s,
+            max_body_bytes=args.max_body_bytes,
         )
     except PrismError as exc:
         print(f"prism worker: {exc.detail}", file=sys.stderr)
@@ -214,4 +235,11 @@ def add_worker_parser(sub: Any) -> None:
         "--timeout-s", type=float, default=30.0, help="deadline per request (default 30)"
     )
     worker.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    worker.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=int(os.environ.get("PRISM_MAX_BODY_BYTES", 16 * 2**20)),
+        help="larger requests get 413; keep it at least the gateway's "
+        "(default: PRISM_MAX_BODY_BYTES, else 16 MiB)",
+    )
     worker.set_defaults(handler=_run)

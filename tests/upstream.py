@@ -12,6 +12,7 @@ garbage   200 with a body that is not JSON
 500 / 503 that status with an error body
 400       that status with an error body in the protocol's format
 wrong-shape  JSON of the right kind with the wrong number of rows
+nan       the right shape, with NaN and infinity in the vectors
 close     reads the request and closes the connection without a word
 ========= ===========================================================================
 
@@ -40,7 +41,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-MODES = ("ok", "slow", "hang", "garbage", "500", "503", "400", "wrong-shape", "close")
+MODES = ("ok", "slow", "hang", "garbage", "500", "503", "400", "wrong-shape", "nan", "close")
 
 
 def vector(text: str, dim: int) -> np.ndarray:
@@ -232,6 +233,8 @@ class Upstream:
                 [vector(t, self.dim) for t in texts]
                 + ([vector("x", self.dim)] if rows > len(texts) else [])
             )
+            if mode == "nan":
+                matrix[:, :2] = [np.nan, np.inf]
             outputs = [("embedding", "FP32", [rows, self.dim], matrix.ravel())]
         binary = bool(params.get("binary_data_output"))
         entries, blob = [], b""
@@ -296,6 +299,8 @@ class Upstream:
         data = []
         for i, t in enumerate(texts):
             vec = vector(t, self.dim)
+            if mode == "nan":
+                vec[:2] = [np.nan, np.inf]
             emb: Any = (
                 base64.b64encode(vec.astype("<f4").tobytes()).decode()
                 if req.get("encoding_format") == "base64"

@@ -26,7 +26,8 @@ def route_headers(resp: InferResponse) -> dict[str, str]:
 
 
 def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
-    """200 once loading has settled and every route has a target up; else 503 saying why."""
+    """200 once loading has settled and every route with a local target has one up (routes
+    whose remote targets are all down are listed, status "degraded"); else 503 saying why."""
     deployments = runtime.deployments
     models = {
         d.target.key: (
@@ -38,13 +39,10 @@ def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
     }
     settled = deployments.settled
     down = deployments.routes_without_healthy_target(runtime.policy) if settled else []
-    ready = settled and not down
+    ready = runtime.ready  # remote-only routes that are down degrade, they do not unready
+    status = ("degraded" if down else "ready") if ready else "not ready"
     return Response(
-        {
-            "status": "ready" if ready else "not ready",
-            "models": models,
-            **({"routes_down": down} if down else {}),
-        },
+        {"status": status, "models": models, **({"routes_down": down} if down else {})},
         status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
         headers={} if ready else {"Retry-After": "5"},
     )
@@ -98,7 +96,11 @@ class NativeController(Controller):
         full = readiness(runtime)
         return Response(None, status_code=full.status_code, headers=dict(full.headers))
 
-    @get("/readyz", summary="Readiness: the policy's local models are loaded", opt={"public": True})
+    @get(
+        "/readyz",
+        summary="Readiness: local models loaded, every local route servable",
+        opt={"public": True},
+    )
     async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
         return readiness(runtime)
 

@@ -31,6 +31,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from backends import (
+    BackendError,
     BadRequest,
     FieldError,
     InputItem,
@@ -182,10 +183,8 @@ class OpenAIController(Controller):
         data = []
         for i, out in enumerate(answer.outputs):
             vec = np.asarray(out["embedding"], dtype=np.float32)
-            if dims is not None and vec.shape[0] != dims:
-                raise OpenAIRequestError(
-                    f"model {name!r} answered {vec.shape[0]} dimensions, not {dims}", "dimensions"
-                )
+            if dims is not None and vec.shape[0] != dims:  # the upstream ignored the request
+                raise BackendError(f"model {name!r} answered {vec.shape[0]} dimensions, not {dims}")
             emb: Any = (
                 base64.b64encode(vec.astype("<f4").tobytes()).decode()
                 if fmt == "base64"

@@ -152,9 +152,10 @@ async def test_upstream_calls_show_in_metrics(gw: Client) -> None:
 async def test_openai_door_passes_dimensions_to_an_openai_upstream(gw: Client) -> None:
     ok = await gw.post("/v1/embeddings", json={"model": "o-ok", "input": "x", "dimensions": 8})
     assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 8
-    # this upstream ignores `dimensions`: Prism notices the width is not what was asked
+    # this upstream ignores `dimensions`: Prism notices the width is not what was asked, and
+    # says so as the upstream's fault (502), not the caller's
     r = await gw.post("/v1/embeddings", json={"model": "o-ok", "input": "x", "dimensions": 4})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
+    assert r.status_code == 502 and r.json()["error"]["type"] == "server_error"
     assert "answered 8 dimensions, not 4" in r.json()["error"]["message"]
     # a KServe model is not an OpenAI upstream: only its own width is accepted
     r = await gw.post("/v1/embeddings", json={"model": "k-ok", "input": "x", "dimensions": 4})

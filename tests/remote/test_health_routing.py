@@ -53,9 +53,11 @@ routes:
             up_b.healthy = False
             await asyncio.sleep(0.5)
             down = await c.get("/readyz")
-            assert down.status_code == 503
+            # a remote outage is reported, but it does not take this replica out of a load
+            # balancer: no model here could be loaded to fix it, other routes still serve
+            assert down.status_code == 200
+            assert down.json()["status"] == "degraded"
             assert down.json()["routes_down"] == ["text"]
-            assert down.headers["retry-after"]
             # nothing healthy is left: the probes may be stale, so calls are still attempted
             assert (await c.post("/v1/infer", json={"inputs": [{"text": "y"}]})).status_code == 200
     finally:

@@ -81,6 +81,7 @@ async def test_kserve_reads_capabilities_from_metadata_and_classifies(make) -> N
     [
         ("garbage", BackendError, "answered garbage"),
         ("wrong-shape", BackendError, "answered garbage"),
+        ("nan", BackendError, "answered garbage"),
         ("500", BackendError, "failed (500)"),
         ("503", BackendUnavailable, "unavailable (503)"),
         ("400", UpstreamRejected, "rejected the request (400): failure 400 on purpose"),
