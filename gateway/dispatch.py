@@ -3,7 +3,8 @@
 One request's life here: the selector orders the route's targets (strategy, latency budget,
 open circuits); the first is called, optionally hedged by a second target; failures worth
 retrying are retried on the next target with exponential backoff and jitter, then the
-route's fallbacks are tried in order; everything inside the route's ``timeout_ms`` deadline.
+route's fallbacks are tried in order; everything inside the route's ``timeout_ms`` deadline,
+each attempt within ``attempt_timeout_ms`` when the route sets one.
 Every call updates its target's :class:`~gateway.routing.LatencyTracker` and
 :class:`~gateway.routing.CircuitBreaker`. The caller's mistakes are raised at once.
 """
@@ -145,7 +146,11 @@ class Dispatcher:
             if n > 0 and not is_fallback:
                 await self._backoff(n, deadline)
             alternate = self._alternate(target, primary, fallback) if n == 0 else None
-            done = await self._attempt(target, alternate, route, task, items, parameters, deadline)
+            # a per-attempt limit leaves the rest of the deadline to retries and fallbacks
+            until = deadline
+            if route.attempt_timeout_ms is not None:
+                until = min(deadline, time.perf_counter() + route.attempt_timeout_ms / 1000)
+            done = await self._attempt(target, alternate, route, task, items, parameters, until)
             calls += done.calls
             if done.error is not None:
                 if not _worth_retrying(done.error):

@@ -83,6 +83,9 @@ class Route(_Doc):
     targets: list[TargetRef] = Field(default_factory=list)
     cache: CacheRule = Field(default_factory=CacheRule)
     timeout_ms: float = Field(30_000, gt=0, le=600_000)
+    #: the most one attempt (a retry, a fallback) may take of ``timeout_ms``; unset: all
+    #: that is left, so a hanging first target leaves no time to fall back (Envoy's per-try)
+    attempt_timeout_ms: float | None = Field(None, gt=0, le=600_000)
     retries: int = Field(0, ge=0, le=10)
     fallback: list[TargetRef] = Field(default_factory=list)
     latency: LatencyRule = Field(default_factory=LatencyRule)
@@ -91,6 +94,12 @@ class Route(_Doc):
     #: send a second attempt to another target after this long (or at the first's p95)
     hedge_after_ms: float | Literal["p95"] | None = None
     circuit: CircuitRule = Field(default_factory=CircuitRule)
+
+    @model_validator(mode="after")
+    def _attempts_fit_the_deadline(self) -> Route:
+        if self.attempt_timeout_ms is not None and self.attempt_timeout_ms > self.timeout_ms:
+            raise ValueError("attempt_timeout_ms must not exceed timeout_ms")
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_name_targets(self) -> Route:

@@ -191,3 +191,16 @@ async def test_timeouts_under_load_never_open_a_circuit() -> None:
         assert all(q.status_code == 503 and q.headers["Retry-After"] == "1" for q in queued)
         health = d.health.of(p.decide(TEXT).targets[0])
         assert health.breaker.state == "closed" and health.tracker.failures == 0
+
+
+async def test_an_attempt_timeout_leaves_time_to_fall_back() -> None:
+    route = (
+        "    model: m\n    version: '1'\n    timeout_ms: 3000\n    attempt_timeout_ms: 200\n"
+        "    fallback: [{model: m, version: '2'}]"
+    )
+    async with deployed(policy(route, **{"1": "latency_ms: 1500", "2": "seed: 2"})) as (p, d):
+        started = time.perf_counter()
+        result = await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {})
+        assert result.target.key == "m@2/local" and result.fallback
+        assert time.perf_counter() - started < 1.4  # not the 1.5 s of the slow first target
+        assert "m@1/local failed (model_timeout)" in result.reason
