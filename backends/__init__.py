@@ -27,6 +27,8 @@ from ._errors import (
     QueueTimeout,
     Unauthorized,
     UnsupportedMediaType,
+    UpstreamBusy,
+    UpstreamRefused,
     UpstreamRejected,
     VersionNotFound,
 )
@@ -93,6 +95,8 @@ __all__ = [
     "TextEncoderSpec",
     "Unauthorized",
     "UnsupportedMediaType",
+    "UpstreamBusy",
+    "UpstreamRefused",
     "UpstreamRejected",
     "VersionNotFound",
     "build_backend",

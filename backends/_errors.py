@@ -191,11 +191,31 @@ class BackendError(PrismError):
 
 
 class UpstreamRejected(BackendError):
-    """A remote server answered 4xx: the request itself is wrong there; retrying won't help."""
+    """A remote server answered 400/413/422...: the request itself is wrong there; retrying
+    won't help, and it says nothing about the upstream's health."""
 
     code = "upstream_rejected"
     title = "Upstream rejected the request"
     retryable = False
+    blames_target = False
+
+
+class UpstreamRefused(BackendError):
+    """A remote server answered 401/403/404: this target is misconfigured (a wrong key, a
+    wrong ``remote_model``). Another target or a fallback may serve; its circuit counts it."""
+
+    code = "upstream_refused"
+    title = "Upstream refused the request"
+
+
+class UpstreamBusy(BackendError):
+    """A remote server answered 429 or 408: load, passed on as 503 with its Retry-After.
+    Another replica or a fallback may serve; it does not count against the upstream."""
+
+    status_code = 503
+    code = "upstream_busy"
+    title = "Upstream busy"
+    blames_target = False
 
 
 class BackendTimeout(BackendError):

@@ -10,7 +10,9 @@ what happened                      raised
 deadline passed, read/write timeout :class:`BackendTimeout` (504, retryable)
 refused, reset, closed, DNS         :class:`BackendUnavailable` (502, retryable)
 upstream 5xx                        :class:`BackendError` (502, retryable)
-upstream 4xx                        :class:`UpstreamRejected` (502, not retryable)
+upstream 408 / 429                  :class:`UpstreamBusy` (503 + its Retry-After, retryable)
+upstream 401 / 403 / 404            :class:`UpstreamRefused` (502, retryable elsewhere)
+other upstream 4xx                  :class:`UpstreamRejected` (502, not retryable)
 not JSON / wrong shapes             :class:`BackendError` "upstream answered garbage"
 ================================== ==================================================
 
@@ -38,6 +40,8 @@ from ._errors import (
     BackendTimeout,
     BackendUnavailable,
     PrismError,
+    UpstreamBusy,
+    UpstreamRefused,
     UpstreamRejected,
 )
 
@@ -252,8 +256,17 @@ class RemoteBackend(Backend):
         if status < 300:
             return
         where = f"upstream {self.base_url}"
-        extra = {"upstream": self.base_url, "upstream_status": status}
+        extra = {"upstream_status": status}
         message = _upstream_message(resp)
+        if status in (408, 429):
+            wait = resp.headers.get("retry-after", "")
+            raise UpstreamBusy(
+                f"{where} is busy ({status}): {message}",
+                extra=extra,
+                headers={"Retry-After": wait if wait.isdigit() else "1"},
+            )
+        if status in (401, 403, 404):
+            raise UpstreamRefused(f"{where} refused the request ({status}): {message}", extra=extra)
         if 400 <= status < 500:
             raise UpstreamRejected(
                 f"{where} rejected the request ({status}): {message}", extra=extra

@@ -10,6 +10,8 @@ slow      the same, after ``slow_s`` seconds
 hang      never answers (until the client gives up)
 garbage   200 with a body that is not JSON
 500 / 503 that status with an error body
+401       that status (a wrong key): the target is misconfigured
+429       that status with Retry-After: 7
 400       that status with an error body in the protocol's format
 wrong-shape  JSON of the right kind with the wrong number of rows
 nan       the right shape, with NaN and infinity in the vectors
@@ -41,7 +43,10 @@ from urllib.parse import unquote
 
 import numpy as np
 
-MODES = ("ok", "slow", "hang", "garbage", "500", "503", "400", "wrong-shape", "nan", "close")
+MODES = (
+    "ok", "slow", "hang", "garbage", "500", "503", "400", "401", "429", "wrong-shape", "nan",
+    "close",
+)  # fmt: skip
 
 
 def vector(text: str, dim: int) -> np.ndarray:
@@ -175,8 +180,11 @@ class Upstream:
             raise _Close
         elif mode == "garbage":
             return 200, b"<html>this is not json{", {"Content-Type": "application/json"}
-        elif mode in ("500", "503", "400"):
+        elif mode in ("500", "503", "400", "401"):
             return self._json(int(mode), error(f"failure {mode} on purpose"))
+        elif mode == "429":
+            status, body, headers = self._json(429, error("slow down"))
+            return status, body, {**headers, "Retry-After": "7"}
         return None
 
     # --- KServe v2 ---------------------------------------------------------------------------

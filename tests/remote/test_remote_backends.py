@@ -23,6 +23,8 @@ from backends import (
     KServeSpec,
     OpenAISpec,
     Task,
+    UpstreamBusy,
+    UpstreamRefused,
     UpstreamRejected,
     build_backend,
 )
@@ -85,6 +87,8 @@ async def test_kserve_reads_capabilities_from_metadata_and_classifies(make) -> N
         ("500", BackendError, "failed (500)"),
         ("503", BackendUnavailable, "unavailable (503)"),
         ("400", UpstreamRejected, "rejected the request (400): failure 400 on purpose"),
+        ("401", UpstreamRefused, "refused the request (401): failure 401 on purpose"),
+        ("429", UpstreamBusy, "is busy (429): slow down"),
         ("close", BackendUnavailable, "unreachable"),
     ],
 )
@@ -98,8 +102,12 @@ async def test_failures_map_into_the_exception_tree(
     assert type(exc) is error, repr(exc)
     assert message in exc.detail and upstream.url in exc.detail
     assert "Traceback" not in exc.detail
-    assert exc.status_code == 502
-    assert exc.retryable == (mode != "400")  # a 4xx will not get better elsewhere
+    assert exc.status_code == (503 if mode == "429" else 502)
+    assert exc.retryable == (mode != "400")  # the caller's bad input is bad everywhere
+    # load and the caller's mistakes never open the upstream's circuit
+    assert exc.blames_target == (mode not in ("400", "429"))
+    if mode == "429":
+        assert exc.headers["Retry-After"] == "7"
 
 
 @pytest.mark.parametrize("kind", ["kserve", "openai"])
