@@ -107,13 +107,16 @@ class Dispatcher:
         started = time.perf_counter()
         route = decision.route
         deadline = started + decision.timeout_s
+        # a target's breaker takes the settings of routes that set them: the implicit
+        # model:NAME route (defaults) must not reset a circuit another route configured
+        circuit = route.circuit if "circuit" in route.model_fields_set else None
         selection = self.selector.select(
             decision.rule,
             decision.targets,
             route.latency,
             budget_ms=budget_ms,
             strict=route.strict,
-            circuit=route.circuit,
+            circuit=circuit,
         )
         notes: list[str] = []
         # targets the health probes find down go last: the probe may be stale, so they are
@@ -123,7 +126,7 @@ class Dispatcher:
             [
                 t
                 for t in decision.fallback
-                if self.health.of(t, route.circuit).breaker.available() and t not in primary
+                if self.health.of(t, circuit).breaker.available() and t not in primary
             ],
             notes,
         )

@@ -204,3 +204,22 @@ async def test_an_attempt_timeout_leaves_time_to_fall_back() -> None:
         assert result.target.key == "m@2/local" and result.fallback
         assert time.perf_counter() - started < 1.4  # not the 1.5 s of the slow first target
         assert "m@1/local failed (model_timeout)" in result.reason
+
+
+async def test_the_implicit_model_route_keeps_a_circuit_another_route_configured() -> None:
+    route = (
+        "    match: {headers: {x-tenant: a}}\n    model: m\n    version: '1'\n"
+        "    circuit: {failures: 2, cooldown_s: 4}"
+    )
+    async with deployed(policy(route, **{"1": ""})) as (p, d):
+        tenant = RequestFacts(
+            modalities=frozenset({Modality.TEXT}), task=Task.EMBED, headers={"x-tenant": "a"}
+        )
+        await d.run(p.decide(tenant), Task.EMBED, ITEMS, {})
+        target = p.decide(tenant).targets[0]
+        assert d.health.of(target).breaker.cooldown_s == 4
+        direct = RequestFacts(modalities=frozenset({Modality.TEXT}), task=Task.EMBED, model="m")
+        decision = p.decide(direct)
+        assert decision.rule == "model:m"
+        await d.run(decision, Task.EMBED, ITEMS, {})
+        assert d.health.of(target).breaker.cooldown_s == 4  # not reset to the defaults
