@@ -36,6 +36,9 @@ class PrismError(Exception):
     #: set by a backend when one input of a batch is at fault (its index in that batch),
     #: so the gateway can name the field, e.g. ``inputs[3].image``
     input_index: int | None = None
+    #: set once the pipeline counted this failure in ``prism_requests_total`` (per route),
+    #: so a door's error handler does not count it a second time
+    counted: bool = False
 
     def __init__(
         self,

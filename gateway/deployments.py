@@ -57,15 +57,29 @@ class Deployments:
         self.base_dir = base_dir
         self.load_models = load_models
         self._by_key: dict[str, Deployment] = {}
+        #: removed by a reload, closing after a grace period (see :meth:`retire`)
+        self._retiring: dict[str, Deployment] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._by_key
 
     def get(self, target: Target) -> Deployment:
-        dep = self._by_key.get(target.key)
+        # a target a reload removed still serves the requests (retries, fallbacks) of the
+        # policy they started with, until its grace period ends
+        dep = self._by_key.get(target.key) or self._retiring.get(target.key)
         if dep is None:
             raise NotReady(f"{target.key} is not deployed", retry_after_s=5)
         return dep
+
+    async def retire(self, deployments: list[Deployment], grace_s: float) -> None:
+        """Keep ``deployments`` findable for ``grace_s``, then close them."""
+        for dep in deployments:
+            self._retiring.setdefault(dep.target.key, dep)
+        await asyncio.sleep(grace_s)  # cancelled at shutdown: aclose closes them instead
+        for dep in deployments:
+            if self._retiring.get(dep.target.key) is dep:
+                del self._retiring[dep.target.key]
+        await self.close(deployments)
 
     def backend(self, target: Target) -> Backend:
         dep = self.get(target)
@@ -190,5 +204,6 @@ class Deployments:
                 log.exception("closing %s failed", dep.target.key)
 
     async def aclose(self) -> None:
-        await self.close(self.all())
+        await self.close([*self.all(), *self._retiring.values()])
         self._by_key = {}
+        self._retiring = {}

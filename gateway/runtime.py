@@ -28,6 +28,9 @@ from .settings import Settings
 
 log = logging.getLogger("prism.runtime")
 
+#: how long a backend a reload removed keeps serving requests of the previous policy
+RETIRE_GRACE_S = 30.0
+
 
 class Runtime:
     def __init__(
@@ -134,7 +137,7 @@ class Runtime:
             log.info("policy %s from %s is live", fresh.digest, fresh.source)
             if retired:
                 # models that left the policy go once in-flight requests had time to finish
-                self.spawn(self._close_later(retired))
+                self.spawn(self.deployments.retire(retired, RETIRE_GRACE_S))
             return fresh
 
     async def _deploy(self, fresh: CompiledPolicy) -> list[Any]:
@@ -152,10 +155,6 @@ class Runtime:
                 for t, why in exc.failures
             ]
             raise PolicyLoadError(issues) from exc
-
-    async def _close_later(self, retired: list[Any], grace_s: float = 30.0) -> None:
-        await asyncio.sleep(grace_s)
-        await Deployments.close(retired)
 
     # --- hooks the pipeline calls ----------------------------------------------------------
 
@@ -190,6 +189,7 @@ class Runtime:
         contention) do not, or a traffic burst would trip a guardrail on a healthy arm."""
         labels = (door, decision.rule, decision.model, decision.version, "")
         self.metrics.requests.labels(*labels, "error").inc()
+        exc.counted = True
         blames_arm = (
             exc.status_code >= 500
             and (isinstance(exc, CircuitOpen) or not isinstance(exc, Overloaded))

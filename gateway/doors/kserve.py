@@ -67,7 +67,8 @@ def v2_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # the protocol knows "bad request", not "unprocessable": a wrong input is a 400 here
     status = 400 if status == 422 else status
     code = exc.code if isinstance(exc, PrismError) else str(status)
-    _count_error(request, code)
+    if not getattr(exc, "counted", False):  # the pipeline counted failures past its decision
+        _count_error(request, code)
     return Response({"error": message}, status_code=status, headers=headers)
 
 

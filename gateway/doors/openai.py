@@ -89,7 +89,7 @@ def openai_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
         status, message, headers, code = 500, "internal error; see the gateway's logs", {}, None
     status = 400 if status == 422 else status
     rt = getattr(request.app.state, "runtime", None)
-    if rt is not None:
+    if rt is not None and not getattr(exc, "counted", False):  # the pipeline counted it
         rt.metrics.requests.labels("openai", "", "", "", "", code or str(status)).inc()
     body = {
         "error": {"message": message, "type": _error_type(status), "param": param, "code": code}

@@ -185,15 +185,15 @@ class ExperimentEngine:
                     log.warning("request ids for feedback not shared: %r", exc)
             experiments = self.experiments()
             try:
-                for name, deltas in pending.items():
+                for name, deltas in list(pending.items()):
                     await self.store.push(
                         name, {self._arm_key(name, a): d for a, d in deltas.items()}
                     )
+                    del pending[name]  # pushed: a later failure must not push these again
                     experiment = experiments.get(name)
-                    if experiment is not None:
+                    if experiment is not None:  # best effort: only the split test reads it
                         assigned = {a: ArmCounts(assigned=d.assigned) for a, d in deltas.items()}
                         await self.store.push(self._srm_key(name, experiment), assigned)
-                    pending = {k: v for k, v in pending.items() if k != name}
                 for name, experiment in experiments.items():
                     self._guards[name] = await self._guard(name, experiment)
                     await self._check_guardrails(name, experiment)

@@ -54,3 +54,30 @@ async def test_a_reload_rebuilds_a_version_whose_weights_were_overwritten(tmp_pa
         assert deployments.all()[0] is not kept and retired == [kept]
     finally:
         await deployments.aclose()
+
+
+async def test_a_removed_target_serves_out_its_grace_and_closes_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from gateway.policy import Target
+
+    overwrite(tmp_path / "w.pt", b"one")
+    deployments = Deployments(tmp_path, load_models=False)
+    await deployments.apply(compiled(tmp_path))
+    (old,) = deployments.all()
+    renamed = POLICY.replace("clip:", "other:").replace("BATCH", "{max_batch_size: 8}")
+    empty = CompiledPolicy(parse_policy(renamed), base_dir=tmp_path)
+    retired = await deployments.apply(empty)
+    assert retired == [old]
+    closing = asyncio.create_task(deployments.retire(retired, grace_s=60))
+    await asyncio.sleep(0)
+    # a request of the old policy still finds it (a retry, a fallback)
+    assert deployments.get(Target("clip", "1")) is old
+    closing.cancel()  # shutdown before the grace ended
+    await asyncio.gather(closing, return_exceptions=True)
+    closed: list[str] = []
+    old.backend.aclose = lambda: closed.append("closed") or asyncio.sleep(0)  # type: ignore[method-assign]
+    await deployments.aclose()
+    assert closed == ["closed"]
