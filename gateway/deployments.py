@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backends import (
     Backend,
     BackendSpec,
     Capabilities,
+    InputItem,
     LocalBackend,
     NotReady,
+    Output,
+    Task,
     build_backend,
     output_fingerprint,
 )
@@ -42,6 +47,35 @@ class Deployment:
 def _fingerprint(spec: BackendSpec, base_dir: Path) -> str:
     """Same spec and same files: the running backend stays (a reload keeps it warm)."""
     return spec.model_dump_json() + output_fingerprint(spec, base_dir)
+
+
+class _Unbuildable(Backend):
+    """Stands in for a backend that could not even be built: its start fails with the
+    reason, so it is reported like any model that failed to load (and a reload is refused)."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        self.name = name
+        self.error = error
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(frozenset(), frozenset())
+
+    async def start(self) -> None:
+        raise self.error
+
+    async def infer(
+        self,
+        task: Task,
+        items: Sequence[InputItem],
+        parameters: Mapping[str, Any],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Output]:
+        raise NotReady(f"{self.name} could not be built", retry_after_s=5)
+
+    async def health(self) -> bool:
+        return False
 
 
 class DeploymentFailed(Exception):
@@ -174,7 +208,10 @@ class Deployments:
             if current is not None and unchanged and current.error is None:
                 next_map[key] = current
                 continue
-            backend = build_backend(spec, base_dir=self.base_dir, name=key, url=target.replica)
+            try:
+                backend = build_backend(spec, base_dir=self.base_dir, name=key, url=target.replica)
+            except Exception as exc:  # a missing module, a spec the registry refuses
+                backend = _Unbuildable(key, exc)
             dep = Deployment(target, spec, backend, fingerprint=fingerprint)
             fresh.append(dep)
             next_map[key] = dep

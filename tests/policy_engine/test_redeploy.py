@@ -81,3 +81,35 @@ async def test_a_removed_target_serves_out_its_grace_and_closes_at_shutdown(
     old.backend.aclose = lambda: closed.append("closed") or asyncio.sleep(0)  # type: ignore[method-assign]
     await deployments.aclose()
     assert closed == ["closed"]
+
+
+async def test_a_backend_that_cannot_be_built_fails_like_one_that_cannot_load(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    import pytest
+
+    import gateway.deployments as deployments_module
+    from gateway.deployments import DeploymentFailed
+
+    def missing_module(*args: object, **kwargs: object) -> object:
+        raise ModuleNotFoundError("No module named 'open_clip'")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(deployments_module, "build_backend", missing_module)
+    try:
+        deployments = Deployments(tmp_path, load_models=False)
+        await deployments.apply(compiled(tmp_path))  # at start: reported, not a crash
+        (dep,) = deployments.all()
+        assert not dep.ready and dep.error == "ModuleNotFoundError: No module named 'open_clip'"
+        fresh = Deployments(tmp_path, load_models=False)
+        fake_only = parse_policy(
+            "version: 1\nmodels:\n  m:\n    versions:\n      '1': {backend: local, kind: fake}\n"
+        )
+        await fresh.apply(CompiledPolicy(fake_only, base_dir=tmp_path))
+        with pytest.raises(DeploymentFailed):  # on a reload: refused, nothing changes
+            await fresh.apply(compiled(tmp_path), atomic=True)
+        assert [d.target.key for d in fresh.all()] == ["m@1/local"]
+    finally:
+        mp.undo()
+        await deployments.aclose()
+        await fresh.aclose()
