@@ -51,10 +51,11 @@ def build_local_model(spec: Any, base_dir: Path) -> LocalModel:
 
 
 def replica_urls(spec: BackendSpec) -> list[str]:
-    """Every replica URL of a remote spec (``url`` first); empty for local specs."""
+    """Every replica URL of a remote spec (``url`` first, each once); empty for local specs."""
     if isinstance(spec, KServeSpec | OpenAISpec):
-        # pydantic normalises "http://h:9000" to "http://h:9000/"; keys read better without
-        return [str(u).rstrip("/") for u in (spec.url, *spec.replicas)]
+        # pydantic normalises "http://h:9000" to "http://h:9000/"; keys read better without.
+        # A URL listed twice would be two targets of one server, skewing every strategy.
+        return list(dict.fromkeys(str(u).rstrip("/") for u in (spec.url, *spec.replicas)))
     return []
 
 

@@ -175,13 +175,22 @@ class RemoteBackend(Backend):
                 self._healthy = await self.probe(self._clients[0])
         except (httpx.HTTPError, TimeoutError, ValueError, PrismError):
             self._healthy = False
-        if was != self._healthy:
-            log.info("%s is %s", self.name, "healthy" if self._healthy else "unhealthy")
+        if was != self._healthy:  # a way down is news an operator wants as a warning
+            log.log(
+                logging.INFO if self._healthy else logging.WARNING,
+                "%s is %s",
+                self.name,
+                "healthy" if self._healthy else "unhealthy",
+            )
 
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self.health_interval_s)
-            await self._probe_once(timeout_s=self.health_interval_s)
+            try:
+                await self._probe_once(timeout_s=self.health_interval_s)
+            except Exception:  # a probe that dies silently leaves health stuck forever
+                self._healthy = False
+                log.exception("health probe of %s failed unexpectedly", self.name)
 
     # --- calls ---------------------------------------------------------------------------
 

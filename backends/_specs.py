@@ -2,7 +2,8 @@
 
 Each backend declares its own settings here (pydantic, ``extra="forbid"``), so the policy
 loader in ``gateway`` validates them without knowing backends' internals, and the registry
-builds a backend from a validated spec. Paths are resolved against the policy file's folder.
+builds a backend from a validated spec. Relative paths resolve against the gateway's data
+directory (``--data-dir``, default: the working directory).
 """
 
 from __future__ import annotations

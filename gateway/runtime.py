@@ -120,7 +120,7 @@ class Runtime:
         async with self._reload_lock:
             self.last_reload_at = time.time()
             try:
-                fresh = self.load_policy()
+                fresh = await asyncio.to_thread(self.load_policy)  # YAML + validation
                 retired = await self._deploy(fresh)
             except PolicyLoadError as exc:
                 self.last_reload_error = exc.detail
