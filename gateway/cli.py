@@ -55,6 +55,13 @@ def _serve(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(f"prism serve: {issue}", file=sys.stderr)
         return 1
+    from kernels import requested_backend
+
+    try:  # a typo in PRISM_KERNELS fails here, not as a 502 on every recommendation
+        requested_backend()
+    except ValueError as exc:
+        print(f"prism serve: {exc}", file=sys.stderr)
+        return 2
     run_http(create_app(settings), settings.host, settings.port, settings.log_level)
     return 0
 

@@ -7,7 +7,7 @@ interpreter and needs ``TRITON_INTERPRET=1`` set before triton is imported. Impo
 package never imports triton.
 """
 
-from kernels._dispatch import KernelBackendError
+from kernels._dispatch import KernelBackendError, requested_backend
 from kernels._dispatch import choose as kernel_backend
 from kernels._ops import fuse_modalities, fuse_with_history, pooled_embedding_bag, score_topk
 
@@ -17,5 +17,6 @@ __all__ = [
     "fuse_with_history",
     "kernel_backend",
     "pooled_embedding_bag",
+    "requested_backend",
     "score_topk",
 ]

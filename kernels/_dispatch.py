@@ -38,9 +38,24 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
+CHOICES = ("auto", "triton", "reference")
+
+
+def requested_backend(requested: str | None = None) -> str:
+    """The call's ``backend=``, else ``$PRISM_KERNELS``, else ``auto``; ValueError if unknown
+    (a server checks this at start, so a typo fails there, not on every request)."""
+    choice = (requested or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
+    if choice not in CHOICES:
+        raise ValueError(
+            f"unknown kernel backend {choice!r} (from {ENV_BACKEND} or backend=): "
+            f"use {', '.join(CHOICES)}"
+        )
+    return choice
+
+
 def is_auto(requested: str | None = None) -> bool:
     """True when neither the call nor ``$PRISM_KERNELS`` forces a backend."""
-    return (requested or os.environ.get(ENV_BACKEND) or "auto").strip().lower() == "auto"
+    return requested_backend(requested) == "auto"
 
 
 def choose(device: torch.device, requested: str | None = None) -> Backend:
@@ -50,13 +65,11 @@ def choose(device: torch.device, requested: str | None = None) -> Backend:
     ``auto``, ``triton`` and ``reference``. ``auto`` means Triton on CUDA when Triton is
     installed, else the reference. Forcing ``triton`` on CPU tensors needs the interpreter.
     """
-    choice = (requested or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
+    choice = requested_backend(requested)
     if choice == "reference":
         return "reference"
     if choice == "auto":
         return "triton" if device.type == "cuda" and triton_installed() else "reference"
-    if choice != "triton":
-        raise ValueError(f"unknown kernel backend {choice!r}: use auto, triton or reference")
     if not triton_installed():
         raise KernelBackendError("the triton backend was requested but triton is not installed")
     if device.type != "cuda" and not interpreting():

@@ -165,12 +165,6 @@ class PipelineModelServer:
     async def ready(self) -> bool:
         return self.rt.ready
 
-    def _caps(self, model: str, version: str) -> Capabilities | None:
-        for dep in self.rt.deployments.all():
-            if dep.target.model == model and dep.target.version == version and dep.ready:
-                return dep.backend.capabilities
-        return None
-
     def describe(self, model: str, version: str | None) -> ServedModel:
         policy = self.rt.policy
         resolved = policy.resolve_version(model, version)
@@ -179,7 +173,7 @@ class PipelineModelServer:
             model,
             resolved,
             list(entry.versions),
-            self._caps(model, resolved),
+            self.rt.deployments.capabilities(model, resolved),
             entry.modalities,
             entry.tasks,
         )
