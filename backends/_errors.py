@@ -112,6 +112,14 @@ class MethodNotAllowed(PrismError):
     title = "Method not allowed"
 
 
+class Conflict(PrismError):
+    """The request clashes with what already happened (feedback given twice)."""
+
+    status_code = 409
+    code = "conflict"
+    title = "Conflict"
+
+
 class PayloadTooLarge(PrismError):
     status_code = 413
     code = "payload_too_large"
@@ -228,8 +236,9 @@ class BackendTimeout(BackendError):
 
 
 class ModelTimeout(BackendTimeout):
-    """A local model started the inputs but did not finish them by the deadline. On one
-    machine that is load (CPU contention, a long batch ahead), not a broken model: 504 with
+    """A model ran past the deadline under load: a local one that started the inputs but did
+    not finish them (CPU contention, a long batch ahead), or a remote call that first waited
+    behind the gateway's own calls for a connection. Not a broken model: 504 with
     Retry-After, and no circuit opens or guardrail trips because of it."""
 
     code = "model_timeout"

@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import json
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,7 +42,9 @@ from ._errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    ModelTimeout,
     PrismError,
+    QueueTimeout,
     UpstreamBusy,
     UpstreamRefused,
     UpstreamRejected,
@@ -86,6 +91,22 @@ def _upstream_message(resp: httpx.Response) -> str:
     return text[:MAX_UPSTREAM_MESSAGE] or resp.reason_phrase
 
 
+def _retry_after_s(value: str | None) -> int:
+    """An upstream's Retry-After (seconds or an HTTP date) as whole seconds, at least 1."""
+    if value is None:
+        return 1
+    value = value.strip()
+    if value.isdigit():
+        return max(1, int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 1
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(1, math.ceil((when - datetime.datetime.now(datetime.UTC)).total_seconds()))
+
+
 class RemoteBackend(Backend):
     """Base of the HTTP backends; subclasses implement ``infer`` with :meth:`call`."""
 
@@ -108,6 +129,8 @@ class RemoteBackend(Backend):
         self.headers = headers or {}
         self.stats = RemoteStats()
         self._clients: list[httpx.AsyncClient] = []
+        #: one per connection the upstream may see (see :meth:`call`)
+        self._slots = asyncio.Semaphore(max_connections)
         self._inflight: list[int] = []
         self._prober: asyncio.Task[None] | None = None
         self._healthy = False
@@ -210,17 +233,45 @@ class RemoteBackend(Backend):
         """One request under a deadline; returns a 2xx response or raises a mapped error."""
         if not self._clients:
             raise BackendUnavailable(f"{self.name} is not started")
+        started = time.perf_counter()
+        budget = timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S
+        # Wait for one of our max_connections here, not in httpx's pool: a deadline spent
+        # waiting behind our own traffic is load (503, the upstream is fine), one spent on
+        # the wire is the upstream's (504, its circuit counts it).
+        try:
+            async with asyncio.timeout(budget):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            self.stats.record("queue_timeout", time.perf_counter() - started)
+            raise QueueTimeout(
+                f"{self.name}: all {self.max_connections} connections busy for {budget:.3f} s",
+                retry_after_s=1,
+            ) from exc
         shard = min(range(len(self._clients)), key=self._inflight.__getitem__)
         self._inflight[shard] += 1
-        started = time.perf_counter()
+        waited = time.perf_counter() - started
         try:
-            resp = await self._request(shard, method, path, timeout_s, json_body, content, headers)
+            remaining = max(0.001, budget - waited)
+            try:
+                resp = await self._request(
+                    shard, method, path, remaining, json_body, content, headers
+                )
+            except BackendTimeout as exc:
+                if waited < 0.005:
+                    raise
+                # part of the deadline went to waiting behind our own calls: load as much as
+                # the upstream's slowness, so it is not held against the upstream's circuit
+                raise ModelTimeout(
+                    f"{exc.detail} (after {waited * 1000:.0f} ms waiting for a connection)",
+                    headers={"Retry-After": "1"},
+                ) from exc
             self._raise_for_status(resp)
         except PrismError as exc:
             self.stats.record(exc.code, time.perf_counter() - started)
             raise
         finally:
             self._inflight[shard] -= 1
+            self._slots.release()
         self.stats.record("ok", time.perf_counter() - started)
         self._healthy = True
         return resp
@@ -268,11 +319,10 @@ class RemoteBackend(Backend):
         extra = {"upstream_status": status}
         message = _upstream_message(resp)
         if status in (408, 429):
-            wait = resp.headers.get("retry-after", "")
             raise UpstreamBusy(
                 f"{where} is busy ({status}): {message}",
                 extra=extra,
-                headers={"Retry-After": wait if wait.isdigit() else "1"},
+                headers={"Retry-After": str(_retry_after_s(resp.headers.get("retry-after")))},
             )
         if status in (401, 403, 404):
             raise UpstreamRefused(f"{where} refused the request ({status}): {message}", extra=extra)

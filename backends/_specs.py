@@ -167,17 +167,36 @@ OPERATIONAL_FIELDS = frozenset(
 PATH_FIELDS = ("weights", "path", "catalog")
 
 
+#: bytes read from each end of a file for its identity
+_SAMPLE = 1 << 20
+
+
+def _sampled_digest(path: Path) -> list[Any]:
+    """Size plus a hash of the first and last MiB: the same for byte-identical copies (two
+    replicas, files copied at different times), different for other weights, and cheap for
+    multi-GB checkpoints (a modification time would differ between identical copies)."""
+    size = path.stat().st_size
+    h = hashlib.blake2b(digest_size=8)
+    with path.open("rb") as handle:
+        h.update(handle.read(_SAMPLE))
+        if size > 2 * _SAMPLE:
+            handle.seek(size - _SAMPLE)
+            h.update(handle.read(_SAMPLE))
+        else:
+            h.update(handle.read())
+    return [size, h.hexdigest()]
+
+
 def _file_identity(path: Path) -> Any:
-    """Size and modification time of a file, or of each file in a folder (not recursive):
-    a weights file replaced in place, under the same name, changes it."""
+    """What a file holds, or each file of a folder (not recursive): a weights file replaced
+    in place, under the same name, changes it."""
     try:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file())[:256]
-            return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-        st = path.stat()
-        return [st.st_size, st.st_mtime_ns]
+            return [[p.name, *_sampled_digest(p)] for p in files]
+        return _sampled_digest(path)
     except OSError:
-        return None  # missing: loading it fails anyway
+        return None  # missing or unreadable: loading it fails anyway
 
 
 def output_fingerprint(spec: _Spec, base_dir: Path | None = None) -> str:

@@ -28,6 +28,7 @@ from backends import (
     Overloaded,
     PrismError,
     Task,
+    UpstreamBusy,
 )
 
 from .deployments import Deployments
@@ -140,11 +141,15 @@ class Dispatcher:
         if not plan:
             raise self._all_open(decision)
 
+        busy: set[Target] = set()  # said "later" in this request: try others first
         for n, (target, is_fallback) in enumerate(plan):
             if time.perf_counter() >= deadline:
                 break
             if n > 0 and not self.health.of(target).breaker.available():
                 notes.append(f"{target.key} skipped (circuit opened)")
+                continue
+            if target in busy:
+                notes.append(f"{target.key} skipped (busy)")
                 continue
             if n > 0 and not is_fallback:
                 await self._backoff(n, deadline)
@@ -161,6 +166,8 @@ class Dispatcher:
                     raise done.error
                 last = done.error
                 notes.append(f"{target.key} failed ({last.code})")
+                if isinstance(last, Overloaded | UpstreamBusy):
+                    busy.add(done.target)  # its Retry-After is longer than our backoff
                 continue
             used_fallback = done.target in fallback
             if done.hedged:

@@ -34,6 +34,16 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 
+def _named(output: Output | None, version: tuple[str, str], top: tuple[str, str]) -> Output:
+    """An output as the response carries it: ``model``/``version`` only where they differ
+    from the response's own (an input a fallback answered in a mixed response)."""
+    if output is None:
+        return {}
+    if version == top:
+        return output
+    return {**output, "model": version[0], "version": version[1]}
+
+
 #: image URLs of one request fetched at once
 URL_FETCHES_PER_REQUEST = 8
 
@@ -217,10 +227,12 @@ class Pipeline:
         )
         timing = {"queue": 0.0, "backend": 0.0}
         missing = [i for i, o in enumerate(outputs) if o is None]
-        answered_by = (decision.model, decision.version)
+        planned = (decision.model, decision.version)
+        #: inputs answered by another version than planned (a fallback, another target)
+        others: dict[int, tuple[str, str]] = {}
         if missing:
             try:
-                answered_by = await self._compute(
+                others = await self._compute(
                     req, decision, items, keys, missing, outputs, route, timing, status
                 )
             except PrismError as exc:  # failed requests count too (per route, per arm)
@@ -232,12 +244,21 @@ class Pipeline:
         # 5. response
         timing["total"] = (time.perf_counter() - started) * 1000
         request_id = "req_" + secrets.token_hex(8)
-        rt.observe(door, decision, route, timing["total"], request_id)
+        # one other version answered everything: the response is that version's; a mix
+        # keeps the planned version on top and names the other on each output it answered
+        answered_by = planned
+        arm_answered = not others
+        if others and len(others) == len(items) and len(set(others.values())) == 1:
+            answered_by = next(iter(others.values()))
+            others = {}
+        rt.observe(door, decision, route, timing["total"], request_id, arm_answered=arm_answered)
         return InferResponse(
             id=request_id,
             model=answered_by[0],
             version=answered_by[1],
-            outputs=[o if o is not None else {} for o in outputs],
+            outputs=[
+                _named(o, others.get(i, answered_by), answered_by) for i, o in enumerate(outputs)
+            ],
             route=route,
             timing_ms={k: round(v, 3) for k, v in timing.items()},
         )
@@ -315,11 +336,11 @@ class Pipeline:
         route: RouteInfo,
         timing: dict[str, float],
         status: str,
-    ) -> tuple[str, str]:
+    ) -> dict[int, tuple[str, str]]:
         """Compute the missing inputs (identical concurrent misses once, across requests);
-        returns the (model, version) that answered them.
+        returns the inputs another version than the planned one answered, and which.
 
-        Cache keys name the decided version: an answer from another version (a fallback, or
+        Cache keys name the planned version: an answer from another version (a fallback, or
         another target of a multi-version route) is never stored under them nor handed to
         followers, who then compute for themselves. It is reported as that version's."""
         rt = self.rt
@@ -339,6 +360,7 @@ class Pipeline:
                 leaders.append(i)
         planned = (decision.model, decision.version)
         answered_by = planned
+        others: dict[int, tuple[str, str]] = {}
         owned = [keys[i] for i in leaders] if coalesce else []
         for k in owned:
             cache.lead(k)
@@ -352,9 +374,14 @@ class Pipeline:
             # followers then compute for themselves
             for k in owned:
                 cache.finish(k, outputs[seen[k]] if answered_by == planned else None)
+        if answered_by != planned:
+            others.update({i: answered_by for i in leaders})
+        fresh = {keys[i]: out for i in leaders if answered_by == planned and (out := outputs[i])}
         for i in missing:  # duplicates inside this request
             if outputs[i] is None and keys[i] in seen:
                 outputs[i] = outputs[seen[keys[i]]]
+                if seen[keys[i]] in others:
+                    others[i] = others[seen[keys[i]]]
         if followers:
             # shielded: this request leaving must not cancel a future other requests share
             results = await asyncio.gather(*(asyncio.shield(f) for f in followers.values()))
@@ -362,11 +389,11 @@ class Pipeline:
                 outputs[i] = out
             orphans = [i for i in followers if outputs[i] is None]
             if orphans:
-                answered_by = await self._dispatch(
-                    req, decision, items, orphans, outputs, route, timing
-                )
-                leaders = leaders + orphans
-        if status != "bypass" and leaders and answered_by == planned:
-            fresh = {keys[i]: value for i in leaders if (value := outputs[i]) is not None}
+                by = await self._dispatch(req, decision, items, orphans, outputs, route, timing)
+                if by != planned:
+                    others.update({i: by for i in orphans})
+                else:
+                    fresh.update({keys[i]: out for i in orphans if (out := outputs[i])})
+        if status != "bypass" and fresh:
             await cache.set_many(fresh, decision.cache_ttl_s)
-        return answered_by
+        return others

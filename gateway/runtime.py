@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends import CircuitOpen, InputItem, Output, Overloaded, PrismError, Task
+from backends import InputItem, Output, PrismError, Task
 
 from .cache import MemoryStore, RedisStore, ResponseCache
 from .deployments import DeploymentFailed, Deployments
 from .dispatch import Dispatcher
-from .experiments import ExperimentEngine, ShadowMirror
+from .experiments import ExperimentEngine, ShadowMirror, blames_the_arm
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .policy import CompiledPolicy, Decision, PolicyLoadError, compile_policy_file, issue_at
@@ -169,16 +169,25 @@ class Runtime:
         route: RouteInfo,
         total_ms: float,
         request_id: str | None = None,
+        *,
+        arm_answered: bool = True,
     ) -> None:
+        """A request that got its answer. ``arm_answered`` is False when another version (a
+        fallback) answered for the experiment arm's: the arm failed, whatever the caller got."""
         labels = (door, decision.rule, decision.model, decision.version, route.target)
         self.metrics.requests.labels(*labels, "ok").inc()
         self.metrics.latency.labels(*labels).observe(total_ms / 1000)
         if decision.experiment is not None and decision.arm is not None:
             cached = route.cache == "hit"
             self.experiments.record(
-                decision.experiment, decision.arm, ok=True, latency_ms=total_ms, cached=cached
+                decision.experiment,
+                decision.arm,
+                ok=arm_answered and not route.fallback,
+                latency_ms=total_ms,
+                cached=cached,
             )
-            if request_id is not None:  # POST /v1/feedback may score this answer later
+            if request_id is not None and arm_answered and not route.fallback:
+                # POST /v1/feedback may score this answer later (only the arm's own answers)
                 self.experiments.remember(request_id, decision.experiment, decision.arm)
 
     def observe_error(
@@ -190,12 +199,7 @@ class Runtime:
         labels = (door, decision.rule, decision.model, decision.version, "")
         self.metrics.requests.labels(*labels, "error").inc()
         exc.counted = True
-        blames_arm = (
-            exc.status_code >= 500
-            and (isinstance(exc, CircuitOpen) or not isinstance(exc, Overloaded))
-            and getattr(exc, "blames_target", True)
-        )
-        if decision.experiment is not None and decision.arm is not None and blames_arm:
+        if decision.experiment is not None and decision.arm is not None and blames_the_arm(exc):
             self.experiments.record(
                 decision.experiment, decision.arm, ok=False, latency_ms=total_ms
             )

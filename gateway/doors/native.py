@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
 
-from backends import NotFound
+from backends import Conflict, NotFound
 
 from ..experiments import FEEDBACK_TTL_S
 from ..runtime import Runtime
@@ -74,6 +74,8 @@ class NativeController(Controller):
                     f"{FEEDBACK_TTL_S // 3600} h (answers outside experiments take no feedback)"
                 )
             name, arm = found
+            if not await engine.claim(data.id):
+                raise Conflict(f"answer {data.id!r} has feedback already (one score per answer)")
         else:
             name, arm = str(data.experiment), str(data.arm)
         experiment = runtime.policy.document.experiments.get(name)

@@ -10,7 +10,7 @@ from ._counters import (
     RedisCounterStore,
 )
 from ._engine import FEEDBACK_TTL_S, ExperimentEngine
-from ._shadow import ShadowMirror, cosine_similarities
+from ._shadow import ShadowMirror, blames_the_arm, cosine_similarities
 from ._stats import two_proportion_z, welch_t
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ShadowMirror",
     "arm_ranges",
     "assign",
+    "blames_the_arm",
     "bucket_of",
     "control_arm",
     "cosine_similarities",

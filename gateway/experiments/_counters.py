@@ -157,6 +157,10 @@ class CounterStore(Protocol):
 
     async def recall(self, request_id: str) -> tuple[str, str] | None: ...
 
+    async def claim(self, request_id: str, ttl_s: float) -> bool:
+        """True the first time feedback on ``request_id`` arrives, on any replica."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -260,6 +264,9 @@ class MemoryCounterStore:
 
     async def recall(self, request_id: str) -> tuple[str, str] | None:
         return None
+
+    async def claim(self, request_id: str, ttl_s: float) -> bool:
+        return True  # one process: the engine's own claimed set decides
 
     async def aclose(self) -> None:
         self.save()
@@ -371,6 +378,11 @@ class RedisCounterStore:
             return None
         experiment, arm = json.loads(raw)
         return str(experiment), str(arm)
+
+    async def claim(self, request_id: str, ttl_s: float) -> bool:
+        with self._mapped():
+            key = f"{self.prefix}fb:{request_id}"
+            return bool(await self._redis.set(key, b"1", nx=True, ex=int(ttl_s)))
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -62,6 +62,8 @@ class ExperimentEngine:
         #: request id -> (experiment, arm) of recent experiment requests, for feedback
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._to_share: dict[str, tuple[str, str]] = {}
+        #: answers already scored by this process (the store knows the others')
+        self._claimed: OrderedDict[str, None] = OrderedDict()
         self.sync_s = sync_s
         self._deltas: dict[str, dict[str, ArmCounts]] = {}
         self._guards: dict[str, GuardState] = {}
@@ -117,6 +119,15 @@ class ExperimentEngine:
         found = self._recent.get(request_id)
         return found if found is not None else await self.store.recall(request_id)
 
+    async def claim(self, request_id: str) -> bool:
+        """True the first time an answer is scored: one score per answer, on any replica."""
+        if request_id in self._claimed:
+            return False
+        self._claimed[request_id] = None
+        if len(self._claimed) > RECENT_REQUESTS:
+            self._claimed.popitem(last=False)
+        return await self.store.claim(request_id, FEEDBACK_TTL_S)
+
     def record_quality(self, name: str, arm: str, value: float) -> None:
         """A caller's score for an answer of ``arm`` (accuracy, relevance, a click: 0..1 or
         any scale, as long as the experiment uses one)."""
@@ -141,12 +152,19 @@ class ExperimentEngine:
         return f"{arm}@{definition}" if definition else arm
 
     def _srm_key(self, name: str, experiment: Experiment) -> str:
-        """Assignments under the current split (weights and arm definitions): the sample
+        """Assignments under the current split (weights, arm definitions, stops): the sample
         ratio test must not compare counts made under one split with another's weights."""
-        split = sorted(
-            (a, spec.weight, self.definition(name).get(a, ""))
-            for a, spec in experiment.arms.items()
-        )
+        guard = self._guards.get(name, GuardState())
+        split = [
+            sorted(
+                (a, spec.weight, self.definition(name).get(a, ""))
+                for a, spec in experiment.arms.items()
+            ),
+            # a stop sends an arm's units to the control, a resume sends them back: each is
+            # a split of its own (the resume's baseline marks when it happened)
+            sorted(guard.stopped),
+            sorted((a, c.assigned) for a, c in guard.baseline.items()),
+        ]
         digest = hashlib.blake2b(json.dumps(split).encode(), digest_size=4).hexdigest()
         return f"{name}:split:{digest}"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from backends import InputItem, Output, Task
+from backends import CircuitOpen, InputItem, Output, Overloaded, PrismError, Task
 
 from ..policy import Decision, Target
 from ._engine import ExperimentEngine
@@ -44,6 +44,17 @@ def cosine_similarities(answer: Sequence[Output], mirror: Sequence[Output]) -> l
     return out
 
 
+def blames_the_arm(exc: BaseException) -> bool:
+    """Does this failure count against an experiment arm's version? Its own errors do
+    (5xx, an open circuit); the caller's mistakes (4xx) and load (503, a timeout under
+    contention) do not, or a burst would trip a guardrail on a healthy arm."""
+    if not isinstance(exc, PrismError):
+        return True  # a bug in the arm's backend is the arm's
+    if exc.status_code < 500 or not getattr(exc, "blames_target", True):
+        return False
+    return isinstance(exc, CircuitOpen) or not isinstance(exc, Overloaded)
+
+
 class ShadowMirror:
     def __init__(
         self,
@@ -58,7 +69,7 @@ class ShadowMirror:
         self.spawn = spawn
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        #: mirrors not sent because ``max_in_flight`` were still running
+        #: mirrors not sent (``max_in_flight`` still running) or lost to load (not failures)
         self.dropped = 0
         self.sent = 0
 
@@ -102,9 +113,12 @@ class ShadowMirror:
                 target, task, items, parameters, deadline=start + decision.timeout_s
             )
         except Exception as exc:  # a mirror must never surface anywhere but its counters
+            log.debug("shadow call to %s failed: %r", target.key, exc)
+            if not blames_the_arm(exc):  # load (a full queue, a timeout under contention)
+                self.dropped += 1  # is a mirror not made, not a failure of the treatment
+                return
             ms = (time.perf_counter() - start) * 1000
             self.engine.record_shadow(name, arm, ok=False, latency_ms=ms, cosines=[])
-            log.debug("shadow call to %s failed: %r", target.key, exc)
             return
         finally:
             self.in_flight -= 1

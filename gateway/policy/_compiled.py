@@ -249,12 +249,15 @@ class CompiledPolicy:
         if facts.version is not None:
             model = facts.model or route.target_refs[0].model
             version = self.resolve_version(model, facts.version)
+            # a caller who names a version wants that version's answer (another would be
+            # another embedding space): fallbacks to other versions do not apply
+            pinned = tuple(t for t in fallback if (t.model, t.version) == (model, version))
             return Decision(
                 route.name,
                 model,
                 version,
                 tuple(self.targets_for(model, version)),
-                fallback,
+                pinned,
                 route,
                 reason=f"version {facts.version!r} requested",
             )

@@ -175,6 +175,9 @@ async def test_feedback_measures_each_arms_quality_with_statistics(
             r = await client.post("/v1/feedback", json={"id": request_id, "value": value})
             assert r.status_code == 202, r.text
             assert r.json() == {"experiment": "exp", "arm": arm, "value": value}
+        # one score per answer
+        again = await client.post("/v1/feedback", json={"id": request_id, "value": 0.1})
+        assert again.status_code == 409 and again.json()["code"] == "conflict"
         # or name the arm, as OpenAI / KServe callers read it from x-prism-experiment
         named = {"experiment": "exp", "arm": "control", "value": 0.6}
         assert (await client.post("/v1/feedback", json=named)).status_code == 202
@@ -280,3 +283,47 @@ async def test_without_redis_a_restart_keeps_stops_and_figures(
         assert sum(a["assigned"] for a in rep["arms"].values()) == 20
     async with gateway(ab(), experiments_persist=False) as forgetful:
         assert (await report(forgetful))["state"] == "running"
+
+
+async def test_a_fallback_answer_is_a_failure_of_the_arm(gateway: GatewayFactory) -> None:
+    # the treatment always fails and the route falls back: callers get answers, but the
+    # arm's own version answered none of them, so it must look as broken as it is
+    text = (
+        ab("fail_every: 1")
+        .replace(
+            '      "2":',
+            '      "3": {backend: local, kind: fake, device: cpu, dim: 8, seed: 3}\n      "2":',
+        )
+        .replace(
+            "    cache: {ttl_s: 0}\n",
+            "    cache: {ttl_s: 0}\n    fallback: [{model: m, version: '3'}]\n",
+            1,
+        )
+    )
+    async with gateway(text) as client:
+        fed: list[str] = []
+        for i in range(30):
+            body = (await client.post("/v1/infer", json=text_request(f"q{i}", unit=f"u{i}"))).json()
+            if body["route"]["arm"] == "treatment":
+                assert body["route"]["fallback"] is True and body["version"] == "3"
+                fed.append(body["id"])
+        rep = await report(client)
+        treatment = rep["arms"]["treatment"]
+        assert fed and treatment["errors"] == treatment["requests"] == len(fed)
+        # and a fallback's answer is not credited to the arm by feedback
+        r = await client.post("/v1/feedback", json={"id": fed[0], "value": 1})
+        assert r.status_code == 404
+
+
+async def test_no_sample_ratio_alarm_after_a_stop_and_resume(gateway: GatewayFactory) -> None:
+    async with gateway(ab(weights=(50, 50))) as client:
+        assert (
+            await client.post("/admin/experiments/exp/stop", params={"arm": "treatment"})
+        ).status_code == 200
+        for i in range(60):  # every unit goes to the control while the treatment is stopped
+            await client.post("/v1/infer", json=text_request(f"s{i}", unit=f"u{i}"))
+        assert (await client.post("/admin/experiments/exp/resume")).status_code == 200
+        for i in range(60):
+            await client.post("/v1/infer", json=text_request(f"r{i}", unit=f"v{i}"))
+        split = (await report(client))["sample_ratio"]
+        assert split is not None and split["mismatch"] is False, split

@@ -30,6 +30,21 @@ def overwrite(path: Path, data: bytes) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later write
 
 
+def test_identical_copies_agree_whenever_they_were_written(tmp_path: Path) -> None:
+    # two replicas' copies of the same weights must share cache entries and experiment state
+    spec = OpenClipSpec(kind="open-clip", arch="demo-clip", weights="w.pt")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    big = os.urandom(3 * 2**20)  # larger than the two sampled ends
+    overwrite(a / "w.pt", big)
+    (b / "w.pt").write_bytes(big)  # same bytes, another modification time
+    assert output_fingerprint(spec, a) == output_fingerprint(spec, b)
+    changed = big[:-10] + b"0123456789"
+    (b / "w.pt").write_bytes(changed)
+    assert output_fingerprint(spec, a) != output_fingerprint(spec, b)
+
+
 def test_the_fingerprint_follows_the_files_not_the_operational_settings(tmp_path: Path) -> None:
     spec = OpenClipSpec(kind="open-clip", arch="demo-clip", weights="w.pt")
     overwrite(tmp_path / "w.pt", b"one")

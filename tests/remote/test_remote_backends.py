@@ -21,7 +21,9 @@ from backends import (
     InputItem,
     InvalidInput,
     KServeSpec,
+    ModelTimeout,
     OpenAISpec,
+    QueueTimeout,
     Task,
     UpstreamBusy,
     UpstreamRefused,
@@ -191,3 +193,24 @@ def test_kserve_paths_quote_names() -> None:
     b = KServeBackend("http://h:1", "a/b", "2", name="x")
     assert b.model_path == "/v2/models/a%2Fb/versions/2"
     assert b.probe_path == "/v2/models/a%2Fb/versions/2/ready"
+
+
+@pytest.mark.parametrize("kind", ["kserve", "openai"])
+async def test_waiting_for_our_own_connections_is_load_not_the_upstreams_fault(
+    make, kind: str
+) -> None:  # type: ignore[no-untyped-def]
+    # two connections, an upstream that takes 0.3 s, a 0.5 s deadline: two calls are served,
+    # the rest wait behind them and run out of time before a byte reaches the upstream
+    backend = await make(kind, "slow", max_connections=2)
+    results = await asyncio.gather(
+        *(backend.infer(Task.EMBED, TEXTS[:1], {}, timeout_s=0.5) for _ in range(8)),
+        return_exceptions=True,
+    )
+    served = [r for r in results if isinstance(r, list)]
+    failed = [r for r in results if not isinstance(r, list)]
+    assert len(served) >= 2 and failed, results
+    # a queue wait (503) or a call cut short by one (504): both load, both "retry later",
+    # neither held against the upstream's circuit
+    assert all(isinstance(r, QueueTimeout | ModelTimeout) for r in failed), failed
+    assert all(r.headers["Retry-After"] for r in failed)
+    assert not any(getattr(r, "blames_target", False) for r in failed)
