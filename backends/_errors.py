@@ -112,6 +112,15 @@ class MethodNotAllowed(PrismError):
     title = "Method not allowed"
 
 
+class ClientClosedRequest(PrismError):
+    """The caller went away before its body arrived: nobody reads the answer, nothing is
+    wrong with Prism (nginx's 499, so dashboards do not count it as a server error)."""
+
+    status_code = 499
+    code = "client_closed_request"
+    title = "Client closed the request"
+
+
 class Conflict(PrismError):
     """The request clashes with what already happened (feedback given twice)."""
 

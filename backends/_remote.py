@@ -163,7 +163,7 @@ class RemoteBackend(Backend):
         self._inflight = [0] * shards
         # one probe now so readiness is right from the start, but never hold startup long:
         # an upstream that is down at boot may come up later, the probe loop will notice
-        await self._probe_once(timeout_s=min(2.0, self.health_interval_s))
+        await self._probe_once(timeout_s=2.0)
         self._prober = asyncio.create_task(self._probe_loop(), name=f"{self.name}-probe")
 
     async def health(self) -> bool:

@@ -158,6 +158,8 @@ def read_tensors(entries: Any, tail: bytes, *, kind: str = "input") -> list[Tens
                     )
                 data = np.frombuffer(chunk, dtype=dtype).astype(NUMPY_DTYPES[datatype])
         elif "data" in entry:
+            if not isinstance(entry["data"], list):
+                raise TensorFormatError(f"{kind} {name!r}: 'data' must be a list")
             flat = _flatten(entry["data"])
             if datatype == "BYTES":
                 if not all(isinstance(x, str) for x in flat):

@@ -345,7 +345,9 @@ class Pipeline:
         followers, who then compute for themselves. It is reported as that version's."""
         rt = self.rt
         cache = rt.cache
-        coalesce = status in ("miss", "hit")  # bypass/refresh/off compute for themselves
+        # identical misses are computed once even while the shared cache is off (that is
+        # when a burst needs it most); bypass and refresh compute for themselves
+        coalesce = status in ("miss", "hit", "off")
         followers: dict[int, asyncio.Future[Output | None]] = {}
         leaders: list[int] = []
         seen: dict[str, int] = {}

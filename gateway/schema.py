@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from backends import Task
 
+#: history item ids one request may carry across its inputs (each input: at most 10,000)
+MAX_HISTORY_IDS = 50_000
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -67,6 +70,15 @@ class InferRequest(_Wire):
     parameters: dict[str, Any] = Field(default_factory=dict)
     routing: Routing = Field(default_factory=Routing)
     cache: Literal["use", "bypass", "refresh"] = "use"
+
+    @model_validator(mode="after")
+    def _bounded_history(self) -> InferRequest:
+        total = sum(len(s.history or ()) for s in self.inputs)
+        if total > MAX_HISTORY_IDS:
+            raise ValueError(
+                f"{total} history ids in one request; at most {MAX_HISTORY_IDS} (split it)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _labels_mean_classify(self) -> InferRequest:

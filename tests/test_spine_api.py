@@ -357,3 +357,14 @@ async def test_labels_without_a_task_mean_classify(client: AsyncTestClient) -> N
     assert [x["label"] for x in r.json()["outputs"][0]["labels"]] in (["a", "b"], ["b", "a"])
     explicit = await client.post("/v1/infer", json={**body, "task": "embed"})
     assert "embedding" in explicit.json()["outputs"][0]  # an explicit task wins
+
+
+def test_history_across_inputs_is_bounded() -> None:
+    import pydantic
+
+    from gateway.schema import MAX_HISTORY_IDS, InferRequest
+
+    each = {"user": "u", "history": ["i"] * 9_000}
+    InferRequest.model_validate({"inputs": [each] * (MAX_HISTORY_IDS // 9_000)})
+    with pytest.raises(pydantic.ValidationError, match="history ids in one request"):
+        InferRequest.model_validate({"inputs": [each] * (MAX_HISTORY_IDS // 9_000 + 1)})

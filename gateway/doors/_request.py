@@ -18,9 +18,10 @@ from typing import Any
 
 import anyio.to_thread
 from litestar import Request
+from litestar.exceptions import InternalServerException
 from litestar.types import Empty
 
-from backends import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from backends import ClientClosedRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from backends import _json as strict_json
 
 #: Codings Prism inflates; ``identity`` (or no header) is the body as sent.
@@ -28,40 +29,57 @@ ACCEPTED_CODINGS = ("gzip", "deflate")
 #: The ``limit`` when a handler sets none (Litestar's own default).
 DEFAULT_LIMIT = 10 * 2**20
 _CHUNK = 1 << 16
+#: bodies larger than this are parsed off the event loop
+_PARSE_ON_THREAD = 256 * 1024
 
 
 def inflate(body: bytes, coding: str, limit: int) -> bytes:
     """``body`` decoded from ``coding`` (gzip or zlib-wrapped deflate), at most ``limit`` bytes.
 
     Raises :class:`PayloadTooLarge` as soon as the output passes ``limit`` (without producing
-    the rest) and :class:`MalformedBody` for a corrupt or truncated stream.
+    the rest) and :class:`MalformedBody` for a corrupt, truncated or trailing-garbage stream.
+    Concatenated gzip members (what ``cat a.gz b.gz`` makes) are one body, as in gzip(1).
     """
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    first = True
+    while first or (coding == "gzip" and rest[:2] == b"\x1f\x8b"):
+        member, rest = _inflate_one(rest, coding, limit - size, first)
+        out.append(member)
+        size += len(member)
+        first = False
+    if rest.strip(b"\x00"):
+        raise MalformedBody(f"the body has bytes after its {coding} data")
+    return b"".join(out)
+
+
+def _inflate_one(data: bytes, coding: str, limit: int, first: bool) -> tuple[bytes, bytes]:
+    """One compressed member: (its bytes, what follows it)."""
     # wbits 47 (32 + 15) reads gzip or zlib headers; raw deflate (-15) is what some clients
     # send as "deflate" despite the RFC, so it is tried when the zlib header is missing.
-    attempts = (47,) if coding == "gzip" else (47, -15)
+    attempts = (47, -15) if coding == "deflate" and first else (47,)
     for n, wbits in enumerate(attempts):
         inflater = zlib.decompressobj(wbits)
         out: list[bytes] = []
         size = 0
         try:
-            data = inflater.decompress(body, _CHUNK)
+            chunk = inflater.decompress(data, _CHUNK)
             while True:
-                size += len(data)
+                size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLarge(
-                        f"the {coding} body inflates to more than the {limit}-byte limit"
-                    )
-                out.append(data)
+                    raise PayloadTooLarge(f"the {coding} body inflates to more than the body limit")
+                out.append(chunk)
                 if inflater.eof or not inflater.unconsumed_tail:
                     break
-                data = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
+                chunk = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
         except zlib.error as exc:
             if n + 1 < len(attempts):
                 continue
             raise MalformedBody(f"the body is not valid {coding} ({exc})") from exc
         if not inflater.eof:
             raise MalformedBody(f"the {coding} body is truncated")
-        return b"".join(out)
+        return b"".join(out), inflater.unused_data
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -82,9 +100,21 @@ class PrismRequest(Request[Any, Any, Any]):
         if self._body is Empty:
             state = self._connection_state
             if state.body is Empty:
-                raw = b"".join([chunk async for chunk in self.stream()])
-                coding = self.headers.get("content-encoding", "identity").strip().lower()
-                if coding not in ("", "identity"):
+                try:
+                    raw = b"".join([chunk async for chunk in self.stream()])
+                except InternalServerException as exc:  # Litestar's word for a disconnect
+                    if "disconnect" not in str(exc.detail):
+                        raise
+                    raise ClientClosedRequest("the client closed the connection mid-body") from exc
+                # every Content-Encoding line counts: two "gzip" lines mean gzip twice
+                codings = [
+                    c.strip().lower()
+                    for line in self.headers.getall("content-encoding", [])
+                    for c in line.split(",")
+                    if c.strip().lower() not in ("", "identity")
+                ]
+                coding = ", ".join(codings)
+                if coding:
                     if coding not in ACCEPTED_CODINGS:
                         raise UnsupportedMediaType(
                             f"Content-Encoding {coding!r} is not supported; "
@@ -101,7 +131,13 @@ class PrismRequest(Request[Any, Any, Any]):
         if self._json is Empty:
             state = self._connection_state
             if state.json is Empty:
-                state.json = parse_json(await self.body())
+                body = await self.body()
+                # a big document parses on a worker thread: 14 MiB of JSON is ~50 ms of
+                # work the event loop (and every other request's health probe) should not wait on
+                big = len(body) > _PARSE_ON_THREAD
+                state.json = (
+                    await anyio.to_thread.run_sync(parse_json, body) if big else parse_json(body)
+                )
             self._json = state.json
         return self._json
 

@@ -101,7 +101,8 @@ class _Control(NamedTuple):
 
 def _parameters(doc: dict[str, Any]) -> tuple[_Control, dict[str, Any]]:
     """Prism's control parameters and the model's own parameters, from a request."""
-    params = doc.get("parameters") or {}
+    params = doc.get("parameters")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise TensorFormatError("'parameters' must be an object")
     try:

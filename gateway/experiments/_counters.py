@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 from backends import Overloaded
 
+from ..cache._stores import bounded_redis
+
 log = logging.getLogger("prism.experiments")
 
 #: upper edges of the latency buckets in ms (0.5 ms .. ~28 s); one more bucket above
@@ -293,9 +295,7 @@ class RedisCounterStore:
 
         self.prefix = prefix
         # typed loosely: redis-py's stubs mix sync and async return types
-        self._redis: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        self._redis: Any = bounded_redis(url, timeout_s=timeout_s)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
     @contextmanager
@@ -385,7 +385,7 @@ class RedisCounterStore:
             return bool(await self._redis.set(key, b"1", nx=True, ex=int(ttl_s)))
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)  # the pool is ours
 
 
 def finite(value: float | None, digits: int = 3) -> float | None:

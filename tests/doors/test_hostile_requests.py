@@ -81,6 +81,28 @@ def test_compressed_bodies_are_inflated(http: httpx.Client, door: str, coding: s
 
 
 @pytest.mark.parametrize("door", DOORS)
+def test_concatenated_gzip_members_are_one_body(http: httpx.Client, door: str) -> None:
+    path, body = DOORS[door]
+    raw = json.dumps(body()).encode()
+    half = len(raw) // 2
+    two_members = gzip.compress(raw[:half]) + gzip.compress(raw[half:])
+    r = post(http, path, two_members, **{"content-encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    trailing = post(http, path, gzip.compress(raw) + b"junk", **{"content-encoding": "gzip"})
+    assert "bytes after its gzip data" in door_error(door, trailing, 400)
+    twice = http.post(
+        path,
+        content=gzip.compress(gzip.compress(raw)),
+        headers=[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+            ("content-encoding", "gzip"),
+        ],
+    )
+    assert "not supported" in door_error(door, twice, 415)  # stacked codings: refused, not misread
+
+
+@pytest.mark.parametrize("door", DOORS)
 def test_a_compression_bomb_is_413_and_never_inflated_whole(http: httpx.Client, door: str) -> None:
     path, _ = DOORS[door]
     # 64 MiB of JSON in ~64 KiB: well past the 16 MiB body limit once inflated
@@ -183,6 +205,9 @@ def _tensor(**overrides: Any) -> dict[str, Any]:
             "'binary_data_output' must be true or false",
         ),
         ({"inputs": [_tensor(shape=[1, 1, 1], data=[[["hi"]]])]}, "must have shape"),
+        ({"inputs": [_tensor(data="hi")]}, "'data' must be a list"),
+        ({"inputs": [_tensor()], "parameters": 0}, "'parameters' must be an object"),
+        ({"inputs": [_tensor()], "parameters": []}, "'parameters' must be an object"),
     ],
 )
 def test_kserve_wrong_types_are_400(http: httpx.Client, body: dict[str, Any], says: str) -> None:
@@ -275,3 +300,24 @@ def test_admin_call_missing_a_query_parameter_is_400(http: httpx.Client) -> None
     r = http.post("/admin/experiments/any/stop")
     assert door_error("native", r, 400) == "Missing required query parameter 'arm'"
     assert r.json()["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(
+    http: httpx.Client, live_gateway: str, door: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+    import time
+
+    path, _ = DOORS[door]
+    host, port = live_gateway.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b'{"inputs": ')  # 11 of the promised 100 bytes
+    time.sleep(0.3)
+    assert "unhandled error" not in caplog.text
+    metrics = http.get("/metrics").text
+    assert 'code="internal_error"' not in metrics and 'status="500"' not in metrics
