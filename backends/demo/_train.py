@@ -199,7 +199,7 @@ def train_demo_clip(
             with torch.no_grad():  # CLIP caps the temperature at 100
                 model.logit_scale.clamp_(0, math.log(100))
             loss_value = loss.item()
-            bar.set_postfix(loss=f"{loss_value:.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)  # drawn at the bar's pace
         seconds = time.perf_counter() - started
         accuracy = zero_shot_accuracy(model, preprocess, tokenizer, seed=seed, n=cfg.eval_images)
 
