@@ -378,7 +378,11 @@ class Pipeline:
                 cache.finish(k, outputs[seen[k]] if answered_by == planned else None)
         if answered_by != planned:
             others.update({i: answered_by for i in leaders})
-        fresh = {keys[i]: out for i in leaders if answered_by == planned and (out := outputs[i])}
+        fresh = {
+            keys[i]: out
+            for i in leaders
+            if answered_by == planned and (out := outputs[i]) is not None
+        }
         for i in missing:  # duplicates inside this request
             if outputs[i] is None and keys[i] in seen:
                 outputs[i] = outputs[seen[keys[i]]]
@@ -395,7 +399,7 @@ class Pipeline:
                 if by != planned:
                     others.update({i: by for i in orphans})
                 else:
-                    fresh.update({keys[i]: out for i in orphans if (out := outputs[i])})
+                    fresh.update({keys[i]: out for i in orphans if (out := outputs[i]) is not None})
         if status != "bypass" and fresh:
             await cache.set_many(fresh, decision.cache_ttl_s)
         return others

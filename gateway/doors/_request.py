@@ -29,6 +29,8 @@ ACCEPTED_CODINGS = ("gzip", "deflate")
 #: The ``limit`` when a handler sets none (Litestar's own default).
 DEFAULT_LIMIT = 10 * 2**20
 _CHUNK = 1 << 16
+#: gzip members one body may concatenate (cat a.gz b.gz makes two; thousands are an attack)
+MAX_GZIP_MEMBERS = 64
 #: bodies larger than this are parsed off the event loop
 _PARSE_ON_THREAD = 256 * 1024
 
@@ -44,7 +46,11 @@ def inflate(body: bytes, coding: str, limit: int) -> bytes:
     size = 0
     rest = body
     first = True
+    members = 0
     while first or (coding == "gzip" and rest[:2] == b"\x1f\x8b"):
+        members += 1
+        if members > MAX_GZIP_MEMBERS:  # each member copies the rest: bound the work
+            raise MalformedBody(f"the body has more than {MAX_GZIP_MEMBERS} gzip members")
         member, rest = _inflate_one(rest, coding, limit - size, first)
         out.append(member)
         size += len(member)

@@ -74,13 +74,14 @@ class NativeController(Controller):
                     f"{FEEDBACK_TTL_S // 3600} h (answers outside experiments take no feedback)"
                 )
             name, arm = found
-            if not await engine.claim(data.id):
-                raise Conflict(f"answer {data.id!r} has feedback already (one score per answer)")
         else:
             name, arm = str(data.experiment), str(data.arm)
         experiment = runtime.policy.document.experiments.get(name)
         if experiment is None or arm not in experiment.arms:
             raise NotFound(f"the running policy has no experiment {name!r} with arm {arm!r}")
+        # claimed last: a refusal above must not use up the answer's one score
+        if data.id is not None and not await engine.claim(data.id):
+            raise Conflict(f"answer {data.id!r} has feedback already (one score per answer)")
         engine.record_quality(name, arm, data.value)
         return {"experiment": name, "arm": arm, "value": data.value}
 

@@ -123,10 +123,14 @@ class ExperimentEngine:
         """True the first time an answer is scored: one score per answer, on any replica."""
         if request_id in self._claimed:
             return False
+        # the shared store first: if it cannot answer (503), a retry must still be able to
+        # score the answer, so nothing is remembered here until the claim succeeded
+        if not await self.store.claim(request_id, FEEDBACK_TTL_S):
+            return False
         self._claimed[request_id] = None
         if len(self._claimed) > RECENT_REQUESTS:
             self._claimed.popitem(last=False)
-        return await self.store.claim(request_id, FEEDBACK_TTL_S)
+        return True
 
     def record_quality(self, name: str, arm: str, value: float) -> None:
         """A caller's score for an answer of ``arm`` (accuracy, relevance, a click: 0..1 or

@@ -321,3 +321,12 @@ def test_a_client_that_leaves_mid_body_is_not_a_server_error(
     assert "unhandled error" not in caplog.text
     metrics = http.get("/metrics").text
     assert 'code="internal_error"' not in metrics and 'status="500"' not in metrics
+
+
+def test_thousands_of_gzip_members_are_refused_at_once() -> None:
+    from gateway.doors._request import MAX_GZIP_MEMBERS, inflate
+
+    many = gzip.compress(b"") * 50_000  # ~1 MB of empty members: quadratic to inflate naively
+    with pytest.raises(Exception, match=f"more than {MAX_GZIP_MEMBERS} gzip members"):
+        inflate(many, "gzip", 10 * 2**20)
+    assert inflate(gzip.compress(b"a") * MAX_GZIP_MEMBERS, "gzip", 1024) == b"a" * MAX_GZIP_MEMBERS

@@ -217,3 +217,24 @@ def test_cosine_similarity_of_embeddings() -> None:
     assert cosine_similarities([{"embedding": [1.0]}], [{"embedding": [1.0, 2.0]}]) == []
     assert cosine_similarities([{"labels": []}], [{"labels": []}]) == []
     assert not math.isnan(sum(same))
+
+
+async def test_a_claim_the_store_could_not_record_can_be_retried() -> None:
+    from backends import Overloaded
+    from gateway.experiments import ExperimentEngine, MemoryCounterStore
+
+    class Flaky(MemoryCounterStore):
+        down = True
+
+        async def claim(self, request_id: str, ttl_s: float) -> bool:
+            if self.down:
+                raise Overloaded("counters unavailable")
+            return True
+
+    store = Flaky()
+    engine = ExperimentEngine(store)
+    with pytest.raises(Overloaded):
+        await engine.claim("req_1")
+    store.down = False
+    assert await engine.claim("req_1") is True  # the retry scores it
+    assert await engine.claim("req_1") is False  # and only once
