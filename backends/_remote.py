@@ -129,6 +129,8 @@ class RemoteBackend(Backend):
         self.headers = headers or {}
         self.stats = RemoteStats()
         self._clients: list[httpx.AsyncClient] = []
+        #: when a probe last found the upstream up after it was down (time.monotonic)
+        self.healthy_since: float | None = None
         #: one per connection the upstream may see (see :meth:`call`)
         self._slots = asyncio.Semaphore(max_connections)
         self._inflight: list[int] = []
@@ -198,6 +200,8 @@ class RemoteBackend(Backend):
                 self._healthy = await self.probe(self._clients[0])
         except (httpx.HTTPError, TimeoutError, ValueError, PrismError):
             self._healthy = False
+        if self._healthy and not was:
+            self.healthy_since = time.monotonic()
         if was != self._healthy:  # a way down is news an operator wants as a warning
             log.log(
                 logging.INFO if self._healthy else logging.WARNING,

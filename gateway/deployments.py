@@ -130,6 +130,12 @@ class Deployments:
             return False
         return bool(getattr(dep.backend, "healthy", True))
 
+    def recovered_at(self, target: Target) -> float | None:
+        """When a health probe last found ``target`` up after it was down (monotonic)."""
+        dep = self._by_key.get(target.key)
+        since = getattr(dep.backend, "healthy_since", None) if dep is not None else None
+        return since if isinstance(since, float) else None
+
     def capabilities(self, model: str, version: str) -> Capabilities | None:
         """What a loaded backend of ``model``/``version`` reports; None while none is loaded."""
         for dep in self._by_key.values():

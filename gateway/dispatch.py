@@ -111,6 +111,10 @@ class Dispatcher:
         # a target's breaker takes the settings of routes that set them: the implicit
         # model:NAME route (defaults) must not reset a circuit another route configured
         circuit = route.circuit if "circuit" in route.model_fields_set else None
+        for t in (*decision.targets, *decision.fallback):
+            breaker = self.health.of(t).breaker
+            if breaker.state == "open" and (since := self.deployments.recovered_at(t)):
+                breaker.probe_recovered(since)  # probe says up again: one trial now
         selection = self.selector.select(
             decision.rule,
             decision.targets,

@@ -82,6 +82,13 @@ class CircuitBreaker:
             return True
         return False
 
+    def probe_recovered(self, at: float) -> None:
+        """A health probe found the target up at ``at`` (this breaker's clock) after the
+        circuit opened: let the single half-open trial through now instead of after the
+        cooldown, so a recovered upstream is not held off while /readyz says it is up."""
+        if self._state == "open" and at >= self._opened_at:
+            self._opened_at = self._clock() - self.cooldown_s
+
     def release(self) -> None:
         """A claimed call ended without a verdict (cancelled): free the probe slot."""
         self._probe_out = False

@@ -90,6 +90,20 @@ def test_breaker_opens_after_consecutive_failures_and_probes_after_cooldown() ->
     assert b.state == "closed" and b.available()
 
 
+def test_a_probe_that_finds_the_target_up_lets_the_trial_through_early() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures=1, cooldown_s=30, clock=clock)
+    b.record(False)
+    assert b.state == "open"
+    b.probe_recovered(at=clock.now - 1)  # up before the circuit opened: no news
+    assert b.state == "open"
+    clock.now += 2
+    b.probe_recovered(at=clock.now)  # up again after it opened: one trial now, not in 28 s
+    assert b.state == "half_open" and b.acquire() and not b.available()
+    b.record(True)
+    assert b.state == "closed"
+
+
 def test_breaker_opens_on_error_rate() -> None:
     b = CircuitBreaker(failures=100, error_rate=0.5, min_calls=10, window=10, clock=Clock())
     for i in range(9):
