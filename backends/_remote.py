@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import datetime
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -129,6 +130,7 @@ class RemoteBackend(Backend):
         self.headers = headers or {}
         self.stats = RemoteStats()
         self._clients: list[httpx.AsyncClient] = []
+        self._probing: asyncio.Future[bool] | None = None
         #: when a probe last found the upstream up after it was down (time.monotonic)
         self.healthy_since: float | None = None
         #: one per connection the upstream may see (see :meth:`call`)
@@ -195,9 +197,16 @@ class RemoteBackend(Backend):
     async def _probe_once(self, timeout_s: float) -> None:
         assert self._clients
         was = self._healthy
+        # like calls, a probe is never cancelled mid-flight (see :meth:`call`); a hung one is
+        # waited for no longer than ``timeout_s`` and no second one starts while it hangs
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(self.probe(self._clients[0]))
+            self._probing.add_done_callback(
+                lambda t: None if t.cancelled() else t.exception()  # retrieved, always
+            )
         try:
             async with asyncio.timeout(timeout_s):
-                self._healthy = await self.probe(self._clients[0])
+                self._healthy = await asyncio.shield(self._probing)
         except (httpx.HTTPError, TimeoutError, ValueError, PrismError):
             self._healthy = False
         if self._healthy and not was:
@@ -254,12 +263,21 @@ class RemoteBackend(Backend):
         shard = min(range(len(self._clients)), key=self._inflight.__getitem__)
         self._inflight[shard] += 1
         waited = time.perf_counter() - started
+        remaining = max(0.001, budget - waited)
+        # The exchange is never cancelled mid-flight: httpcore 1.0.x can leak a pool slot for
+        # good when a request is cancelled (encode/httpcore#1093), and enough of those wedge
+        # the pool against a healthy upstream. When our deadline passes we stop waiting; the
+        # exchange ends on httpx's own timeouts (the same deadline), and only then frees its
+        # connection and our slot.
+        exchange = asyncio.ensure_future(
+            self._clients[shard].request(
+                method, path, json=json_body, content=content, headers=headers, timeout=remaining
+            )
+        )
+        exchange.add_done_callback(functools.partial(self._exchange_done, shard))
         try:
-            remaining = max(0.001, budget - waited)
             try:
-                resp = await self._request(
-                    shard, method, path, remaining, json_body, content, headers
-                )
+                resp = await self._await_exchange(exchange, remaining)
             except BackendTimeout as exc:
                 if waited < 0.005:
                     raise
@@ -273,30 +291,25 @@ class RemoteBackend(Backend):
         except PrismError as exc:
             self.stats.record(exc.code, time.perf_counter() - started)
             raise
-        finally:
-            self._inflight[shard] -= 1
-            self._slots.release()
         self.stats.record("ok", time.perf_counter() - started)
         self._healthy = True
         return resp
 
-    async def _request(
-        self,
-        shard: int,
-        method: str,
-        path: str,
-        timeout_s: float | None,
-        json_body: Any,
-        content: bytes | None,
-        headers: dict[str, str] | None,
+    def _exchange_done(self, shard: int, exchange: asyncio.Future[httpx.Response]) -> None:
+        """An exchange really ended (answered, failed, or timed out inside httpx)."""
+        self._inflight[shard] -= 1
+        self._slots.release()
+        if not exchange.cancelled():
+            exchange.exception()  # nobody may be waiting any more: mark it retrieved
+
+    async def _await_exchange(
+        self, exchange: asyncio.Future[httpx.Response], deadline: float
     ) -> httpx.Response:
-        """The HTTP exchange, with httpx's failures mapped into Prism's tree."""
-        deadline = timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S
+        """Wait for the exchange (shielded: see :meth:`call`), with httpx's failures mapped
+        into Prism's tree."""
         try:
             async with asyncio.timeout(deadline):
-                return await self._clients[shard].request(
-                    method, path, json=json_body, content=content, headers=headers, timeout=deadline
-                )
+                return await asyncio.shield(exchange)
         except TimeoutError as exc:
             raise BackendTimeout(
                 f"upstream {self.base_url} did not answer within {deadline:.3f} s"

@@ -104,8 +104,12 @@ class Dispatcher:
         parameters: Mapping[str, Any],
         *,
         budget_ms: float | None = None,
+        started: float | None = None,
     ) -> DispatchResult:
-        started = time.perf_counter()
+        """``started``: when the request began (``time.perf_counter``); the route's deadline
+        counts from there, so a second dispatch for the same request (a follower computing
+        what its leader could not) gets only the time that is left."""
+        started = time.perf_counter() if started is None else started
         route = decision.route
         deadline = started + decision.timeout_s
         # a target's breaker takes the settings of routes that set them: the implicit

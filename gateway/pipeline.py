@@ -233,7 +233,7 @@ class Pipeline:
         if missing:
             try:
                 others = await self._compute(
-                    req, decision, items, keys, missing, outputs, route, timing, status
+                    req, decision, items, keys, missing, outputs, route, timing, status, started
                 )
             except PrismError as exc:  # failed requests count too (per route, per arm)
                 rt.observe_error(door, decision, exc, (time.perf_counter() - started) * 1000)
@@ -295,6 +295,7 @@ class Pipeline:
         outputs: list[Output | None],
         route: RouteInfo,
         timing: dict[str, float],
+        started: float,
     ) -> tuple[str, str]:
         """Run ``items[indices]`` on the decision's targets; fill ``outputs`` and ``route``;
         return the (model, version) that answered (a fallback or another target may).
@@ -307,6 +308,7 @@ class Pipeline:
                 [items[i] for i in indices],
                 req.parameters,
                 budget_ms=decision.budget_ms(req.routing.latency_budget_ms),
+                started=started,  # one deadline per request, however many dispatches
             )
         except PrismError as exc:
             if exc.input_index is not None and exc.input_index < len(indices):
@@ -336,6 +338,7 @@ class Pipeline:
         route: RouteInfo,
         timing: dict[str, float],
         status: str,
+        started: float,
     ) -> dict[int, tuple[str, str]]:
         """Compute the missing inputs (identical concurrent misses once, across requests);
         returns the inputs another version than the planned one answered, and which.
@@ -369,7 +372,7 @@ class Pipeline:
         try:
             if leaders:
                 answered_by = await self._dispatch(
-                    req, decision, items, leaders, outputs, route, timing
+                    req, decision, items, leaders, outputs, route, timing, started
                 )
         finally:
             # None when this request failed, left, or got another version's answer:
@@ -395,7 +398,9 @@ class Pipeline:
                 outputs[i] = out
             orphans = [i for i in followers if outputs[i] is None]
             if orphans:
-                by = await self._dispatch(req, decision, items, orphans, outputs, route, timing)
+                by = await self._dispatch(
+                    req, decision, items, orphans, outputs, route, timing, started
+                )
                 if by != planned:
                     others.update({i: by for i in orphans})
                 else:

@@ -181,6 +181,8 @@ class MemoryCounterStore:
         self._totals: dict[tuple[str, str], ArmCounts] = {}
         self._guards: dict[str, GuardState] = {}
         self.path = path
+        #: what reports say: "memory", or "file" when kept across restarts
+        self.name = "file" if path is not None else "memory"
         self.save_every_s = save_every_s
         self._saved_at = 0.0
         self._dirty = False

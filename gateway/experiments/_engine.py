@@ -110,7 +110,7 @@ class ExperimentEngine:
         self._recent[request_id] = (name, arm)
         if len(self._recent) > RECENT_REQUESTS:
             self._recent.popitem(last=False)
-        if self.store.name != "memory":
+        if self.store.name == "redis":  # other replicas may receive the feedback
             self._to_share[request_id] = (name, arm)
 
     async def arm_of(self, request_id: str) -> tuple[str, str] | None:

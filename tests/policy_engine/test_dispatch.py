@@ -223,3 +223,13 @@ async def test_the_implicit_model_route_keeps_a_circuit_another_route_configured
         assert decision.rule == "model:m"
         await d.run(decision, Task.EMBED, ITEMS, {})
         assert d.health.of(target).breaker.cooldown_s == 4  # not reset to the defaults
+
+
+async def test_a_second_dispatch_of_a_request_gets_only_the_time_left() -> None:
+    # a follower that must compute what its leader could not keeps its request's deadline
+    route = "    model: m\n    version: '1'\n    timeout_ms: 500"
+    async with deployed(policy(route, **{"1": "latency_ms: 300"})) as (p, d):
+        began = time.perf_counter() - 0.4  # the request started 400 ms ago
+        with pytest.raises(BackendTimeout):
+            await d.run(p.decide(TEXT), Task.EMBED, ITEMS, {}, started=began)
+        assert time.perf_counter() - began < 0.75  # 500 ms from the start, not from now

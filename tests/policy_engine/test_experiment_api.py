@@ -61,7 +61,7 @@ async def test_units_stick_to_arms_and_counters_add_up(gateway: GatewayFactory) 
         arms = rep["arms"]
         assert arms["control"]["assigned"] + arms["treatment"]["assigned"] == 40
         assert arms["control"]["requests"] + arms["treatment"]["requests"] == 40
-        assert rep["counters"] == "memory" and rep["state"] == "running"
+        assert rep["counters"] == "file" and rep["state"] == "running"  # kept beside the policy
         listing = (await client.get("/admin/experiments")).json()["experiments"]
         assert [e["name"] for e in listing] == ["exp"]
         assert (await client.get("/admin/experiments/nope")).status_code == 404

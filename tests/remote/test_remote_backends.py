@@ -214,3 +214,23 @@ async def test_waiting_for_our_own_connections_is_load_not_the_upstreams_fault(
     assert all(isinstance(r, QueueTimeout | ModelTimeout) for r in failed), failed
     assert all(r.headers["Retry-After"] for r in failed)
     assert not any(getattr(r, "blames_target", False) for r in failed)
+
+
+@pytest.mark.parametrize("kind", ["kserve", "openai"])
+async def test_an_upstream_that_hung_is_used_again_once_it_answers(
+    make, upstream: Upstream, kind: str
+) -> None:  # type: ignore[no-untyped-def]
+    # calls time out against a hanging upstream (never cancelled mid-flight, so no pool slot
+    # can leak); once it answers again, so do the calls, and every slot is back
+    backend = await make(kind, "slow", max_connections=2)
+    upstream.slow_s = 1.0
+    results = await asyncio.gather(
+        *(backend.infer(Task.EMBED, TEXTS[:1], {}, timeout_s=0.2) for _ in range(6)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, BackendTimeout | QueueTimeout) for r in results), results
+    upstream.slow_s = 0.01
+    await asyncio.sleep(1.2)  # the abandoned exchanges end on httpx's own timeouts
+    out = await backend.infer(Task.EMBED, TEXTS[:1], {}, timeout_s=2)
+    assert out[0]["embedding"].shape == (8,)
+    assert backend._slots._value == 2 and sum(backend._inflight) == 0  # nothing leaked
