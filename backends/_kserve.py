@@ -101,10 +101,10 @@ class KServeBackend(RemoteBackend):
         return self._capabilities
 
     async def probe(self, client: httpx.AsyncClient) -> bool:
-        if (await client.get(self.probe_path)).status_code != 200:
+        if (await client.get(self.probe_path, timeout=self.probe_timeout_s)).status_code != 200:
             return False
         if not self._metadata_read:
-            resp = await client.get(self.model_path)
+            resp = await client.get(self.model_path, timeout=self.probe_timeout_s)
             if resp.status_code == 200:
                 try:
                     caps = capabilities_from_metadata(resp.json())

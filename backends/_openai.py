@@ -74,7 +74,7 @@ class OpenAIBackend(RemoteBackend):
     async def probe(self, client: httpx.AsyncClient) -> bool:
         # some embedding servers have no /models: any answer but a 5xx or an auth refusal
         # means the server is up and would take our calls
-        status = (await client.get(self.probe_path)).status_code
+        status = (await client.get(self.probe_path, timeout=self.probe_timeout_s)).status_code
         return status < 500 and status not in (401, 403)
 
     async def start(self) -> None:

@@ -53,6 +53,10 @@ from ._errors import (
 
 log = logging.getLogger("prism.remote")
 
+#: how long an exchange may outlive its caller's deadline before it is closed (seconds)
+EXCHANGE_GRACE_S = 1.0
+#: how long aclose waits for running exchanges to end by themselves (seconds)
+CLOSE_GRACE_S = 2.0
 #: a call without a deadline of its own still ends (seconds)
 DEFAULT_TIMEOUT_S = 60.0
 #: how much of an upstream's error message a caller gets to see
@@ -131,6 +135,10 @@ class RemoteBackend(Backend):
         self.stats = RemoteStats()
         self._clients: list[httpx.AsyncClient] = []
         self._probing: asyncio.Future[bool] | None = None
+        #: each probe request's own httpx timeout (it is never cancelled: see :meth:`call`)
+        self.probe_timeout_s = min(2.0, health_interval_s)
+        #: exchanges still running, the ones callers stopped waiting for included
+        self._pending: set[asyncio.Future[httpx.Response]] = set()
         #: when a probe last found the upstream up after it was down (time.monotonic)
         self.healthy_since: float | None = None
         #: one per connection the upstream may see (see :meth:`call`)
@@ -183,7 +191,15 @@ class RemoteBackend(Backend):
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prober
-        for client in self._clients:
+        # let running exchanges (and a probe) end on their own deadlines, briefly, rather
+        # than cancel them at loop shutdown; then close the clients under whatever is left
+        running: list[asyncio.Future[Any]] = [*self._pending]
+        if self._probing is not None:
+            running.append(self._probing)
+        if running:
+            await asyncio.wait(running, timeout=CLOSE_GRACE_S)
+        clients, self._clients = self._clients, []  # a later call: BackendUnavailable
+        for client in clients:
             await client.aclose()
         self._healthy = False
 
@@ -191,7 +207,7 @@ class RemoteBackend(Backend):
 
     async def probe(self, client: httpx.AsyncClient) -> bool:
         """One health check; subclasses may learn more (e.g. model metadata) on the way."""
-        resp = await client.get(self.probe_path)
+        resp = await client.get(self.probe_path, timeout=self.probe_timeout_s)
         return resp.status_code == 200
 
     async def _probe_once(self, timeout_s: float) -> None:
@@ -270,10 +286,18 @@ class RemoteBackend(Backend):
         # exchange ends on httpx's own timeouts (the same deadline), and only then frees its
         # connection and our slot.
         exchange = asyncio.ensure_future(
-            self._clients[shard].request(
-                method, path, json=json_body, content=content, headers=headers, timeout=remaining
+            self._exchange(
+                self._clients[shard],
+                method,
+                path,
+                json_body,
+                content,
+                headers,
+                remaining,
+                time.perf_counter() + remaining + EXCHANGE_GRACE_S,
             )
         )
+        self._pending.add(exchange)
         exchange.add_done_callback(functools.partial(self._exchange_done, shard))
         try:
             try:
@@ -295,8 +319,45 @@ class RemoteBackend(Backend):
         self._healthy = True
         return resp
 
+    @staticmethod
+    async def _exchange(
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        json_body: Any,
+        content: bytes | None,
+        headers: dict[str, str] | None,
+        timeout_s: float,
+        ends_by: float,
+    ) -> httpx.Response:
+        """One request, read as a stream so that its whole life is bounded: httpx's timeouts
+        bound each phase and each read, not the total, so an upstream trickling its body
+        could otherwise hold a connection indefinitely. Past ``ends_by`` the response is
+        closed cleanly (never cancelled) and the exchange fails as a read timeout."""
+        request = client.build_request(
+            method, path, json=json_body, content=content, headers=headers, timeout=timeout_s
+        )
+        response = await client.send(request, stream=True)
+        try:
+            chunks: list[bytes] = []
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk)
+                if time.perf_counter() > ends_by:
+                    raise httpx.ReadTimeout("the answer took longer than the deadline")
+        finally:
+            await response.aclose()
+        # a plain (non-streamed) response with the body it sent, decoded as httpx would
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=b"".join(chunks),
+            request=request,
+            extensions=response.extensions,
+        )
+
     def _exchange_done(self, shard: int, exchange: asyncio.Future[httpx.Response]) -> None:
         """An exchange really ended (answered, failed, or timed out inside httpx)."""
+        self._pending.discard(exchange)
         self._inflight[shard] -= 1
         self._slots.release()
         if not exchange.cancelled():

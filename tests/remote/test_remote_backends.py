@@ -234,3 +234,36 @@ async def test_an_upstream_that_hung_is_used_again_once_it_answers(
     out = await backend.infer(Task.EMBED, TEXTS[:1], {}, timeout_s=2)
     assert out[0]["embedding"].shape == (8,)
     assert backend._slots._value == 2 and sum(backend._inflight) == 0  # nothing leaked
+
+
+async def test_an_upstream_trickling_its_answer_cannot_hold_a_connection_forever() -> None:
+    # headers at once, then one byte every 0.1 s for ever: httpx's per-read timeouts never
+    # fire, so the exchange's whole life must be bounded by the backend itself
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n"
+        )
+        try:
+            while True:
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    spec = OpenAISpec(
+        backend="openai", url=f"http://127.0.0.1:{port}", remote_model="m", max_connections=1
+    )
+    backend = build_backend(spec, base_dir=".", name="trickle")  # type: ignore[arg-type]
+    await backend.start()
+    try:
+        with pytest.raises(BackendTimeout):
+            await backend.infer(Task.EMBED, TEXTS[:1], {}, timeout_s=0.3)
+        await asyncio.sleep(2.0)  # 0.3 s deadline + 1 s grace: closed by now, cleanly
+        assert backend._slots._value == 1 and not backend._pending  # type: ignore[attr-defined]
+    finally:
+        await backend.aclose()
+        server.close()
