@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .conftest import GatewayFactory, text_request
+from .conftest import Client, GatewayFactory, text_request
 
 POLICY = """
 version: 1
@@ -22,6 +24,18 @@ routes:
     version: stable
     cache: {ttl_s: 0}
 """
+
+
+async def policy_status_until(
+    client: Client, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 5.0
+) -> dict[str, Any]:
+    """``GET /admin/policy`` until ``predicate`` holds: what the file watcher did."""
+    for _ in range(int(timeout_s / 0.05)):
+        status: dict[str, Any] = (await client.get("/admin/policy")).json()
+        if predicate(status):
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"watcher did not act: {status}")
 
 
 def policy(stable: str = "1", latency: int = 0) -> str:
@@ -96,20 +110,12 @@ async def test_watcher_reloads_on_change_and_reports_a_bad_file(
         path = tmp_path / "policy.yaml"
         assert (await client.get("/admin/policy")).json()["watch_s"] == 0.05
 
-        async def until(predicate: object, timeout_s: float = 5.0) -> dict[str, object]:
-            for _ in range(int(timeout_s / 0.05)):
-                status = (await client.get("/admin/policy")).json()
-                if predicate(status):  # type: ignore[operator]
-                    return status  # type: ignore[no-any-return]
-                await asyncio.sleep(0.05)
-            raise AssertionError(f"watcher did not act: {status}")
-
         path.write_text(policy("2"))
-        await until(lambda s: s["models"]["m"]["labels"]["stable"] == "2")
+        await policy_status_until(client, lambda s: s["models"]["m"]["labels"]["stable"] == "2")
         assert (await client.post("/v1/infer", json=text_request())).json()["version"] == "2"
 
         path.write_text("version: 1\nmodels: {}\n")
-        status = await until(lambda s: s["last_error"] is not None)
+        status = await policy_status_until(client, lambda s: s["last_error"] is not None)
         assert status["last_error"].endswith(
             ":2: models: Dictionary should have at least 1 item after validation, not 0"
         )
@@ -204,19 +210,11 @@ async def test_watcher_reports_a_deleted_file_and_clears_when_it_is_back(
         path = tmp_path / "policy.yaml"
         original = path.read_text()
 
-        async def until(predicate: object) -> dict[str, object]:
-            for _ in range(100):
-                status = (await client.get("/admin/policy")).json()
-                if predicate(status):  # type: ignore[operator]
-                    return status  # type: ignore[no-any-return]
-                await asyncio.sleep(0.05)
-            raise AssertionError(f"watcher did not act: {status}")
-
         path.unlink()
-        status = await until(lambda s: s["last_error"] is not None)
+        status = await policy_status_until(client, lambda s: s["last_error"] is not None)
         assert "cannot read" in str(status["last_error"])
         assert (await client.post("/v1/infer", json=text_request())).status_code == 200
         # the very same bytes come back: the error clears, no edit needed
         path.write_text(original)
-        await until(lambda s: s["last_error"] is None)
+        await policy_status_until(client, lambda s: s["last_error"] is None)
         assert "prism_policy_last_reload_ok 1.0" in (await client.get("/metrics")).text
