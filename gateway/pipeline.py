@@ -366,6 +366,14 @@ class Pipeline:
         planned = (decision.model, decision.version)
         answered_by = planned
         others: dict[int, tuple[str, str]] = {}
+        fresh: dict[str, Output] = {}  # what goes into the cache: the planned version's only
+
+        def settle(indices: list[int], by: tuple[str, str]) -> None:
+            if by != planned:
+                others.update(dict.fromkeys(indices, by))
+            else:
+                fresh.update({keys[i]: out for i in indices if (out := outputs[i]) is not None})
+
         owned = [keys[i] for i in leaders] if coalesce else []
         for k in owned:
             cache.lead(k)
@@ -379,13 +387,7 @@ class Pipeline:
             # followers then compute for themselves
             for k in owned:
                 cache.finish(k, outputs[seen[k]] if answered_by == planned else None)
-        if answered_by != planned:
-            others.update({i: answered_by for i in leaders})
-        fresh = {
-            keys[i]: out
-            for i in leaders
-            if answered_by == planned and (out := outputs[i]) is not None
-        }
+        settle(leaders, answered_by)
         for i in missing:  # duplicates inside this request
             if outputs[i] is None and keys[i] in seen:
                 outputs[i] = outputs[seen[keys[i]]]
@@ -401,10 +403,7 @@ class Pipeline:
                 by = await self._dispatch(
                     req, decision, items, orphans, outputs, route, timing, started
                 )
-                if by != planned:
-                    others.update({i: by for i in orphans})
-                else:
-                    fresh.update({keys[i]: out for i in orphans if (out := outputs[i]) is not None})
+                settle(orphans, by)
         if status != "bypass" and fresh:
             await cache.set_many(fresh, decision.cache_ttl_s)
         return others
