@@ -136,10 +136,18 @@ class Deployments:
         since = getattr(dep.backend, "healthy_since", None) if dep is not None else None
         return since if isinstance(since, float) else None
 
+    def of_version(self, model: str, version: str) -> list[Deployment]:
+        """The deployments (one per replica) of one model version."""
+        return [
+            d
+            for d in self._by_key.values()
+            if (d.target.model, d.target.version) == (model, version)
+        ]
+
     def capabilities(self, model: str, version: str) -> Capabilities | None:
         """What a loaded backend of ``model``/``version`` reports; None while none is loaded."""
-        for dep in self._by_key.values():
-            if dep.ready and (dep.target.model, dep.target.version) == (model, version):
+        for dep in self.of_version(model, version):
+            if dep.ready:
                 return dep.backend.capabilities
         return None
 

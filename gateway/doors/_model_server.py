@@ -186,9 +186,8 @@ class PipelineModelServer:
         return out
 
     async def model_ready(self, model: ServedModel) -> bool:
-        for dep in self.rt.deployments.all():
-            same = (dep.target.model, dep.target.version) == (model.name, model.version)
-            if same and dep.ready and await dep.backend.health():
+        for dep in self.rt.deployments.of_version(model.name, model.version):
+            if dep.ready and await dep.backend.health():
                 return True
         return False
 
