@@ -8,12 +8,16 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 PRISM_DATA_DIR=/app
 WORKDIR /app
 
+# dependencies from the committed lock first (a layer that survives code edits), then Prism itself
+COPY requirements/serve.txt ./requirements/serve.txt
+RUN pip install pip==26.3 && pip install -r requirements/serve.txt
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY backends ./backends
 COPY kernels ./kernels
+COPY prism ./prism
 COPY policies ./policies
-RUN pip install --upgrade pip && pip install .
+RUN pip install --no-deps --no-build-isolation .
 
 # the demo CLIP and catalogue are built into the image, so the default policy serves offline
 RUN prism demo build --out /app/models

@@ -8,20 +8,44 @@ PORT ?= 8080
 DEMO := models/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: serve test check bench bench-gpu demo venv redis format clean help
+.PHONY: serve test test-latest lock check bench bench-gpu demo venv redis format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
-	@echo "==> creating $(VENV) and installing Prism with its dev tools (first time: a few minutes)"
+# Installs come from the committed locks (requirements/*.txt, written by `make lock`), never from
+# whatever was released last night. `make serve` installs the runtime lock only; `make test` and
+# `make check` add the dev lock (a superset with the same versions). pip itself is pinned too.
+PIP_VERSION := 26.3
+$(BIN)/.serve-installed: requirements/serve.txt pyproject.toml
+	@echo "==> creating $(VENV) and installing Prism from requirements/serve.txt (first time: a few minutes)"
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, found " + sys.version.split()[0]'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade --progress-bar on pip
-	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+	$(BIN)/python -m pip install -q --progress-bar on pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install --progress-bar on -r requirements/serve.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-venv: $(BIN)/.installed  ## create .venv with Prism and its dev tools
+$(BIN)/.installed: $(BIN)/.serve-installed requirements/dev.txt
+	@echo "==> adding the dev tools and test peers from requirements/dev.txt"
+	$(BIN)/python -m pip install --progress-bar on -r requirements/dev.txt
+	@touch $@
+
+venv: $(BIN)/.installed  ## create .venv with Prism and its dev tools (from the lock)
+
+lock: $(BIN)/.serve-installed  ## re-resolve requirements/{dev,serve}.txt from pyproject.toml's ranges
+	$(BIN)/python requirements/lock.py
+
+# A throw-away venv with the newest releases pyproject.toml's ranges allow (no lock), running the
+# whole suite: it tells us what the next releases will break before a fresh install does.
+LATEST ?= .venv-latest
+test-latest: redis $(DEMO)  ## run the suite against the newest allowed releases (throw-away venv)
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install --progress-bar on --upgrade -e '.[dev]'
+	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
+	@echo "==> newest releases installed (see $(LATEST)/versions.txt); running the suite"
+	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 redis:  ## make sure redis-server exists (installs Debian's package when root)
 	@command -v redis-server >/dev/null && exit 0; \
@@ -32,13 +56,13 @@ redis:  ## make sure redis-server exists (installs Debian's package when root)
 		echo "redis-server is missing: install it with 'sudo apt-get install redis-server' (Debian/Ubuntu) and run again" >&2; exit 1; \
 	fi
 
-$(DEMO): | $(BIN)/.installed
+$(DEMO): | $(BIN)/.serve-installed
 	@echo "==> building the demo CLIP and catalogue (once; 4 to 6 minutes on 2 cores)"
 	$(BIN)/prism demo build --out models
 
 demo: $(DEMO)  ## train the demo CLIP and build the demo catalogue (once)
 
-serve: $(BIN)/.installed $(DEMO)  ## start the gateway on $(HOST):$(PORT) with the default policy
+serve: $(BIN)/.serve-installed $(DEMO)  ## start the gateway on $(HOST):$(PORT) with the default policy
 	$(BIN)/prism serve --host $(HOST) --port $(PORT) $(if $(PRISM_REDIS_URL),--redis-url $(PRISM_REDIS_URL),)
 
 test: $(BIN)/.installed redis $(DEMO)  ## run the whole test suite (real Redis, real models)
@@ -50,7 +74,7 @@ check: $(BIN)/.installed  ## format, lint, types, import layers, generated files
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/prism policy schema --check
-	$(BIN)/python -m gateway.openapi --check
+	$(BIN)/python -m prism.gateway.openapi --check
 
 format: $(BIN)/.installed  ## apply ruff formatting and safe fixes
 	$(BIN)/ruff format .
@@ -61,4 +85,4 @@ bench: $(BIN)/.installed redis  ## gateway/cache/batching benchmarks on this mac
 	$(BIN)/python bench/kernels.py --quick
 
 clean:  ## remove built artefacts (keeps .venv)
-	rm -rf models .pytest_cache .mypy_cache .ruff_cache
+	rm -rf models .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(LATEST)

@@ -123,7 +123,7 @@ def _embed_batch(
     batch: list[SourceItem], encoder: OpenClipModel, weights: tuple[float, float], where: Path
 ) -> np.ndarray:
     """Fused float16 ``[B, D]`` rows: title (text tower) + image (image tower)."""
-    from kernels import fuse_modalities
+    from prism.kernels.ops import fuse_modalities
 
     texts = encoder.encode_texts([item.title for item in batch])
     images = torch.zeros_like(texts)

@@ -153,7 +153,7 @@ class RecommenderModel(LocalModel):
     def forward(
         self, task: Task, prepared: Sequence[Any], parameters: Mapping[str, Any]
     ) -> list[Output]:
-        from kernels import fuse_with_history, score_topk
+        from prism.kernels.ops import fuse_with_history, score_topk
 
         queries: Sequence[_Query] = prepared
         table, catalog = self._loaded()

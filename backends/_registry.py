@@ -17,16 +17,16 @@ from ._specs import BackendSpec, KServeSpec, OpenAISpec
 
 #: kind -> "module:Class" whose ``from_spec(spec, base_dir, device)`` builds the model
 LOCAL_KINDS: dict[str, str] = {
-    "fake": "backends._fake:FakeModel",
-    "text-encoder": "backends._text_encoder:TextEncoderModel",
-    "open-clip": "backends._open_clip:OpenClipModel",
-    "recommender": "backends._recommender:RecommenderModel",
+    "fake": "prism.backends._fake:FakeModel",
+    "text-encoder": "prism.backends._text_encoder:TextEncoderModel",
+    "open-clip": "prism.backends._open_clip:OpenClipModel",
+    "recommender": "prism.backends._recommender:RecommenderModel",
 }
 
 #: backend -> "module:Class" whose ``from_spec(spec, url, name=...)`` builds a remote backend
 REMOTE_KINDS: dict[str, str] = {
-    "kserve": "backends._kserve:KServeBackend",
-    "openai": "backends._openai:OpenAIBackend",
+    "kserve": "prism.backends._kserve:KServeBackend",
+    "openai": "prism.backends._openai:OpenAIBackend",
 }
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, post
 
-from backends import Batching, FakeSpec, InputItem, LocalBackend, Task
-from backends._fake import FakeModel
+from prism.backends import Batching, FakeSpec, InputItem, LocalBackend, Task
+from prism.backends._fake import FakeModel
 
 backend = LocalBackend(
     FakeModel(FakeSpec(backend="local", kind="fake", dim=384)), Batching(), name="bare"

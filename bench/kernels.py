@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels
+import prism.kernels.ops as kernels
 
 BF16 = torch.bfloat16
 FIELDS = [
@@ -195,7 +195,7 @@ def topk_case(
 
 def _without_floor(q: torch.Tensor, cat: torch.Tensor, k: int) -> Any:
     """score_topk with the floor pre-pass switched off (an A/B of that pass)."""
-    from kernels import _scoring
+    from prism.kernels import _scoring
 
     _scoring.USE_FLOOR = False
     try:
@@ -489,7 +489,7 @@ def run_case(
 
 def tuned_config(kind: str) -> str:
     """The launch configuration the autotuner picked for the last call (diagnostics only)."""
-    from kernels import _fusion, _scoring
+    from prism.kernels import _fusion, _scoring
 
     launcher = {"fuse": _fusion._FUSE, "topk": _scoring._SCORE}.get(kind, _fusion._BAG)
     best = launcher.last_config

@@ -157,8 +157,8 @@ async def remote_suite(args: argparse.Namespace, tmp: Path) -> None:
 
 async def _in_process(size: int, seconds: float, concurrency: int = 32) -> LoadResult:
     """The batcher alone: ``concurrency`` tasks calling LocalBackend.infer, no HTTP."""
-    from backends import Batching, InputItem, LocalBackend, Task, TextEncoderSpec
-    from backends import build_local_model as build
+    from prism.backends import Batching, InputItem, LocalBackend, Task, TextEncoderSpec
+    from prism.backends import build_local_model as build
 
     spec = TextEncoderSpec(backend="local", kind="text-encoder", source="minilm", device="cpu")
     batching = Batching(max_batch_size=size, max_queue_delay_ms=2, max_queue_size=4096)

@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_200_OK
 
-from backends import InvalidInput, NotFound
+from prism.backends import InvalidInput, NotFound
 
 from .experiments import control_arm
 from .policy import Experiment, PolicyLoadError

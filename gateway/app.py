@@ -13,7 +13,7 @@ from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
-from backends import BadRequest, FieldError, InvalidInput, MalformedBody
+from prism.backends import BadRequest, FieldError, InvalidInput, MalformedBody
 
 from .admin import AdminController
 from .auth import api_key_guard

@@ -16,7 +16,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from backends import Forbidden, Unauthorized
+from prism.backends import Forbidden, Unauthorized
 
 
 def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:

@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(f"prism serve: {issue}", file=sys.stderr)
         return 1
-    from kernels import requested_backend
+    from prism.kernels.ops import requested_backend
 
     try:  # a typo in PRISM_KERNELS fails here, not as a 502 on every recommendation
         requested_backend()
@@ -90,7 +90,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from backends import PrismError
+    from prism.backends import PrismError
 
     from .explain import explain, format_explanation
     from .policy import PolicyLoadError, compile_policy_file, format_path

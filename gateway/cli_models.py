@@ -14,7 +14,7 @@ MIN_DEMO_ACCURACY = 0.9
 
 
 def _demo_build(args: argparse.Namespace) -> int:
-    from backends.demo import build_demo
+    from prism.backends.demo import build_demo
 
     built = build_demo(Path(args.out), seed=args.seed, force=args.force)
     accuracy = built.zero_shot_accuracy  # the build's last line has already said it
@@ -28,7 +28,7 @@ def _demo_build(args: argparse.Namespace) -> int:
 
 
 def _demo_sample(args: argparse.Namespace) -> int:
-    from backends.demo import CLASSES, render
+    from prism.backends.demo import CLASSES, render
 
     wanted = args.label.lower().removeprefix("a ").removeprefix("an ").strip()
     classes = {f"{color} {shape}": (color, shape) for color, shape in CLASSES}
@@ -49,9 +49,9 @@ def _demo_sample(args: argparse.Namespace) -> int:
 
 
 def _catalog_build(args: argparse.Namespace) -> int:
-    from backends import OpenClipSpec, resolve_device
-    from backends._catalog import CatalogError, build_catalog
-    from backends._open_clip import OpenClipModel
+    from prism.backends import OpenClipSpec, resolve_device
+    from prism.backends._catalog import CatalogError, build_catalog
+    from prism.backends._open_clip import OpenClipModel
 
     if args.weights is not None:
         encoder = OpenClipModel(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends import (
+from prism.backends import (
     Backend,
     BackendSpec,
     Capabilities,

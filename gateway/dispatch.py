@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from backends import (
+from prism.backends import (
     BackendError,
     BackendTimeout,
     CircuitOpen,

@@ -13,7 +13,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from backends import FieldError, MalformedBody, PrismError
+from prism.backends import FieldError, MalformedBody, PrismError
 
 log = logging.getLogger("prism.errors")
 
@@ -48,7 +48,7 @@ def problem_response(exc: PrismError, instance: str | None = None) -> Response[A
 
 def _from_litestar(exc: HTTPException) -> PrismError:
     """Litestar's own errors (routing, body parsing, size limit) in Prism's tree."""
-    from backends import MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+    from prism.backends import MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 
     status = exc.status_code
     if status == 413:

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from backends import Backend, LocalBackend, RemoteBackend
+from prism.backends import Backend, LocalBackend, RemoteBackend
 
 from .cache import CacheStats
 

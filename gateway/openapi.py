@@ -1,7 +1,7 @@
 """The checked-in OpenAPI document (``gateway/openapi.json``) and its freshness check.
 
-python -m gateway.openapi          # rewrite gateway/openapi.json from the live app
-python -m gateway.openapi --check  # exit 1 when the file differs from the live app
+python -m prism.gateway.openapi          # rewrite gateway/openapi.json from the live app
+python -m prism.gateway.openapi --check  # exit 1 when the file differs from the live app
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def render(schema: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.openapi",
+        prog="python -m prism.gateway.openapi",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = OPENAPI_FILE.read_text() if OPENAPI_FILE.exists() else ""
         if current != text:
-            print(f"{OPENAPI_FILE} is stale: run `python -m gateway.openapi`", file=sys.stderr)
+            print(
+                f"{OPENAPI_FILE} is stale: run `python -m prism.gateway.openapi`", file=sys.stderr
+            )
             return 1
         print(f"{OPENAPI_FILE} is current")
         return 0

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from backends import (
+from prism.backends import (
     FieldError,
     InputItem,
     InvalidImage,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends import InputItem, Output, PrismError, Task
+from prism.backends import InputItem, Output, PrismError, Task
 
 from .cache import MemoryStore, RedisStore, ResponseCache
 from .deployments import DeploymentFailed, Deployments

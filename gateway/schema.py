@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backends import Task
+from prism.backends import Task
 
 #: history item ids one request may carry across its inputs (each input: at most 10,000)
 MAX_HISTORY_IDS = 50_000

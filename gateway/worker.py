@@ -27,7 +27,7 @@ from litestar import Litestar, Response, get, head
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from backends import (
+from prism.backends import (
     Backend,
     InputItem,
     KServeSpec,

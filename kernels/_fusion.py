@@ -30,8 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels._inputs import Bags, Weights
-from kernels._tuning import INTERPRET, Launcher, pow2, size_class, sm_count
+from prism.kernels._inputs import Bags, Weights
+from prism.kernels._tuning import INTERPRET, Launcher, pow2, size_class, sm_count
 
 # Kernels use literals, not module-level tl.constexpr globals: Triton compares every global a
 # kernel reads with its value at compile time on each launch, which costs ~1 us apiece.

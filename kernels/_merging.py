@@ -14,9 +14,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import _keys, _rescoring
-from kernels._triton_keys import key_score, relaxed_floor, relaxed_floor_jit
-from kernels._tuning import INTERPRET, pow2
+from prism.kernels import _keys, _rescoring
+from prism.kernels._triton_keys import key_score, relaxed_floor, relaxed_floor_jit
+from prism.kernels._tuning import INTERPRET, pow2
 
 
 @triton.jit(do_not_specialize=["k", "C"])

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels import _keys
-from kernels._inputs import Bags
+from prism.kernels import _keys
+from prism.kernels._inputs import Bags
 
 #: ``normalize(x) = x / max(||x||_2, EPS)``, as ``torch.nn.functional.normalize``.
 EPS = 1e-12

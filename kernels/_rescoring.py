@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels import _keys, _reference
+from prism.kernels import _keys, _reference
 
 #: Bytes of float32 catalogue rows gathered at once when rescoring saturated chunks.
 _RESCORE_BYTES = 1 << 28

@@ -36,9 +36,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import _keys, _merging, _reference
-from kernels._triton_keys import key_score, make_key, relaxed_floor_jit
-from kernels._tuning import INTERPRET, Launcher, pow2, size_class, sm_count
+from prism.kernels import _keys, _merging, _reference
+from prism.kernels._triton_keys import key_score, make_key, relaxed_floor_jit
+from prism.kernels._tuning import INTERPRET, Launcher, pow2, size_class, sm_count
 
 # The kernels spell their constants as literals, not module-level tl.constexpr globals: Triton
 # compares every global a kernel reads with its compile-time value on each launch (~1 us

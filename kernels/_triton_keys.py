@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import _keys
+from prism.kernels import _keys
 
 #: The floor pre-pass bound is relaxed by this fraction of its magnitude before use.
 FLOOR_SLACK = 2.0**-12

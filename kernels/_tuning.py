@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import triton
 
-from kernels._dispatch import interpreting
+from prism.kernels._dispatch import interpreting
 
 ENV_AUTOTUNE = "PRISM_KERNELS_AUTOTUNE"
 

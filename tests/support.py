@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-PRISM = [sys.executable, "-m", "gateway.cli"]
+PRISM = [sys.executable, "-m", "prism.gateway.cli"]
 
 
 def free_port() -> int:

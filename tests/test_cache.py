@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from backends import InputItem, Task
-from gateway.cache import (
+from prism.backends import InputItem, Task
+from prism.gateway.cache import (
     MemoryStore,
     RedisStore,
     ResponseCache,

@@ -17,9 +17,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 from PIL import Image
 
-from backends.demo import CLASSES, build_demo, sample
-from gateway.app import create_app
-from gateway.settings import Settings
+from prism.backends.demo import CLASSES, build_demo, sample
+from prism.gateway.app import create_app
+from prism.gateway.settings import Settings
 from tests.support import ROOT
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -143,7 +143,7 @@ async def test_decompression_bomb_is_refused_before_decoding(gw: Client) -> None
 
 def _prism(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "prism.gateway.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.cli import build_parser
-from gateway.policy import parse_policy
+from prism.gateway.cli import build_parser
+from prism.gateway.policy import parse_policy
 from tests.support import ROOT
 
 LOCAL_IMAGE = "prism-gateway:latest"

@@ -102,7 +102,7 @@ def test_serve_answers_problems_over_real_http(policy: Path) -> None:
 
 def _prism(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "prism.gateway.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
-from gateway.settings import Settings
+from prism.gateway.app import create_app
+from prism.gateway.settings import Settings
 
 POLICY = """
 version: 1
@@ -362,7 +362,7 @@ async def test_labels_without_a_task_mean_classify(client: AsyncTestClient) -> N
 def test_history_across_inputs_is_bounded() -> None:
     import pydantic
 
-    from gateway.schema import MAX_HISTORY_IDS, InferRequest
+    from prism.gateway.schema import MAX_HISTORY_IDS, InferRequest
 
     each = {"user": "u", "history": ["i"] * 9_000}
     InferRequest.model_validate({"inputs": [each] * (MAX_HISTORY_IDS // 9_000)})

@@ -7,8 +7,15 @@ import asyncio
 import numpy as np
 import pytest
 
-from backends import Batching, InputItem, LocalBackend, Task, TextEncoderSpec, build_local_model
-from backends._text_encoder import packaged_model_path
+from prism.backends import (
+    Batching,
+    InputItem,
+    LocalBackend,
+    Task,
+    TextEncoderSpec,
+    build_local_model,
+)
+from prism.backends._text_encoder import packaged_model_path
 
 SENTENCES = [
     "a red circle",

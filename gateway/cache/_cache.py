@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backends import CacheUnavailable, InputItem, Output, Task
+from prism.backends import CacheUnavailable, InputItem, Output, Task
 
 from ._codec import decode_output, encode_output
 from ._stores import CacheStore

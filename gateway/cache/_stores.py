@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from backends import CacheUnavailable
+from prism.backends import CacheUnavailable
 
 
 class CacheStore(Protocol):

@@ -3,7 +3,7 @@
 The door speaks HTTP and tensors only; a :class:`ModelServer` answers the questions behind
 it (which models, which versions, ready or not, run this). :class:`PipelineModelServer`
 answers them from the policy and runs requests through :meth:`Pipeline.infer` (policy,
-cache, experiments); ``gateway.worker.BackendModelServer`` answers them for a single
+cache, experiments); ``prism.gateway.worker.BackendModelServer`` answers them for a single
 in-process backend.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
-from backends import Capabilities, FieldError, InputItem, InvalidInput, Modality, Output, Task
+from prism.backends import Capabilities, FieldError, InputItem, InvalidInput, Modality, Output, Task
 
 from ..schema import ImageRef, InferRequest, InputSpec, Routing
 from .native import route_headers

@@ -21,8 +21,8 @@ from litestar import Request
 from litestar.exceptions import InternalServerException
 from litestar.types import Empty
 
-from backends import ClientClosedRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
-from backends import _json as strict_json
+from prism.backends import ClientClosedRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from prism.backends import _json as strict_json
 
 #: Codings Prism inflates; ``identity`` (or no header) is the body as sent.
 ACCEPTED_CODINGS = ("gzip", "deflate")

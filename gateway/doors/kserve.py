@@ -34,9 +34,9 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
-from backends import BadRequest, PrismError, Task
-from backends import _json as strict_json
-from backends._v2 import (
+from prism.backends import BadRequest, PrismError, Task
+from prism.backends import _json as strict_json
+from prism.backends._v2 import (
     CONTROL_PARAMETERS,
     OUTPUTS_BY_TASK,
     TensorFormatError,

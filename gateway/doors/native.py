@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
 
-from backends import Conflict, NotFound
+from prism.backends import Conflict, NotFound
 
 from ..experiments import FEEDBACK_TTL_S
 from ..runtime import Runtime

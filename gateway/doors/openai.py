@@ -30,7 +30,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
-from backends import (
+from prism.backends import (
     BackendError,
     BadRequest,
     FieldError,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from backends import Overloaded
+from prism.backends import Overloaded
 
 from ..cache._stores import bounded_redis
 

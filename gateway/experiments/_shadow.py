@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from backends import CircuitOpen, InputItem, Output, Overloaded, PrismError, Task
+from prism.backends import CircuitOpen, InputItem, Output, Overloaded, PrismError, Task
 
 from ..policy import Decision, Target
 from ._engine import ExperimentEngine

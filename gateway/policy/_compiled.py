@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends import (
+from prism.backends import (
     BackendSpec,
     Modality,
     ModelNotFound,

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from backends import PolicyError
+from prism.backends import PolicyError
 
 from ._document import PolicyDocument
 from ._references import check_references

@@ -20,7 +20,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from backends import Overloaded
+from prism.backends import Overloaded
 
 from ..policy import CircuitRule, LatencyRule, Target
 from ._breaker import CircuitBreaker

@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from backends._open_clip import OpenClipModel
-from backends._recommender import RecommenderModel
-from backends.demo import DemoArtefacts, build_demo, sample
+from prism.backends._open_clip import OpenClipModel
+from prism.backends._recommender import RecommenderModel
+from prism.backends.demo import DemoArtefacts, build_demo, sample
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def png_bytes(image: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
 
 def shape_png(color: str, shape: str, seed: int = 0, size: int = 64) -> bytes:
     """PNG bytes of a fresh demo image of one class."""
-    from backends.demo import CLASSES
+    from prism.backends.demo import CLASSES
 
     index = CLASSES.index((color, shape))
     return png_bytes(sample(random.Random(seed), index, size).image)

@@ -10,7 +10,7 @@ import numpy as np
 import open_clip
 import torch
 
-from backends.demo import (
+from prism.backends.demo import (
     CLASSES,
     DemoArtefacts,
     TrainConfig,
@@ -19,7 +19,7 @@ from backends.demo import (
     sample,
     train_demo_clip,
 )
-from backends.demo._items import write_demo_items
+from prism.backends.demo._items import write_demo_items
 
 
 def test_data_set_has_24_classes_and_is_deterministic() -> None:
@@ -69,7 +69,7 @@ def test_built_demo_meets_its_targets(demo: DemoArtefacts) -> None:
 
 
 def test_demo_tokenizer_is_open_clips_standard_one() -> None:
-    import backends._open_clip  # noqa: F401  (registers demo-clip)
+    import prism.backends._open_clip  # noqa: F401  (registers demo-clip)
 
     tokenizer = open_clip.get_tokenizer("demo-clip")
     assert isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backends._errors import InvalidImage, InvalidInput, PayloadTooLarge, PrismError
-from backends._images import decode_base64_image, fetch_image, is_public_address, load_image
+from prism.backends._errors import InvalidImage, InvalidInput, PayloadTooLarge, PrismError
+from prism.backends._images import decode_base64_image, fetch_image, is_public_address, load_image
 from tests.backends.conftest import png_bytes
 
 RGB = Image.new("RGB", (40, 30), (200, 30, 30))

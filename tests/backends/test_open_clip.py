@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from backends._base import InputItem, Task
-from backends._batching import LocalBackend
-from backends._errors import InvalidImage, InvalidInput
-from backends._open_clip import OpenClipModel
-from backends._specs import Batching, OpenClipSpec
-from backends.demo import CLASSES, DemoArtefacts, class_names, sample
+from prism.backends._base import InputItem, Task
+from prism.backends._batching import LocalBackend
+from prism.backends._errors import InvalidImage, InvalidInput
+from prism.backends._open_clip import OpenClipModel
+from prism.backends._specs import Batching, OpenClipSpec
+from prism.backends.demo import CLASSES, DemoArtefacts, class_names, sample
 from tests.backends.conftest import REPO, TINY_ARCH, png_bytes, shape_png
 
 # --- loading any architecture -------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_demo_arch_loads_in_a_fresh_process(demo: DemoArtefacts) -> None:
     code = (
         "import open_clip, backends._open_clip as oc;"
         "from pathlib import Path;"
-        "from backends._specs import OpenClipSpec;"
+        "from prism.backends._specs import OpenClipSpec;"
         f"spec = OpenClipSpec(kind='open-clip', arch='demo-clip', weights={demo.weights.name!r});"
         f"m = oc.OpenClipModel.from_spec(spec, Path({str(demo.out_dir.resolve())!r}), 'cpu');"
         "m.load();"

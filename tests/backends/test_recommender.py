@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backends._base import InputItem, Modality, Task
-from backends._batching import LocalBackend
-from backends._catalog import Catalog, CatalogError, build_catalog
-from backends._errors import InvalidImage, InvalidInput
-from backends._open_clip import OpenClipModel
-from backends._recommender import RecommenderModel
-from backends._specs import Batching, ModalityWeights, RecommenderSpec
-from backends.demo import DemoArtefacts
+from prism.backends._base import InputItem, Modality, Task
+from prism.backends._batching import LocalBackend
+from prism.backends._catalog import Catalog, CatalogError, build_catalog
+from prism.backends._errors import InvalidImage, InvalidInput
+from prism.backends._open_clip import OpenClipModel
+from prism.backends._recommender import RecommenderModel
+from prism.backends._specs import Batching, ModalityWeights, RecommenderSpec
+from prism.backends.demo import DemoArtefacts
 from tests.backends.conftest import png_bytes, shape_png
 
 

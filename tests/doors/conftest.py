@@ -9,8 +9,8 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
-from gateway.settings import Settings
+from prism.gateway.app import create_app
+from prism.gateway.settings import Settings
 from tests.upstream import UvicornThread
 
 POLICY = """

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backends import (
+from prism.backends import (
     Batching,
     Capabilities,
     InputItem,

@@ -324,7 +324,7 @@ def test_a_client_that_leaves_mid_body_is_not_a_server_error(
 
 
 def test_thousands_of_gzip_members_are_refused_at_once() -> None:
-    from gateway.doors._request import MAX_GZIP_MEMBERS, inflate
+    from prism.gateway.doors._request import MAX_GZIP_MEMBERS, inflate
 
     many = gzip.compress(b"") * 50_000  # ~1 MB of empty members: quadratic to inflate naively
     with pytest.raises(Exception, match=f"more than {MAX_GZIP_MEMBERS} gzip members"):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import kernels
+import prism.kernels.ops as kernels
 
 Inputs = dict[str, Any]
 
@@ -298,7 +298,7 @@ def run(case: Case, inputs: Inputs, backend: str) -> Any:
     in pass 2 would hide a wrong candidate set) and has no reference backend.
     """
     if case.kind == "candidates":
-        from kernels import _inputs, _scoring
+        from prism.kernels import _inputs, _scoring
 
         cat = inputs["catalogue"]
         q = inputs["queries"].to(cat.dtype)
@@ -341,7 +341,7 @@ def exact_scores(inputs: Inputs) -> Tensor:
 
 def _excluded(inputs: Inputs, queries: int, items: int, device: torch.device) -> Tensor:
     """Bool ``[B, N]``: True where the query excludes the item."""
-    from kernels._inputs import exclusion_pairs
+    from prism.kernels._inputs import exclusion_pairs
 
     out = torch.zeros(queries, items, dtype=torch.bool, device=device)
     pairs = exclusion_pairs(inputs.get("exclude"), queries, device)
@@ -354,7 +354,7 @@ def _excluded(inputs: Inputs, queries: int, items: int, device: torch.device) ->
 
 def _check_candidates(inputs: Inputs, output: tuple[Tensor, int]) -> None:
     """Each (query, chunk) holds exactly the chunk's best keys (integer data: exact scores)."""
-    from kernels import _keys
+    from prism.kernels import _keys
 
     cand, chunk_rows = output
     queries, chunks, keep = cand.shape

@@ -29,7 +29,7 @@ from tests.kernels import _cases  # noqa: E402
 def _record_rescoring(paths: list[str]) -> None:
     """Note in ``paths`` which of score_topk's rescoring strategies and its floor pre-pass
     (``_floor``) run."""
-    from kernels import _rescoring, _scoring
+    from prism.kernels import _rescoring, _scoring
 
     for module, name in (
         (_rescoring, "rescore_chunks"),

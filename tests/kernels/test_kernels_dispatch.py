@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels._dispatch import triton_installed
+import prism.kernels.ops as kernels
+from prism.kernels._dispatch import triton_installed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,8 @@ def test_works_without_triton_and_never_imports_it_on_cpu() -> None:
         """
         import sys
         sys.modules["triton"] = None  # any `import triton` now fails, as if not installed
-        import torch, kernels
+        import torch
+        import prism.kernels.ops as kernels
         out = kernels.fuse_modalities(torch.randn(2, 3, 4), [1.0, 2.0])
         bag = kernels.pooled_embedding_bag(torch.randn(9, 4), torch.tensor([1, 2]), torch.tensor([0]))
         top = kernels.score_topk(torch.randn(2, 4), torch.randn(9, 4), 3)
@@ -84,7 +85,8 @@ def test_works_without_triton_and_never_imports_it_on_cpu() -> None:
 def test_importing_kernels_does_not_import_triton() -> None:
     proc = _python(
         """
-        import sys, torch, kernels
+        import sys, torch
+        import prism.kernels.ops as kernels
         kernels.score_topk(torch.randn(2, 4), torch.randn(9, 4), 3)
         print("triton" in sys.modules)
         """
@@ -94,7 +96,8 @@ def test_importing_kernels_does_not_import_triton() -> None:
 
 
 def test_small_catalogue_threshold_only_applies_to_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kernels import _dispatch, _ops
+    from prism.kernels import _dispatch
+    from prism.kernels import ops as _ops
 
     monkeypatch.delenv("PRISM_KERNELS", raising=False)
     assert _dispatch.is_auto(None) and _dispatch.is_auto("auto")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+import prism.kernels.ops as kernels
 from tests.kernels import _cases
 
 pytestmark = [
@@ -36,7 +36,7 @@ def test_score_topk_is_deterministic_on_gpu() -> None:
 
 
 def test_floor_prepass_runs_at_five_million_items(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kernels import _scoring
+    from prism.kernels import _scoring
 
     calls: list[int] = []
     original = _scoring._floor

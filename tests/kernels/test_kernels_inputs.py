@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import torch
 
-import kernels
-from kernels import _inputs
-from kernels._dispatch import triton_installed
+import prism.kernels.ops as kernels
+from prism.kernels import _inputs
+from prism.kernels._dispatch import triton_installed
 
 CUDA = torch.device("cuda")  # only consulted as a device type: no GPU needed
 
@@ -69,7 +69,7 @@ def test_exclusion_tensors_keep_ids_out_of_range_and_they_mean_nothing() -> None
 def test_launcher_chooses_once_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
     import triton
 
-    from kernels._tuning import Launcher
+    from prism.kernels._tuning import Launcher
 
     launches: list[tuple[Any, ...]] = []
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kernels._dispatch import triton_installed
+from prism.kernels._dispatch import triton_installed
 from tests.kernels import _cases
 
 WORKER = Path(__file__).with_name("_interpret_worker.py")

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import _keys, _reference
+import prism.kernels.ops as kernels
+from prism.kernels import _keys, _reference
 from tests.kernels import _cases
 
 

@@ -14,11 +14,11 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
-from gateway.deployments import Deployments
-from gateway.dispatch import Dispatcher
-from gateway.policy import CompiledPolicy, parse_policy
-from gateway.settings import Settings
+from prism.gateway.app import create_app
+from prism.gateway.deployments import Deployments
+from prism.gateway.dispatch import Dispatcher
+from prism.gateway.policy import CompiledPolicy, parse_policy
+from prism.gateway.settings import Settings
 
 Client = AsyncTestClient[Litestar]
 

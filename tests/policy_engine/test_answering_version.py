@@ -92,8 +92,8 @@ async def test_a_mixed_answer_names_each_outputs_version_and_caches_only_the_pla
 
     import httpx
 
-    from gateway.app import create_app
-    from gateway.settings import Settings
+    from prism.gateway.app import create_app
+    from prism.gateway.settings import Settings
     from tests.upstream import UvicornThread
 
     policy = Path(str(tmp_path)) / "p.yaml"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from backends import (
+from prism.backends import (
     BackendError,
     BackendTimeout,
     InputItem,
@@ -18,7 +18,7 @@ from backends import (
     QueueTimeout,
     Task,
 )
-from gateway.policy import RequestFacts
+from prism.gateway.policy import RequestFacts
 
 from .conftest import deployed
 

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.experiments import (
+from prism.gateway.experiments import (
     BUCKETS,
     ArmCounts,
     ExperimentEngine,
@@ -23,7 +23,7 @@ from gateway.experiments import (
     two_proportion_z,
     welch_t,
 )
-from gateway.policy import Arm, Experiment, Guardrails
+from prism.gateway.policy import Arm, Experiment, Guardrails
 
 
 def experiment(*weights: float, **kw: object) -> Experiment:
@@ -46,7 +46,7 @@ def test_bucket_is_a_fixed_function_of_salt_and_unit() -> None:
         bucket_of("exp", "u1"),
         bucket_of("exp", "u2"),
     ]
-    code = "from gateway.experiments import bucket_of; print(bucket_of('text-v2', 'u42'))"
+    code = "from prism.gateway.experiments import bucket_of; print(bucket_of('text-v2', 'u42'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(other.stdout) == bucket_of("text-v2", "u42")  # another process, another hash seed
     assert 0 <= bucket_of("x", "y") < BUCKETS
@@ -220,8 +220,8 @@ def test_cosine_similarity_of_embeddings() -> None:
 
 
 async def test_a_claim_the_store_could_not_record_can_be_retried() -> None:
-    from backends import Overloaded
-    from gateway.experiments import ExperimentEngine, MemoryCounterStore
+    from prism.backends import Overloaded
+    from prism.gateway.experiments import ExperimentEngine, MemoryCounterStore
 
     class Flaky(MemoryCounterStore):
         down = True

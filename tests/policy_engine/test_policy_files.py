@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
-from gateway.policy import PolicyLoadError, load_policy_file, parse_policy
-from gateway.policy._schema import SCHEMA_PATH, render_schema
+from prism.gateway.cli import main
+from prism.gateway.policy import PolicyLoadError, load_policy_file, parse_policy
+from prism.gateway.policy._schema import SCHEMA_PATH, render_schema
 
 from .conftest import GatewayFactory, text_request
 

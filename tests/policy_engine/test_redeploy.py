@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from backends import OpenClipSpec, output_fingerprint
-from gateway.deployments import Deployments
-from gateway.policy import CompiledPolicy, parse_policy
+from prism.backends import OpenClipSpec, output_fingerprint
+from prism.gateway.deployments import Deployments
+from prism.gateway.policy import CompiledPolicy, parse_policy
 
 POLICY = """
 version: 1
@@ -76,7 +76,7 @@ async def test_a_removed_target_serves_out_its_grace_and_closes_at_shutdown(
 ) -> None:
     import asyncio
 
-    from gateway.policy import Target
+    from prism.gateway.policy import Target
 
     overwrite(tmp_path / "w.pt", b"one")
     deployments = Deployments(tmp_path, load_models=False)
@@ -103,8 +103,8 @@ async def test_a_backend_that_cannot_be_built_fails_like_one_that_cannot_load(
 ) -> None:
     import pytest
 
-    import gateway.deployments as deployments_module
-    from gateway.deployments import DeploymentFailed
+    import prism.gateway.deployments as deployments_module
+    from prism.gateway.deployments import DeploymentFailed
 
     def missing_module(*args: object, **kwargs: object) -> object:
         raise ModuleNotFoundError("No module named 'open_clip'")

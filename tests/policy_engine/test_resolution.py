@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from backends import Modality, ModelNotFound, NoRoute, Task, VersionNotFound
-from gateway.policy import RequestFacts
+from prism.backends import Modality, ModelNotFound, NoRoute, Task, VersionNotFound
+from prism.gateway.policy import RequestFacts
 
 from .conftest import compile_text
 

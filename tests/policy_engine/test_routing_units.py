@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from backends import Overloaded
-from gateway.policy import LatencyRule, Target
-from gateway.routing import CircuitBreaker, HealthBook, LatencyTracker, TargetSelector
+from prism.backends import Overloaded
+from prism.gateway.policy import LatencyRule, Target
+from prism.gateway.routing import CircuitBreaker, HealthBook, LatencyTracker, TargetSelector
 
 
 class Clock:

@@ -14,8 +14,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app
-from gateway.settings import Settings
+from prism.gateway.app import create_app
+from prism.gateway.settings import Settings
 from tests.upstream import Upstream, vector
 
 Client = AsyncTestClient  # type: ignore[type-arg]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
-from gateway.settings import Settings
+from prism.gateway.app import create_app
+from prism.gateway.settings import Settings
 from tests.upstream import Upstream
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 import pytest
 
-from backends import (
+from prism.backends import (
     Backend,
     BackendError,
     BackendTimeout,
@@ -30,8 +30,8 @@ from backends import (
     UpstreamRejected,
     build_backend,
 )
-from backends._kserve import KServeBackend
-from backends._openai import OpenAIBackend, api_base
+from prism.backends._kserve import KServeBackend
+from prism.backends._openai import OpenAIBackend, api_base
 from tests.support import free_port
 from tests.upstream import Upstream, vector
 

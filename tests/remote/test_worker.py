@@ -14,8 +14,8 @@ import pytest
 import tritonclient.http as triton
 from litestar.testing import AsyncTestClient
 
-from gateway.app import create_app
-from gateway.settings import Settings
+from prism.gateway.app import create_app
+from prism.gateway.settings import Settings
 from tests.support import PRISM, ROOT, free_port
 
 Client = AsyncTestClient  # type: ignore[type-arg]

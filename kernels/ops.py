@@ -1,4 +1,15 @@
-"""The public kernels: check arguments once, then run the Triton kernel or the torch reference."""
+"""Prism's embedding kernels: multimodal fusion, pooled history bags, catalogue top-k.
+
+Plain functions on torch tensors. On CUDA tensors they run custom Triton kernels; elsewhere the
+torch references in ``prism.kernels._reference`` (which also define the semantics). Set
+``PRISM_KERNELS=reference|triton`` to force one; ``triton`` on CPU tensors runs Triton's
+interpreter and needs ``TRITON_INTERPRET=1`` set before triton is imported. Importing this
+module never imports triton.
+
+Each function checks its arguments once, then runs the Triton kernel or the torch reference.
+``prism.kernels`` itself has no ``__init__``: the checkout's ``kernels/`` folder must never
+stand in for Hugging Face's ``kernels`` distribution (see ARCHITECTURE.md, Packaging).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +19,20 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kernels import _dispatch, _inputs, _reference
-from kernels._inputs import Exclusions
+from prism.kernels import _dispatch, _inputs, _reference
+from prism.kernels._dispatch import KernelBackendError, requested_backend
+from prism.kernels._dispatch import choose as kernel_backend
+from prism.kernels._inputs import Exclusions
+
+__all__ = [
+    "KernelBackendError",
+    "fuse_modalities",
+    "fuse_with_history",
+    "kernel_backend",
+    "pooled_embedding_bag",
+    "requested_backend",
+    "score_topk",
+]
 
 BackendChoice = Literal["auto", "triton", "reference"] | None
 
@@ -47,7 +70,7 @@ def fuse_modalities(
     dtype = out_dtype or _inputs.promote(*(p.dtype for p in parts))
     if _dispatch.choose(device, backend) == "reference":
         return _reference.fuse(parts, _inputs.weights_tensor(w, device), m, dtype)
-    from kernels import _fusion
+    from prism.kernels import _fusion
 
     return _fusion.fuse(parts, w, m, dtype)
 
@@ -90,7 +113,7 @@ def pooled_embedding_bag(
     dtype = out_dtype or table.dtype
     if _dispatch.choose(table.device, backend) == "reference":
         return _reference.pool(table, bags, mode, normalize).to(dtype)
-    from kernels import _fusion
+    from prism.kernels import _fusion
 
     return _fusion.pool(table, bags, mode, normalize, dtype)
 
@@ -145,7 +168,7 @@ def fuse_with_history(
     if _dispatch.choose(table.device, backend) == "reference":
         w_t = _inputs.weights_tensor(w, table.device)
         return _reference.fuse_history(parts, w_t, m, table, bags, dtype)
-    from kernels import _fusion
+    from prism.kernels import _fusion
 
     return _fusion.pool(table, bags, "sum", False, dtype, fuse_with=(parts, w, m))
 
@@ -212,7 +235,7 @@ def score_topk(
     small = catalogue.shape[0] < AUTO_TOPK_MIN_ITEMS and _dispatch.is_auto(backend)
     if choice == "reference" or small:
         return _reference.score_topk(queries, catalogue, k, pairs, scale, bias)
-    from kernels import _scoring
+    from prism.kernels import _scoring
 
     return _scoring.score_topk(queries, catalogue, k, pairs, scale, bias)
 
