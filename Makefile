@@ -8,7 +8,7 @@ PORT ?= 8080
 DEMO := models/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-latest lock check bench bench-gpu demo venv redis format clean help
+.PHONY: serve test test-latest lock check bench bench-http bench-gpu demo venv redis wrk format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,15 @@ redis:  ## make sure redis-server exists (installs Debian's package when root)
 		echo "redis-server is missing: install it with 'sudo apt-get install redis-server' (Debian/Ubuntu) and run again" >&2; exit 1; \
 	fi
 
+wrk:  ## make sure wrk (the HTTP load generator) exists (installs Debian's package when root)
+	@command -v wrk >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "==> installing wrk (Debian package)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; \
+	else \
+		echo "wrk is missing: install it with 'sudo apt-get install wrk' (Debian/Ubuntu) and run again" >&2; exit 1; \
+	fi
+
 $(DEMO): | $(BIN)/.serve-installed
 	@echo "==> building the demo CLIP and catalogue (once; 4 to 6 minutes on 2 cores)"
 	$(BIN)/prism demo build --out models
@@ -83,6 +92,10 @@ format: $(BIN)/.installed  ## apply ruff formatting and safe fixes
 bench: $(BIN)/.installed redis  ## gateway/cache/batching benchmarks on this machine (tables + CSV in bench/results)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/kernels.py --quick
+
+# BENCH_SECONDS=3 for a quick look; bench/README.md's table comes from the default (10 s a row)
+bench-http: $(BIN)/.installed redis wrk  ## wrk against prism serve's paths and a raw-ASGI ceiling (about 7 min)
+	$(BIN)/python bench/http_wrk.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS),)
 
 clean:  ## remove built artefacts (keeps .venv)
 	rm -rf models .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(LATEST)

@@ -121,12 +121,17 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
         print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
-def append_csv(file: str, headers: list[str], rows: list[list[object]]) -> Path:
-    """Append rows with machine, versions and date columns; writes the header once."""
+def append_csv(
+    file: str, headers: list[str], rows: list[list[object]], *, software: str | None = None
+) -> Path:
+    """Append rows with machine, versions and date columns; writes the header once.
+
+    ``software``: the versions column when :func:`versions` is not what the run depends on."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / file
     new = not path.exists()
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    software = software or versions()
     with path.open("a", newline="") as f:
         w = csv.writer(f)
         if new:
@@ -136,7 +141,7 @@ def append_csv(file: str, headers: list[str], rows: list[list[object]]) -> Path:
                 [
                     *(f"{c:.4f}" if isinstance(c, float) else c for c in r),
                     machine(),
-                    versions(),
+                    software,
                     stamp,
                 ]
             )
