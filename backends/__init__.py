@@ -7,6 +7,7 @@ from ._errors import (
     BackendTimeout,
     BackendUnavailable,
     BadRequest,
+    Blame,
     CacheUnavailable,
     CircuitOpen,
     ClientClosedRequest,
@@ -33,6 +34,7 @@ from ._errors import (
     UpstreamRefused,
     UpstreamRejected,
     VersionNotFound,
+    blame,
 )
 from ._images import decode_base64_image, fetch_image
 from ._registry import build_backend, build_local_model, replica_urls, resolve_device
@@ -60,6 +62,7 @@ __all__ = [
     "BadRequest",
     "BatchStats",
     "Batching",
+    "Blame",
     "CacheUnavailable",
     "Capabilities",
     "CircuitOpen",
@@ -103,6 +106,7 @@ __all__ = [
     "UpstreamRefused",
     "UpstreamRejected",
     "VersionNotFound",
+    "blame",
     "build_backend",
     "build_local_model",
     "decode_base64_image",

@@ -97,10 +97,12 @@ class LocalBackend(Backend):
         self._prepare_pool = ThreadPoolExecutor(2, thread_name_prefix=f"{name}-prepare")
         self._loaded = False
         self._load_error: BaseException | None = None
+        #: what the loaded model reports, read once: the pipeline asks on every request
+        self._capabilities: Capabilities | None = None
 
     @property
     def capabilities(self) -> Capabilities:
-        return self.model.capabilities
+        return self._capabilities or self.model.capabilities
 
     @property
     def queue_depth(self) -> int:
@@ -116,6 +118,7 @@ class LocalBackend(Backend):
             raise
         self._queue = asyncio.Queue()
         self._collector = asyncio.create_task(self._collect(), name=f"{self.name}-batcher")
+        self._capabilities = self.model.capabilities
         self._loaded = True
 
     async def health(self) -> bool:

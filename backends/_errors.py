@@ -13,7 +13,7 @@ backends never import ``gateway``; ``gateway.errors`` re-exports it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,6 @@ class PrismError(Exception):
     #: set by a backend when one input of a batch is at fault (its index in that batch),
     #: so the gateway can name the field, e.g. ``inputs[3].image``
     input_index: int | None = None
-    #: set once the pipeline counted this failure in ``prism_requests_total`` (per route),
-    #: so a door's error handler does not count it a second time
-    counted: bool = False
 
     def __init__(
         self,
@@ -203,11 +200,6 @@ class BackendError(PrismError):
     status_code = 502
     code = "backend_error"
     title = "Backend failed"
-    #: whether trying again (same or another target) may succeed
-    retryable: ClassVar[bool] = True
-    #: whether the failure says the target is unhealthy (its circuit breaker, error rate and
-    #: an experiment arm's guardrails count it); load on a local model does not
-    blames_target: ClassVar[bool] = True
 
 
 class UpstreamRejected(BackendError):
@@ -216,8 +208,6 @@ class UpstreamRejected(BackendError):
 
     code = "upstream_rejected"
     title = "Upstream rejected the request"
-    retryable = False
-    blames_target = False
 
 
 class UpstreamRefused(BackendError):
@@ -235,7 +225,6 @@ class UpstreamBusy(BackendError):
     status_code = 503
     code = "upstream_busy"
     title = "Upstream busy"
-    blames_target = False
 
 
 class BackendTimeout(BackendError):
@@ -252,7 +241,6 @@ class ModelTimeout(BackendTimeout):
 
     code = "model_timeout"
     title = "Model timed out"
-    blames_target = False
 
 
 class BackendUnavailable(BackendError):
@@ -274,3 +262,46 @@ class PolicyError(PrismError):
     status_code = 422
     code = "invalid_policy"
     title = "Invalid policy"
+
+
+# --- whose failure is it? -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blame:
+    """Whose failure this is, and whether another try may succeed.
+
+    The one answer that retries and fallbacks, circuit breakers, latency tracking, shadow
+    mirrors and experiment guardrails all ask (:func:`blame`): a burst of load must never open
+    a circuit or trip a guardrail, and a caller's mistake must never be retried elsewhere.
+    """
+
+    #: ``caller``: the request is wrong (here, or as the upstream read it);
+    #: ``load``: busy, not broken (a full queue, a budget, an upstream's 429, a model slowed
+    #: by contention); ``target``: the model or server failed
+    party: Literal["caller", "load", "target"]
+    #: another try, on the same or another target, may succeed
+    retry: bool
+
+    @property
+    def target(self) -> bool:
+        """The failure says the target is unhealthy (breakers, error rates, arms count it)."""
+        return self.party == "target"
+
+
+def blame(exc: BaseException) -> Blame:
+    """Who :class:`Blame` falls on for ``exc`` (anything not a PrismError is a bug behind the
+    door: the target's, and not worth the same call again)."""
+    if not isinstance(exc, PrismError):
+        return Blame("target", retry=False)
+    if isinstance(exc, CircuitOpen):  # the targets kept failing; another route target may not
+        return Blame("target", retry=True)
+    if isinstance(exc, Overloaded | UpstreamBusy | ModelTimeout):
+        return Blame("load", retry=True)
+    if isinstance(exc, UpstreamRejected):  # the upstream read the request as wrong
+        return Blame("caller", retry=False)
+    if isinstance(exc, BackendError):  # 5xx, unreachable, timed out, refused (misconfigured)
+        return Blame("target", retry=True)
+    if exc.status_code < 500:
+        return Blame("caller", retry=False)
+    return Blame("target", retry=False)

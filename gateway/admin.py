@@ -18,6 +18,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from prism.backends import InvalidInput, NotFound
 
+from .doors._openapi import PROBLEM, documented
 from .experiments import control_arm
 from .policy import Experiment, PolicyLoadError
 from .runtime import Runtime
@@ -52,16 +53,35 @@ def policy_status(runtime: Runtime) -> dict[str, Any]:
     }
 
 
+_NO_EXPERIMENT = {404: "No such experiment in the running policy"}
+
+
 class AdminController(Controller):
     path = "/admin"
     tags = ["admin"]
     opt = {"admin": True}  # PRISM_ADMIN_KEYS guard these
 
-    @get("/policy", summary="The running policy and the last reload's outcome")
+    @get(
+        "/policy",
+        summary="The running policy and the last reload's outcome",
+        **documented(PROBLEM, 401, 403),
+    )
     async def policy(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
         return policy_status(runtime)
 
-    @post("/policy/reload", status_code=HTTP_200_OK, summary="Reload the policy file now")
+    @post(
+        "/policy/reload",
+        status_code=HTTP_200_OK,
+        summary="Reload the policy file now",
+        **documented(
+            PROBLEM,
+            *(401, 403, 422),
+            wording={
+                422: "The file was refused (detail: file:line: path: reason; `issues` lists "
+                "all, `running_digest` names the policy that stays)",
+            },
+        ),
+    )
     async def reload(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
         try:
             await runtime.reload()
@@ -71,7 +91,11 @@ class AdminController(Controller):
             raise
         return policy_status(runtime)
 
-    @get("/experiments", summary="Every experiment of the running policy, with counters")
+    @get(
+        "/experiments",
+        summary="Every experiment of the running policy, with counters",
+        **documented(PROBLEM, 401, 403),
+    )
     async def experiments(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
         engine = runtime.experiments
         await engine.sync()
@@ -82,7 +106,11 @@ class AdminController(Controller):
             ]
         }
 
-    @get("/experiments/{name:str}", summary="One experiment: arms, counters, guardrails, stats")
+    @get(
+        "/experiments/{name:str}",
+        summary="One experiment: arms, counters, guardrails, stats",
+        **documented(PROBLEM, 401, 403, 404, wording=_NO_EXPERIMENT),
+    )
     async def experiment(
         self, runtime: NamedDependency[Runtime], name: FromPath[str]
     ) -> dict[str, Any]:
@@ -94,6 +122,7 @@ class AdminController(Controller):
         "/experiments/{name:str}/resume",
         status_code=HTTP_200_OK,
         summary="Send traffic to arms a guardrail stopped again",
+        **documented(PROBLEM, 401, 403, 404, wording=_NO_EXPERIMENT),
     )
     async def resume(
         self, runtime: NamedDependency[Runtime], name: FromPath[str]
@@ -106,6 +135,15 @@ class AdminController(Controller):
         "/experiments/{name:str}/stop",
         status_code=HTTP_200_OK,
         summary="Stop an arm by hand (its units go to the control arm)",
+        **documented(
+            PROBLEM,
+            *(400, 401, 403, 404, 422),
+            wording={
+                400: "The 'arm' query parameter is missing",
+                404: "No such experiment in the running policy, or no such arm in it",
+                422: "The arm is the control arm (it serves when the others stop)",
+            },
+        ),
     )
     async def stop(
         self, runtime: NamedDependency[Runtime], name: FromPath[str], arm: FromQuery[str]
@@ -118,7 +156,11 @@ class AdminController(Controller):
         await runtime.experiments.stop(name, arm, "stopped by an operator")
         return await runtime.experiments.report(name, experiment)
 
-    @get("/targets", summary="Latency, errors, load and circuit state of every target")
+    @get(
+        "/targets",
+        summary="Latency, errors, load and circuit state of every target",
+        **documented(PROBLEM, 401, 403),
+    )
     async def targets(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
         return {
             "targets": {

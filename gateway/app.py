@@ -5,89 +5,27 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
-from prism.backends import BadRequest, FieldError, InvalidInput, MalformedBody
-
 from .admin import AdminController
-from .auth import api_key_guard
+from .auth import api_key_check
 from .cache import ResponseCache
+from .doors._errors import error_response
+from .doors._openapi import WireSchemaPlugin
 from .doors._request import PrismRequest
-from .doors.kserve import gateway_kserve_router, v2_error
+from .doors.kserve import gateway_kserve_router
 from .doors.native import NativeController
-from .doors.openai import openai_error, openai_router
-from .errors import exception_handler, problem_response
+from .doors.openai import openai_router
 from .policy import CompiledPolicy
+from .recording import Recorder
 from .runtime import Runtime
 from .settings import Settings
 
 log = logging.getLogger("prism")
-
-
-def _path_from_key(key: str) -> str:
-    """litestar/pydantic ``inputs.0.image.base64`` -> ``inputs[0].image.base64``."""
-    out = ""
-    for part in key.split("."):
-        if part.isdigit():
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-def _validation_handler(request: Any, exc: ValidationException) -> Any:
-    """Body validation failures as 422 with a field-level list (malformed JSON stays 400)."""
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    errors = [
-        FieldError(
-            _path_from_key(str(e.get("key", ""))) or "body", str(e.get("message", "invalid"))
-        )
-        for e in extra
-        if isinstance(e, dict)
-    ]
-    if not errors:
-        # a missing query or path parameter: the request is wrong, its body is not malformed
-        detail = str(exc.detail).split(" for path ")[0]
-        return problem_response(BadRequest(detail), request.url.path)
-    if any(e.path == "data" for e in errors):
-        # Litestar reports an empty body as its missing ``data`` argument
-        return problem_response(
-            MalformedBody("the request body is empty; send a JSON object"), request.url.path
-        )
-    first = errors[0]
-    detail = f"{first.path}: {first.message}" + (
-        f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    )
-    return problem_response(InvalidInput(detail, errors=errors), request.url.path)
-
-
-def _door_error(request: Any, exc: Exception) -> Any:
-    """Errors no route handler saw (unknown path, wrong method) in the shape of the door the
-    path belongs to: a KServe or OpenAI client parses its own error format, not RFC 9457."""
-    path = request.url.path
-    if isinstance(exc, NotFoundException):
-        served = _SERVED.get(path.split("/")[1] if path.count("/") > 1 else "", "")
-        exc = NotFoundException(f"no such endpoint: {request.method} {path}{served}")
-    if path == "/v2" or path.startswith("/v2/"):
-        return v2_error(request, exc)
-    # OpenAI clients are who call /v1 paths Prism does not have (/v1/chat/completions ...)
-    if path.startswith("/v1/") and path not in _NATIVE_V1:
-        return openai_error(request, exc)
-    return exception_handler(request, exc)
-
-
-_NATIVE_V1 = frozenset({"/v1/infer", "/v1/feedback"})
-#: what a 404 under a door's prefix points to
-_SERVED = {
-    "v1": "; Prism serves POST /v1/infer, POST /v1/feedback, POST /v1/embeddings, GET /v1/models",
-    "v2": "; see GET /v2/models/{model} for a model's metadata",
-}
 
 
 def create_app(
@@ -121,10 +59,13 @@ def create_app(
         ],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
-        guards=[api_key_guard(settings.api_keys, settings.admin_keys)],
-        exception_handlers={ValidationException: _validation_handler, Exception: _door_error},
+        before_request=api_key_check(settings.api_keys, settings.admin_keys),
+        exception_handlers={Exception: error_response},
+        # every request is recorded once, when its response starts (recording.py)
+        before_send=[Recorder(rt.metrics, rt.known_models, lambda: rt.experiments)],
         request_max_body_size=settings.max_body_bytes,
         request_class=PrismRequest,
+        plugins=[WireSchemaPlugin()],  # request bodies documented as pydantic validates them
         openapi_config=OpenAPIConfig(
             title="Prism",
             version="1",

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 
 from prism.backends import Forbidden, Unauthorized
 
@@ -32,19 +32,27 @@ def _matches(presented: str, keys: list[bytes]) -> bool:
     return sum(hmac.compare_digest(raw, k) for k in keys) > 0
 
 
-def api_key_guard(keys: list[str], admin_keys: list[str] | None = None) -> Any:
-    """A Litestar guard accepting any of ``keys``, and only ``admin_keys`` on admin handlers."""
+def api_key_check(keys: list[str], admin_keys: list[str] | None = None) -> Any:
+    """A Litestar ``before_request`` hook accepting any of ``keys``, and only ``admin_keys`` on
+    admin handlers; None when no key is configured (nothing to check, nothing to run).
+
+    A hook rather than a guard: Litestar copies the route handler for every guard call, and
+    runs a sync guard on a worker thread; this is one async call on the request it already has.
+    """
     inference = [k.encode() for k in keys]
     admin = [k.encode() for k in admin_keys or []]
+    if not inference and not admin:
+        return None
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        if handler.opt.get("public") or connection.url.path.startswith("/schema"):
+    async def check(request: Request[Any, Any, Any]) -> None:
+        opt = request.route_handler.opt
+        if opt.get("public") or request.scope["path"].startswith("/schema"):
             return
-        admin_only = bool(admin) and bool(handler.opt.get("admin"))
+        admin_only = bool(admin) and bool(opt.get("admin"))
         accepted = admin if admin_only else inference + admin
-        if not accepted or (not inference and not admin_only):
-            return  # no keys configured for this endpoint
-        presented = _presented_key(connection)
+        if not inference and not admin_only:
+            return  # only admin keys are configured, and this is not an admin endpoint
+        presented = _presented_key(request)
         if presented is None:
             raise Unauthorized(
                 "missing API key: send 'Authorization: Bearer <key>'",
@@ -56,4 +64,4 @@ def api_key_guard(keys: list[str], admin_keys: list[str] | None = None) -> Any:
             raise Forbidden("this endpoint needs an admin key (PRISM_ADMIN_KEYS)")
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
-    return guard
+    return check

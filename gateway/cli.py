@@ -8,32 +8,52 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from .settings import Settings
+
+from .serving import configure_logging, run_http
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def configure_logging(level: str) -> None:
-    """One format for every Prism process; one line per upstream call is noise, not news."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "httpcore"):
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+def serve_app() -> Litestar:
+    """The app of one ``prism serve --workers N`` worker (a uvicorn factory).
+
+    Worker processes are spawned fresh, so they read their settings from the ``PRISM_*``
+    environment, which :func:`_export_to_workers` filled from the parent's flags.
+    """
+    from .app import create_app
+    from .settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
 
 
-def run_http(app: object, host: str, port: int, log_level: str) -> None:
-    """Serve an ASGI app with uvicorn the way every Prism process does."""
-    import uvicorn
-
-    uvicorn.run(
-        app,  # type: ignore[arg-type]
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+def _export_to_workers(
+    overrides: dict[str, object], settings: Settings, *, has_experiments: bool
+) -> None:
+    """Hand the command line to the worker processes as the ``PRISM_*`` variables it overrides."""
+    for name, value in overrides.items():
+        os.environ[f"PRISM_{name.upper()}"] = str(value)
+    if settings.redis_url is None and settings.experiments_persist:
+        # every worker would rewrite the one experiments file with its own figures, each
+        # overwriting the others': keep them in memory (per worker) instead
+        os.environ["PRISM_EXPERIMENTS_PERSIST"] = "false"
+        if has_experiments:
+            logging.getLogger("prism").warning(
+                "%d workers without Redis: experiment figures and guardrail stops are kept per "
+                "worker, in memory only; use --redis-url to share and keep them",
+                settings.workers,
+            )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -41,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     overrides: dict[str, object] = {}
-    for name in ("policy", "host", "port", "redis_url", "data_dir"):
+    for name in ("policy", "host", "port", "workers", "redis_url", "data_dir"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -50,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .policy import PolicyLoadError, load_policy_file
 
     try:  # refuse a bad file up front, with file:line: reason, not a startup traceback
-        load_policy_file(settings.policy)
+        document = load_policy_file(settings.policy)
     except PolicyLoadError as exc:
         for issue in exc.issues:
             print(f"prism serve: {issue}", file=sys.stderr)
@@ -62,7 +82,18 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"prism serve: {exc}", file=sys.stderr)
         return 2
-    run_http(create_app(settings), settings.host, settings.port, settings.log_level)
+    if settings.workers == 1:
+        run_http(create_app(settings), settings.host, settings.port, settings.log_level)
+        return 0
+    _export_to_workers(overrides, settings, has_experiments=bool(document.experiments))
+    # a fixed import string: under `python -m` this module is __main__, which workers lack
+    run_http(
+        "prism.gateway.cli:serve_app",
+        settings.host,
+        settings.port,
+        settings.log_level,
+        workers=settings.workers,
+    )
     return 0
 
 
@@ -118,6 +149,16 @@ def _policy_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -156,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", type=Path, help="policy file (default: policies/default.yaml)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="worker processes sharing the port, for hosts with more cores (default 1); each "
+        "loads its own models and keeps its own in-process cache and metrics; Redis is shared",
+    )
     serve.add_argument("--redis-url", help="shared Redis cache, e.g. redis://localhost:6379/0")
     serve.add_argument("--data-dir", type=Path, help="folder relative model paths resolve in")
     serve.set_defaults(handler=_serve)

@@ -29,6 +29,7 @@ from prism.backends import (
     PrismError,
     Task,
     UpstreamBusy,
+    blame,
 )
 
 from .deployments import Deployments
@@ -49,22 +50,6 @@ class DispatchResult:
     fallback: bool
     reason: str
     backend_ms: float
-
-
-def _worth_retrying(exc: PrismError) -> bool:
-    """Another try (same or other target) may succeed: backend failures, not the caller's.
-
-    ``Overloaded`` covers ``NotReady`` and a full batching queue: exactly what another
-    replica or a fallback is for.
-    """
-    if isinstance(exc, BackendError):
-        return exc.retryable
-    return isinstance(exc, Overloaded)
-
-
-def _against_target(exc: PrismError) -> bool:
-    """Does this failure say the target is unhealthy (circuit breaker, error rate)?"""
-    return isinstance(exc, BackendError) and exc.retryable and exc.blames_target
 
 
 @dataclass
@@ -169,7 +154,7 @@ class Dispatcher:
             done = await self._attempt(target, alternate, route, task, items, parameters, until)
             calls += done.calls
             if done.error is not None:
-                if not _worth_retrying(done.error):
+                if not blame(done.error).retry:
                     done.error.extra.setdefault("attempts", calls)
                     raise done.error
                 last = done.error
@@ -316,7 +301,7 @@ class Dispatcher:
 
     def _failed(self, target: Target, exc: PrismError, ms: float) -> None:
         health = self.health.of(target)
-        if _against_target(exc):
+        if blame(exc).target:
             health.tracker.end(ms, ok=False)
             trips = health.breaker.trips
             health.breaker.record(False)

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .cache import cache_key
+from .doors.native import inference_from_wire
 from .experiments import arm_ranges, assign
-from .pipeline import decode_inputs, request_facts
+from .pipeline import request_facts
 from .policy import CompiledPolicy, Experiment
 from .schema import InferRequest
 
@@ -24,8 +25,9 @@ def explain(
 ) -> dict[str, Any]:
     """The decision for ``request`` (native ``/v1/infer`` JSON) as a JSON-ready dict."""
     req = InferRequest.model_validate(request)
-    items = decode_inputs(req, max_image_bytes=2**31)
-    facts = request_facts(req, items, headers)
+    lowered = {k.lower(): v for k, v in (headers or {}).items()}
+    inference = inference_from_wire(req, max_image_bytes=2**31, headers=lowered)
+    facts = request_facts(inference)
     assignment: dict[str, Any] = {}
 
     def pick_arm(name: str, experiment: Experiment, unit: str | None) -> str:
@@ -75,7 +77,7 @@ def explain(
                     req.parameters,
                     policy.fingerprint(decision.model, decision.version),
                 )
-                for it in items
+                for it in inference.items
             ],
         },
         "why": decision.reason,

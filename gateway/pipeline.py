@@ -1,37 +1,59 @@
-"""The data path, top to bottom: request -> facts -> decision -> cache -> backend -> response.
+"""The data path, top to bottom: inference -> facts -> decision -> cache -> backend -> response.
 
-Every door (native, OpenAI, KServe v2) turns its wire format into an :class:`InferRequest`,
-calls :meth:`Pipeline.infer`, and serialises the :class:`InferResponse` it gets back. Nothing
-here knows HTTP; everything the caller should know about the decision is in ``route``.
+Every door (native, OpenAI, KServe v2) builds an :class:`Inference` (decoded inputs, what the
+caller asked for) and calls :meth:`Pipeline.infer` with the request's
+:class:`RequestRecord`, the one object that holds what this request did (the decision,
+cache status, target, attempts, timings); the response's ``route`` is built from it once, at
+the end, and the recorder counts it once. Nothing here knows HTTP or a wire format.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from prism.backends import (
     FieldError,
     InputItem,
-    InvalidImage,
     InvalidInput,
     Modality,
     Output,
     PrismError,
-    decode_base64_image,
     fetch_image,
     queue_wait_ms,
 )
 
-from .cache import cache_key
-from .policy import Decision, RequestFacts
-from .schema import InferRequest, InferResponse, RouteInfo
+from .cache import ResponseCache, cache_key
+from .deployments import Deployments
+from .dispatch import Dispatcher
+from .experiments import ExperimentEngine, ShadowMirror
+from .inference import Inference, check_limits
+from .metrics import Metrics
+from .policy import CompiledPolicy, Decision, RequestFacts
+from .recording import RequestRecord
+from .schema import InferResponse
+from .settings import Settings
 
-if TYPE_CHECKING:
-    from .runtime import Runtime
+#: image URLs of one request fetched at once
+URL_FETCHES_PER_REQUEST = 8
+
+
+def request_facts(inference: Inference) -> RequestFacts:
+    """What routing may look at; an image given by URL counts as an image input."""
+    modalities: frozenset[Modality] = frozenset().union(*(it.modalities for it in inference.items))
+    if inference.image_urls:
+        modalities |= {Modality.IMAGE}
+    return RequestFacts(
+        modalities=modalities,
+        task=inference.task,
+        model=inference.model,
+        version=inference.version,
+        headers=inference.headers,
+        unit=inference.unit,
+        latency_budget_ms=inference.latency_budget_ms,
+    )
 
 
 def _named(output: Output | None, version: tuple[str, str], top: tuple[str, str]) -> Output:
@@ -44,110 +66,112 @@ def _named(output: Output | None, version: tuple[str, str], top: tuple[str, str]
     return {**output, "model": version[0], "version": version[1]}
 
 
-#: image URLs of one request fetched at once
-URL_FETCHES_PER_REQUEST = 8
+@dataclass(slots=True)
+class _Work:
+    """One request's inputs on their way through the cache and the backends."""
 
+    inference: Inference
+    decision: Decision
+    items: list[InputItem]
+    keys: list[str]
+    outputs: list[Output | None]
+    #: inputs another version than the planned one answered (a fallback, another target)
+    others: dict[int, tuple[str, str]] = field(default_factory=dict)
 
-def decode_inputs(req: InferRequest, max_image_bytes: int) -> list[InputItem]:
-    """Wire inputs -> :class:`InputItem`; base64 is checked here, image content by the backend."""
-    items: list[InputItem] = []
-    for i, spec in enumerate(req.inputs):
-        image: bytes | None = None
-        if spec.image is not None and spec.image.base64 is not None:
-            path = f"inputs[{i}].image.base64"
-            try:
-                image = decode_base64_image(spec.image.base64)
-            except InvalidImage as exc:
-                exc.errors = [FieldError(path, e.message) for e in exc.errors] or [
-                    FieldError(path, exc.detail)
-                ]
-                raise
-            if len(image) > max_image_bytes:
-                raise InvalidImage(
-                    f"image is {len(image)} bytes; the limit is {max_image_bytes}",
-                    errors=[FieldError(path, "too large")],
-                )
-        history = tuple(spec.history) if spec.history is not None else None
-        items.append(InputItem(text=spec.text, image=image, user=spec.user, history=history))
-    return items
-
-
-def request_facts(
-    req: InferRequest, items: Sequence[InputItem], headers: Mapping[str, str] | None
-) -> RequestFacts:
-    """What routing may look at; an image given by URL counts as an image input."""
-    modalities: frozenset[Modality] = frozenset().union(*(it.modalities for it in items))
-    if any(s.image is not None and s.image.url for s in req.inputs):
-        modalities |= {Modality.IMAGE}
-    return RequestFacts(
-        modalities=modalities,
-        task=req.task,
-        model=req.model,
-        version=req.version,
-        headers={k.lower(): v for k, v in (headers or {}).items()},
-        unit=req.routing.unit,
-        latency_budget_ms=req.routing.latency_budget_ms,
-    )
+    @property
+    def planned(self) -> tuple[str, str]:
+        return self.decision.model, self.decision.version
 
 
 class Pipeline:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policy: Callable[[], CompiledPolicy],
+        cache: ResponseCache,
+        dispatcher: Dispatcher,
+        deployments: Deployments,
+        experiments: ExperimentEngine,
+        mirror: ShadowMirror,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.cache = cache
+        self.dispatcher = dispatcher
+        self.deployments = deployments
+        self.experiments = experiments
+        self.mirror = mirror
+        self.metrics = metrics
 
-    async def _fetch_url_images(
-        self, req: InferRequest, items: list[InputItem], decision: Decision
-    ) -> list[InputItem]:
-        """Resolve ``{"image": {"url": ...}}`` inputs, only where the model's spec allows hosts."""
-        urls = [
-            (i, s.image.url)
-            for i, s in enumerate(req.inputs)
-            if s.image is not None and s.image.url
+    async def infer(self, inference: Inference, record: RequestRecord) -> InferResponse:
+        # 1. facts from the request
+        check_limits(inference, self.settings.max_inputs)
+        facts = request_facts(inference)
+
+        # 2. the policy decision (this request keeps this policy even if a reload swaps it)
+        policy = self.policy()
+        decision = policy.decide(facts, self.experiments.pick_arm)
+        record.decided(decision, self._reason(decision))
+        self._check_serves(policy, decision, facts)
+        items = await self._fetch_url_images(policy, inference, decision)
+
+        # 3. cache lookup, per input
+        definition = policy.fingerprint(decision.model, decision.version)
+        keys = [
+            cache_key(
+                decision.model,
+                decision.version,
+                inference.task,
+                it,
+                inference.parameters,
+                definition,
+            )
+            for it in items
         ]
-        if not urls:
-            return items
-        spec = self.rt.policy.spec(decision.model, decision.version)
-        allowed: list[str] = list(getattr(spec, "allow_url_hosts", []) or [])
-        if not allowed:
-            i = urls[0][0]
-            raise InvalidInput(
-                f"model {decision.model!r} does not accept image URLs; send the image as base64",
-                errors=[
-                    FieldError(
-                        f"inputs[{i}].image.url", "image URLs are not allowed for this model"
-                    )
-                ],
-            )
-        # a few at a time: one request must not open hundreds of outbound connections
-        gate = asyncio.Semaphore(URL_FETCHES_PER_REQUEST)
+        work = _Work(inference, decision, items, keys, [None] * len(items))
+        record.cache = await self._lookup(work)
 
-        async def fetch(url: str) -> bytes:
-            async with gate:
-                return await fetch_image(
-                    url, allow_hosts=allowed, max_bytes=self.rt.settings.max_body_bytes
-                )
+        # 4. backend for the misses (identical concurrent misses computed once)
+        missing = [i for i, o in enumerate(work.outputs) if o is None]
+        if missing:
+            await self._compute(work, missing, record)
+        if decision.shadow is not None:
+            self.mirror.mirror(decision, inference.task, items, inference.parameters, work.outputs)
 
-        fetched = await asyncio.gather(*(fetch(url) for _, url in urls), return_exceptions=True)
-        out = list(items)
-        for (i, _), result in zip(urls, fetched, strict=True):
-            if isinstance(result, PrismError):
-                path = f"inputs[{i}].image.url"
-                result.errors = [FieldError(path, e.message) for e in result.errors] or [
-                    FieldError(path, result.detail)
-                ]
-                raise result
-            if isinstance(result, BaseException):
-                raise result
-            out[i] = InputItem(
-                text=items[i].text, image=result, user=items[i].user, history=items[i].history
-            )
-        return out
+        # 5. response: one other version answered everything: the response is that
+        # version's; a mix keeps the planned version on top and names the other on each
+        # output it answered
+        answered_by, others = work.planned, work.others
+        record.arm_answered = not others
+        if others and len(others) == len(items) and len(set(others.values())) == 1:
+            answered_by = next(iter(others.values()))
+            others = {}
+        record.answer_id = "req_" + secrets.token_hex(8)
+        timing = {
+            "queue": record.queue_ms,
+            "backend": record.backend_ms,
+            "total": record.elapsed_ms,
+        }
+        return InferResponse(
+            id=record.answer_id,
+            model=answered_by[0],
+            version=answered_by[1],
+            outputs=[
+                _named(o, others.get(i, answered_by), answered_by)
+                for i, o in enumerate(work.outputs)
+            ],
+            route=record.route(),
+            timing_ms={k: round(v, 3) for k, v in timing.items()},
+        )
 
     def _reason(self, decision: Decision) -> str:
         """The decision's reason, plus the arms a guardrail or an operator stopped: their
         units are served by the control arm, and the caller should be able to see why."""
         if decision.experiment is None:
             return decision.reason
-        stopped = self.rt.experiments.stopped(decision.experiment)
+        stopped = self.experiments.stopped(decision.experiment)
         if not stopped:
             return decision.reason
         names = ", ".join(
@@ -155,17 +179,19 @@ class Pipeline:
         )
         return f"{decision.reason}; stopped: {names}, its units go to the control arm"
 
-    def _check_serves(self, decision: Decision, facts: RequestFacts) -> None:
+    def _check_serves(
+        self, policy: CompiledPolicy, decision: Decision, facts: RequestFacts
+    ) -> None:
         """A model asked for by name must serve the task and inputs: 422 before any work.
 
         Routes that match on task and modality never pick such a model; a request that names
         ``model`` directly bypasses that matching, so it is checked here. What the policy
         declares wins, else what the loaded backend reports; unknown (still loading) passes.
         """
-        entry = self.rt.policy.models[decision.model]
+        entry = policy.models[decision.model]
         tasks, modalities = entry.tasks, frozenset(entry.modalities)
         if not (tasks and modalities):
-            caps = self.rt.deployments.capabilities(decision.model, decision.version)
+            caps = self.deployments.capabilities(decision.model, decision.version)
             if caps is not None:
                 tasks, modalities = tasks or caps.tasks, modalities or caps.modalities
         if tasks and facts.task not in tasks:
@@ -184,174 +210,114 @@ class Pipeline:
                 errors=[FieldError("inputs", f"{', '.join(sorted(extra))} not accepted")],
             )
 
-    async def infer(
-        self, req: InferRequest, headers: Mapping[str, str] | None = None, *, door: str = "native"
-    ) -> InferResponse:
-        started = time.perf_counter()
-        rt = self.rt
-        if len(req.inputs) > rt.settings.max_inputs:
+    async def _fetch_url_images(
+        self, policy: CompiledPolicy, inference: Inference, decision: Decision
+    ) -> list[InputItem]:
+        """Resolve ``{"image": {"url": ...}}`` inputs, only where the model's spec allows hosts."""
+        items, urls = inference.items, inference.image_urls
+        if not urls:
+            return items
+        spec = policy.spec(decision.model, decision.version)
+        allowed: list[str] = list(getattr(spec, "allow_url_hosts", []) or [])
+        if not allowed:
+            i = min(urls)
             raise InvalidInput(
-                f"{len(req.inputs)} inputs; at most {rt.settings.max_inputs} per request",
-                errors=[FieldError("inputs", f"at most {rt.settings.max_inputs} items")],
+                f"model {decision.model!r} does not accept image URLs; send the image as base64",
+                errors=[
+                    FieldError(
+                        f"inputs[{i}].image.url", "image URLs are not allowed for this model"
+                    )
+                ],
             )
+        # a few at a time: one request must not open hundreds of outbound connections
+        gate = asyncio.Semaphore(URL_FETCHES_PER_REQUEST)
 
-        # 1. facts from the request
-        items = decode_inputs(req, rt.settings.max_body_bytes)
-        facts = request_facts(req, items, headers)
-
-        # 2. the policy decision (this request keeps this policy even if a reload swaps it)
-        policy = rt.policy
-        decision = policy.decide(facts, rt.pick_arm)
-        self._check_serves(decision, facts)
-        items = await self._fetch_url_images(req, items, decision)
-        params = req.parameters
-
-        # 3. cache lookup, per input
-        definition = policy.fingerprint(decision.model, decision.version)
-        keys = [
-            cache_key(decision.model, decision.version, req.task, it, params, definition)
-            for it in items
-        ]
-        outputs: list[Output | None] = [None] * len(items)
-        status = await self._lookup(req, decision, keys, outputs)
-
-        # 4. backend for the misses (identical concurrent misses computed once)
-        route = RouteInfo(
-            rule=decision.rule,
-            target=decision.targets[0].key,
-            experiment=decision.experiment,
-            arm=decision.arm,
-            cache=status,
-            attempts=0,
-            reason=self._reason(decision),
-        )
-        timing = {"queue": 0.0, "backend": 0.0}
-        missing = [i for i, o in enumerate(outputs) if o is None]
-        planned = (decision.model, decision.version)
-        #: inputs answered by another version than planned (a fallback, another target)
-        others: dict[int, tuple[str, str]] = {}
-        if missing:
-            try:
-                others = await self._compute(
-                    req, decision, items, keys, missing, outputs, route, timing, status, started
+        async def fetch(url: str) -> bytes:
+            async with gate:
+                return await fetch_image(
+                    url, allow_hosts=allowed, max_bytes=self.settings.max_body_bytes
                 )
-            except PrismError as exc:  # failed requests count too (per route, per arm)
-                rt.observe_error(door, decision, exc, (time.perf_counter() - started) * 1000)
-                raise
-        if decision.shadow is not None:
-            rt.shadow(decision, req.task, items, req.parameters, outputs)
 
-        # 5. response
-        timing["total"] = (time.perf_counter() - started) * 1000
-        request_id = "req_" + secrets.token_hex(8)
-        # one other version answered everything: the response is that version's; a mix
-        # keeps the planned version on top and names the other on each output it answered
-        answered_by = planned
-        arm_answered = not others
-        if others and len(others) == len(items) and len(set(others.values())) == 1:
-            answered_by = next(iter(others.values()))
-            others = {}
-        rt.observe(door, decision, route, timing["total"], request_id, arm_answered=arm_answered)
-        return InferResponse(
-            id=request_id,
-            model=answered_by[0],
-            version=answered_by[1],
-            outputs=[
-                _named(o, others.get(i, answered_by), answered_by) for i, o in enumerate(outputs)
-            ],
-            route=route,
-            timing_ms={k: round(v, 3) for k, v in timing.items()},
-        )
+        order = sorted(urls)
+        fetched = await asyncio.gather(*(fetch(urls[i]) for i in order), return_exceptions=True)
+        out = list(items)
+        for i, result in zip(order, fetched, strict=True):
+            if isinstance(result, PrismError):
+                path = f"inputs[{i}].image.url"
+                result.errors = [FieldError(path, e.message) for e in result.errors] or [
+                    FieldError(path, result.detail)
+                ]
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+            it = items[i]
+            out[i] = InputItem(text=it.text, image=result, user=it.user, history=it.history)
+        return out
 
-    async def _lookup(
-        self,
-        req: InferRequest,
-        decision: Decision,
-        keys: Sequence[str],
-        outputs: list[Output | None],
-    ) -> Any:
-        cache = self.rt.cache
-        if req.cache == "bypass" or decision.cache_ttl_s <= 0:
+    async def _lookup(self, work: _Work) -> str:
+        """Fill ``work.outputs`` from the cache; the cache status of the request."""
+        mode = work.inference.cache
+        if mode == "bypass" or work.decision.cache_ttl_s <= 0:
             return "bypass"
-        if req.cache == "refresh":
+        if mode == "refresh":
             return "refresh"
-        cached = await cache.get_many(keys)
+        cached = await self.cache.get_many(work.keys)
+        counter = self.metrics.cache
         if cached is None:
-            self.rt.metrics.cache.labels("off").inc(len(keys))
+            counter.labels("off").inc(len(work.keys))
             return "off"
-        for i, value in enumerate(cached):
-            outputs[i] = value
+        work.outputs[:] = cached
         hits = sum(v is not None for v in cached)
-        self.rt.metrics.cache.labels("hit").inc(hits)
-        self.rt.metrics.cache.labels("miss").inc(len(keys) - hits)
-        return "hit" if hits == len(keys) else "miss"
+        counter.labels("hit").inc(hits)
+        counter.labels("miss").inc(len(cached) - hits)
+        return "hit" if hits == len(cached) else "miss"
 
-    async def _dispatch(
-        self,
-        req: InferRequest,
-        decision: Decision,
-        items: Sequence[InputItem],
-        indices: list[int],
-        outputs: list[Output | None],
-        route: RouteInfo,
-        timing: dict[str, float],
-        started: float,
-    ) -> tuple[str, str]:
-        """Run ``items[indices]`` on the decision's targets; fill ``outputs`` and ``route``;
-        return the (model, version) that answered (a fallback or another target may).
+    async def _dispatch(self, work: _Work, indices: list[int], record: RequestRecord) -> None:
+        """Run ``items[indices]`` on the decision's targets; fill their outputs and the record.
+        Inputs another version answered (a fallback or another target) go in ``work.others``.
         A backend's complaint about one input is reported at that input's field."""
         queue_wait_ms.set(0.0)
+        decision, inference = work.decision, work.inference
         try:
-            result = await self.rt.dispatcher.run(
+            result = await self.dispatcher.run(
                 decision,
-                req.task,
-                [items[i] for i in indices],
-                req.parameters,
-                budget_ms=decision.budget_ms(req.routing.latency_budget_ms),
-                started=started,  # one deadline per request, however many dispatches
+                inference.task,
+                [work.items[i] for i in indices],
+                inference.parameters,
+                budget_ms=decision.budget_ms(inference.latency_budget_ms),
+                started=record.started,  # one deadline per request, however many dispatches
             )
         except PrismError as exc:
             if exc.input_index is not None and exc.input_index < len(indices):
-                field = f"inputs[{indices[exc.input_index]}]"
-                exc.errors = exc.errors or [FieldError(field, exc.detail)]
+                path = f"inputs[{indices[exc.input_index]}]"
+                exc.errors = exc.errors or [FieldError(path, exc.detail)]
                 exc.input_index = None
             raise
         for i, out in zip(indices, result.outputs, strict=True):
-            outputs[i] = out
-        route.target = result.target.key
-        route.attempts = result.attempts
-        route.fallback = result.fallback
+            work.outputs[i] = out
+        record.target = result.target.key
+        record.attempts = result.attempts
+        record.fallback = result.fallback
         # the dispatcher's account starts with decision.reason: keep the stop note
-        route.reason = (route.reason or "") + result.reason.removeprefix(decision.reason)
-        timing["backend"] = result.backend_ms
-        timing["queue"] = queue_wait_ms.get()
-        return result.target.model, result.target.version
+        record.reason = (record.reason or "") + result.reason.removeprefix(decision.reason)
+        record.backend_ms = result.backend_ms
+        record.queue_ms = queue_wait_ms.get()
+        by = (result.target.model, result.target.version)
+        if by != work.planned:
+            work.others.update(dict.fromkeys(indices, by))
 
-    async def _compute(
-        self,
-        req: InferRequest,
-        decision: Decision,
-        items: Sequence[InputItem],
-        keys: Sequence[str],
-        missing: list[int],
-        outputs: list[Output | None],
-        route: RouteInfo,
-        timing: dict[str, float],
-        status: str,
-        started: float,
-    ) -> dict[int, tuple[str, str]]:
-        """Compute the missing inputs (identical concurrent misses once, across requests);
-        returns the inputs another version than the planned one answered, and which.
+    async def _compute(self, work: _Work, missing: list[int], record: RequestRecord) -> None:
+        """Compute the missing inputs (identical concurrent misses once, across requests).
 
         Cache keys name the planned version: an answer from another version (a fallback, or
         another target of a multi-version route) is never stored under them nor handed to
         followers, who then compute for themselves. It is reported as that version's."""
-        rt = self.rt
-        cache = rt.cache
+        cache, keys, outputs = self.cache, work.keys, work.outputs
         # identical misses are computed once even while the shared cache is off (that is
         # when a burst needs it most); bypass and refresh compute for themselves
-        coalesce = status in ("miss", "hit", "off")
+        coalesce = record.cache in ("miss", "hit", "off")
         followers: dict[int, asyncio.Future[Output | None]] = {}
+        orphans: set[int] = set()  # followers whose leader got no answer for them
         leaders: list[int] = []
         seen: dict[str, int] = {}
         for i in missing:
@@ -363,47 +329,40 @@ class Pipeline:
             else:
                 seen[keys[i]] = i
                 leaders.append(i)
-        planned = (decision.model, decision.version)
-        answered_by = planned
-        others: dict[int, tuple[str, str]] = {}
-        fresh: dict[str, Output] = {}  # what goes into the cache: the planned version's only
-
-        def settle(indices: list[int], by: tuple[str, str]) -> None:
-            if by != planned:
-                others.update(dict.fromkeys(indices, by))
-            else:
-                fresh.update({keys[i]: out for i in indices if (out := outputs[i]) is not None})
 
         owned = [keys[i] for i in leaders] if coalesce else []
         for k in owned:
             cache.lead(k)
         try:
             if leaders:
-                answered_by = await self._dispatch(
-                    req, decision, items, leaders, outputs, route, timing, started
-                )
+                await self._dispatch(work, leaders, record)
         finally:
             # None when this request failed, left, or got another version's answer:
             # followers then compute for themselves
             for k in owned:
-                cache.finish(k, outputs[seen[k]] if answered_by == planned else None)
-        settle(leaders, answered_by)
+                i = seen[k]
+                cache.finish(k, outputs[i] if i not in work.others else None)
         for i in missing:  # duplicates inside this request
             if outputs[i] is None and keys[i] in seen:
-                outputs[i] = outputs[seen[keys[i]]]
-                if seen[keys[i]] in others:
-                    others[i] = others[seen[keys[i]]]
+                first = seen[keys[i]]
+                outputs[i] = outputs[first]
+                if first in work.others:
+                    work.others[i] = work.others[first]
         if followers:
             # shielded: this request leaving must not cancel a future other requests share
             results = await asyncio.gather(*(asyncio.shield(f) for f in followers.values()))
             for i, out in zip(followers, results, strict=True):
                 outputs[i] = out
-            orphans = [i for i in followers if outputs[i] is None]
+            orphans = {i for i in followers if outputs[i] is None}
             if orphans:
-                by = await self._dispatch(
-                    req, decision, items, orphans, outputs, route, timing, started
-                )
-                settle(orphans, by)
-        if status != "bypass" and fresh:
-            await cache.set_many(fresh, decision.cache_ttl_s)
-        return others
+                await self._dispatch(work, sorted(orphans), record)
+        # what goes into the cache: the planned version's answers this request computed
+        # (a follower's answer is its leader's, already stored)
+        computed = [*leaders, *sorted(orphans)]
+        fresh = {
+            keys[i]: out
+            for i in computed
+            if i not in work.others and (out := outputs[i]) is not None
+        }
+        if record.cache != "bypass" and fresh:
+            await cache.set_many(fresh, work.decision.cache_ttl_s)

@@ -10,20 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prism.backends import InputItem, Output, PrismError, Task
+from prism.backends import PrismError
 
 from .cache import MemoryStore, RedisStore, ResponseCache
 from .deployments import DeploymentFailed, Deployments
 from .dispatch import Dispatcher
-from .experiments import ExperimentEngine, ShadowMirror, blames_the_arm
+from .experiments import ExperimentEngine, ShadowMirror
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .policy import CompiledPolicy, Decision, PolicyLoadError, compile_policy_file, issue_at
+from .policy import CompiledPolicy, PolicyLoadError, compile_policy_file, issue_at
 from .policy._watch import PolicyWatcher
-from .schema import RouteInfo
 from .settings import Settings
 
 log = logging.getLogger("prism.runtime")
@@ -51,7 +51,6 @@ class Runtime:
             lambda: [(d.target.key, d.backend) for d in self.deployments.all()]
         )
         self.dispatcher = Dispatcher(self.deployments, metrics=self.metrics)
-        self.pipeline = Pipeline(self)
         self.last_reload_error: str | None = None
         #: every issue of the last refused reload (``last_reload_error`` is the first)
         self.last_reload_issues: list[str] = []
@@ -71,6 +70,16 @@ class Runtime:
             definition=lambda name: self._policy.arm_definitions(name) if self._policy else {},
         )
         self.mirror = ShadowMirror(self.dispatcher.call, self.experiments, self.spawn)
+        self.pipeline = Pipeline(
+            settings,
+            policy=lambda: self.policy,
+            cache=self.cache,
+            dispatcher=self.dispatcher,
+            deployments=self.deployments,
+            experiments=self.experiments,
+            mirror=self.mirror,
+            metrics=self.metrics,
+        )
         self.policy_watcher: PolicyWatcher | None = None
 
     @staticmethod
@@ -156,64 +165,9 @@ class Runtime:
             ]
             raise PolicyLoadError(issues) from exc
 
-    # --- hooks the pipeline calls ----------------------------------------------------------
-
-    def pick_arm(self, name: str, experiment: Any, unit: str | None) -> str | None:
-        """Experiment arm for this unit (sticky; a stopped arm's units get the control)."""
-        return self.experiments.pick_arm(name, experiment, unit)
-
-    def observe(
-        self,
-        door: str,
-        decision: Decision,
-        route: RouteInfo,
-        total_ms: float,
-        request_id: str | None = None,
-        *,
-        arm_answered: bool = True,
-    ) -> None:
-        """A request that got its answer. ``arm_answered`` is False when another version (a
-        fallback) answered for the experiment arm's: the arm failed, whatever the caller got."""
-        labels = (door, decision.rule, decision.model, decision.version, route.target)
-        self.metrics.requests.labels(*labels, "ok").inc()
-        self.metrics.latency.labels(*labels).observe(total_ms / 1000)
-        if decision.experiment is not None and decision.arm is not None:
-            cached = route.cache == "hit"
-            self.experiments.record(
-                decision.experiment,
-                decision.arm,
-                ok=arm_answered and not route.fallback,
-                latency_ms=total_ms,
-                cached=cached,
-            )
-            if request_id is not None and arm_answered and not route.fallback:
-                # POST /v1/feedback may score this answer later (only the arm's own answers)
-                self.experiments.remember(request_id, decision.experiment, decision.arm)
-
-    def observe_error(
-        self, door: str, decision: Decision, exc: PrismError, total_ms: float
-    ) -> None:
-        """A request that failed after its decision. Failures of the arm's version count
-        against the arm; the caller's mistakes (4xx) and load (503, a model slowed down by
-        contention) do not, or a traffic burst would trip a guardrail on a healthy arm."""
-        labels = (door, decision.rule, decision.model, decision.version, "")
-        self.metrics.requests.labels(*labels, "error").inc()
-        exc.counted = True
-        if decision.experiment is not None and decision.arm is not None and blames_the_arm(exc):
-            self.experiments.record(
-                decision.experiment, decision.arm, ok=False, latency_ms=total_ms
-            )
-
-    def shadow(
-        self,
-        decision: Decision,
-        task: Task,
-        items: list[InputItem],
-        parameters: dict[str, Any],
-        answer: list[Output | None],
-    ) -> None:
-        """Mirror the request to the shadowed arm in the background (never awaited)."""
-        self.mirror.mirror(decision, task, items, parameters, answer)
+    def known_models(self) -> Mapping[str, Any]:
+        """The running policy's models ({} before one is loaded): what metric labels may name."""
+        return self._policy.models if self._policy is not None else {}
 
     # --- lifecycle -----------------------------------------------------------------------
 

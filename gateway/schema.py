@@ -6,6 +6,7 @@ KServe v2 doors build an :class:`InferRequest` and read an :class:`InferResponse
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -21,10 +22,31 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _given(name: str, kind: str) -> dict[str, Any]:
+    """JSON Schema: ``name`` is present and not null (what ``is not None`` checks)."""
+    return {"required": [name], "properties": {name: {"type": kind}}}
+
+
+def _null(name: str) -> dict[str, Any]:
+    """JSON Schema: ``name`` is absent or null."""
+    return {"properties": {name: {"type": "null"}}}
+
+
 class ImageRef(_Wire):
     """An image by value (base64 of PNG/JPEG/WebP/GIF bytes) or, where a route allows, by URL."""
 
-    base64: str | None = Field(None, min_length=1, description="base64 of the encoded image file")
+    # the schema's word for _exactly_one
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [_given("base64", "string"), _given("url", "string")]}
+    )
+
+    base64: str | None = Field(
+        None,
+        min_length=1,
+        description="base64 (standard or URL-safe, padding optional, or a data: URL) of the "
+        "encoded image file",
+        json_schema_extra={"contentEncoding": "base64"},
+    )
     url: str | None = Field(
         None, min_length=1, description="http(s) URL; refused unless the model allows its host"
     )
@@ -38,6 +60,18 @@ class ImageRef(_Wire):
 
 class InputSpec(_Wire):
     """One input; its modality is what it carries (several fields = multimodal)."""
+
+    # the schema's word for _not_empty
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                _given("text", "string"),
+                _given("image", "object"),
+                _given("user", "string"),
+                _given("history", "array"),
+            ]
+        }
+    )
 
     text: str | None = Field(None, max_length=100_000)
     image: ImageRef | None = None
@@ -59,10 +93,25 @@ class Routing(_Wire):
 
 
 class InferRequest(_Wire):
+    # the schema's word for _split_model_at_version: with 'model@version', no 'version'
+    # (the validator also takes the same version twice; the schema asks for it once)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "required": ["model"],
+                "properties": {"model": {"type": "string", "pattern": "@"}},
+            },
+            "then": _null("version"),
+        }
+    )
+
     model: str | None = Field(
         None,
         description="logical model, or 'model@version' as the OpenAI door takes it; "
         "optional when a route matches",
+        # documents _split_model_at_version ("" or a name; with an '@', text on both sides
+        # of the first one), which stays the check, with its own message
+        json_schema_extra={"pattern": r"^([^@]*|[^@]+@[\s\S]+)$"},
     )
     version: str | None = Field(None, description="exact version id or a label such as 'stable'")
     task: Task = Task.EMBED
@@ -105,6 +154,30 @@ class InferRequest(_Wire):
 class Feedback(_Wire):
     """A caller's score for one answer, for the A/B comparison of the arm that gave it."""
 
+    # the schema's word for _one_way_to_name_the_answer
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["id"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "experiment": {"type": "null"},
+                        "arm": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["experiment", "arm"],
+                    "properties": {
+                        "experiment": {"type": "string"},
+                        "arm": {"type": "string"},
+                        "id": {"type": "null"},
+                    },
+                },
+            ]
+        }
+    )
+
     id: str | None = Field(
         None, description="the 'id' of a /v1/infer answer; or give 'experiment' and 'arm'"
     )
@@ -133,8 +206,12 @@ class Feedback(_Wire):
         return self
 
 
-class RouteInfo(BaseModel):
-    """The decision Prism took, so a caller can see (and debug) why it got this answer."""
+@dataclass(slots=True)
+class RouteInfo:
+    """The decision Prism took, so a caller can see (and debug) why it got this answer.
+
+    A plain dataclass, not a pydantic model: it is built and serialised on every request and
+    never validated (the pipeline fills it)."""
 
     rule: str
     target: str
@@ -145,16 +222,22 @@ class RouteInfo(BaseModel):
     attempts: int = 1
     reason: str | None = None
 
+    def to_wire(self) -> dict[str, Any]:
+        """The ``route`` object of a response: fields that are None are left out."""
+        return {f: v for f in _ROUTE_FIELDS if (v := getattr(self, f)) is not None}
+
+
+_ROUTE_FIELDS = tuple(f.name for f in fields(RouteInfo))
+
 
 def wire_output(output: dict[str, Any]) -> dict[str, Any]:
     """Arrays (embeddings) as JSON lists; everything else is already JSON-ready."""
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in output.items()}
 
 
-class InferResponse(BaseModel):
+@dataclass(slots=True)
+class InferResponse:
     """The native response. ``outputs`` may hold numpy arrays until a door serialises it."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     id: str
     model: str
@@ -169,6 +252,6 @@ class InferResponse(BaseModel):
             "model": self.model,
             "version": self.version,
             "outputs": [wire_output(o) for o in self.outputs],
-            "route": self.route.model_dump(exclude_none=True),
+            "route": self.route.to_wire(),
             "timing_ms": self.timing_ms,
         }

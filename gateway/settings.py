@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=Path.cwd)
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    #: uvicorn worker processes sharing the port (``prism serve --workers``); each has its own
+    #: in-process cache, policy watcher and metrics, Redis (when set) is shared
+    workers: int = Field(1, ge=1)
     #: Redis shared by all replicas; unset = in-process cache
     redis_url: str | None = None
     cache_max_bytes: int = Field(256 * 2**20, ge=0)

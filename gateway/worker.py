@@ -17,34 +17,33 @@ import argparse
 import logging
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Response, get, head
-from litestar.datastructures import State
 from litestar.di import Provide
 
 from prism.backends import (
     Backend,
-    InputItem,
     KServeSpec,
     ModelNotFound,
     OpenAISpec,
     PrismError,
-    Task,
     VersionNotFound,
     build_backend,
 )
 
-from .doors._model_server import Answer, CacheMode, ModelServer, ServedModel, describe_capabilities
+from .doors._errors import error_response
+from .doors._model_server import Answer, ModelServer, ServedModel, describe_capabilities
 from .doors._request import PrismRequest
 from .doors.kserve import kserve_router
-from .errors import exception_handler
+from .inference import Inference
 from .metrics import Metrics
 from .policy import ModelEntry, compile_policy_file
+from .recording import Recorder, RequestRecord
+from .serving import configure_logging, run_http
 
 log = logging.getLogger("prism.worker")
 
@@ -97,24 +96,12 @@ class BackendModelServer:
     async def model_ready(self, model: ServedModel) -> bool:
         return await self.backend.health()
 
-    async def infer(
-        self,
-        model: str,
-        version: str | None,
-        task: Task,
-        items: Sequence[InputItem],
-        parameters: dict[str, Any],
-        *,
-        unit: str | None = None,
-        cache: CacheMode = "use",
-        headers: Mapping[str, str] | None = None,
-    ) -> Answer:
-        started = time.perf_counter()
-        labels = ("kserve", "worker", self.model, self.version, self.backend.name)
-        # failures propagate to the door, whose error handler counts them
-        outputs = await self.backend.infer(task, items, parameters, timeout_s=self.timeout_s)
-        self.metrics.requests.labels(*labels, "ok").inc()
-        self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+    async def infer(self, inference: Inference, record: RequestRecord) -> Answer:
+        record.rule, record.model, record.version = "worker", self.model, self.version
+        record.target = self.backend.name
+        outputs = await self.backend.infer(
+            inference.task, inference.items, inference.parameters, timeout_s=self.timeout_s
+        )
         return Answer(self.model, self.version, outputs)
 
 
@@ -150,24 +137,29 @@ def create_worker_app(
         finally:
             await backend.aclose()
 
-    @get("/healthz", sync_to_thread=False)
+    @get("/healthz", sync_to_thread=False, opt={"public": True})
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @head("/healthz", sync_to_thread=False)
+    @head("/healthz", sync_to_thread=False, opt={"public": True})
     def healthz_head() -> None:
         return None
 
-    @get("/readyz")
+    @get("/readyz", opt={"public": True})
     async def readyz() -> Response[dict[str, Any]]:
         ok = await backend.health()
         return Response({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
 
-    @head("/readyz")
+    @head("/readyz", opt={"public": True})
     async def readyz_head() -> Response[None]:
         return Response(None, status_code=200 if await backend.health() else 503)
 
-    @get("/metrics", media_type="text/plain; version=0.0.4", sync_to_thread=False)
+    @get(
+        "/metrics",
+        media_type="text/plain; version=0.0.4",
+        sync_to_thread=False,
+        opt={"public": True},
+    )
     def metrics_endpoint() -> bytes:
         return metrics.render()
 
@@ -184,8 +176,9 @@ def create_worker_app(
             metrics_endpoint,
         ],
         lifespan=[lifespan],
-        exception_handlers={Exception: exception_handler},
-        state=State({"metrics": metrics, "models": {name: compiled.models[name]}}),
+        exception_handlers={Exception: error_response},
+        # every request is recorded once, when its response starts (recording.py)
+        before_send=[Recorder(metrics, lambda: {name: compiled.models[name]})],
         openapi_config=None,
         request_class=PrismRequest,
         request_max_body_size=max_body_bytes,
@@ -194,8 +187,6 @@ def create_worker_app(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .cli import configure_logging
-
     configure_logging(args.log_level)
     try:
         app = create_worker_app(
@@ -208,8 +199,6 @@ def _run(args: argparse.Namespace) -> int:
     except PrismError as exc:
         print(f"prism worker: {exc.detail}", file=sys.stderr)
         return 2
-    from .cli import run_http
-
     run_http(app, args.host, args.port, args.log_level)
     return 0
 

@@ -25,3 +25,20 @@ def test_imports_run_one_way() -> None:
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "KEPT" in res.stdout
+
+
+def test_no_import_cycles() -> None:
+    """No module of ours imports one that imports it back, however indirectly (imports
+    under ``TYPE_CHECKING`` count: they are a cycle in the design all the same)."""
+    import grimp
+
+    graph = grimp.build_graph("prism", cache_dir=None)
+    ours = sorted(m for m in graph.modules if m.startswith("prism."))
+    edges = {m: [x for x in graph.find_modules_directly_imported_by(m) if x in ours] for m in ours}
+    cycles = []
+    for module in ours:
+        for imported in edges[module]:
+            if graph.chain_exists(importer=imported, imported=module):
+                chain = graph.find_shortest_chain(importer=imported, imported=module)
+                cycles.append(" -> ".join([module, *(chain or ())]))
+    assert cycles == []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, GatewayProcess, RedisProcess
+from tests.support import PRISM, ROOT, GatewayProcess, RedisProcess, free_port
 
 POLICY = """
 version: 1
@@ -98,6 +101,76 @@ def test_serve_answers_problems_over_real_http(policy: Path) -> None:
         assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
     finally:
         gw.stop()
+
+
+def _children(pid: int) -> list[int]:
+    """A process's children, from /proc (psutil is not a dependency)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _workers(pid: int) -> list[int]:
+    """uvicorn's worker processes: the children multiprocessing spawned (its resource
+    tracker is a child too, and is no worker)."""
+    workers = []
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+    return workers
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped already
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree in /proc")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_serve_with_two_workers_answers_and_stops_them_all(
+    policy: Path, tmp_path: Path, stop: signal.Signals
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    cmd = [*PRISM, "serve", "--policy", str(policy), "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    workers: list[int] = []
+    try:
+        # both workers up and serving: the port answers as soon as the first one is ready
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _workers(proc.pid)
+            with contextlib.suppress(httpx.HTTPError):
+                if len(workers) == 2 and httpx.get(url + "/readyz").status_code == 200:
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()
+        assert len(workers) == 2, (workers, log.read_text())
+        assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+        r = httpx.post(url + "/v1/infer", json={"inputs": [{"text": "one of two"}]}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["outputs"][0]["embedding"]) == 32
+
+        proc.send_signal(stop)
+        assert proc.wait(30) == 0, log.read_text()
+        # the parent joins its workers before it exits: none may be left running
+        assert [w for w in workers if _running(w)] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for w in workers:  # orphans of a failed run, not left behind
+            if _running(w):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w, signal.SIGKILL)
 
 
 def _prism(*args: str) -> subprocess.CompletedProcess[str]:

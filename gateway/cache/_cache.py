@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from prism.backends import CacheUnavailable, InputItem, Output, Task
 
@@ -41,10 +42,15 @@ def cache_key(
     version id redefined in place (other weights, another model) never hits old entries.
     """
     h = hashlib.blake2b(digest_size=20)
-    h.update(json.dumps([model, version, definition, task.value], separators=(",", ":")).encode())
+    h.update(_encode([model, version, definition, task.value]))
     h.update(item.fingerprint())
-    h.update(json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str).encode())
+    # most requests carry no parameters: skip the encoder for them (a hot path on cache hits)
+    h.update(_encode(parameters) if parameters else b"{}")
     return h.hexdigest()
+
+
+#: canonical JSON: keys sorted at every depth, anything JSON lacks as its str()
+_encode = msgspec.json.Encoder(order="sorted", enc_hook=str).encode
 
 
 @dataclass

@@ -9,22 +9,18 @@ in-process backend.
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from pydantic import ValidationError
+from prism.backends import Capabilities, Modality, Output, Task
 
-from prism.backends import Capabilities, FieldError, InputItem, InvalidInput, Modality, Output, Task
-
-from ..schema import ImageRef, InferRequest, InputSpec, Routing
+from ..inference import Inference
+from ..recording import RequestRecord
 from .native import route_headers
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
-
-CacheMode = Literal["use", "bypass", "refresh"]
 
 
 @dataclass(frozen=True)
@@ -50,9 +46,6 @@ class Answer:
 
 @runtime_checkable
 class ModelServer(Protocol):
-    #: the ``door`` label of this server's metrics
-    door: str
-
     async def ready(self) -> bool: ...
 
     def models(self) -> list[ServedModel]: ...
@@ -63,18 +56,9 @@ class ModelServer(Protocol):
 
     async def model_ready(self, model: ServedModel) -> bool: ...
 
-    async def infer(
-        self,
-        model: str,
-        version: str | None,
-        task: Task,
-        items: Sequence[InputItem],
-        parameters: dict[str, Any],
-        *,
-        unit: str | None = None,
-        cache: CacheMode = "use",
-        headers: Mapping[str, str] | None = None,
-    ) -> Answer: ...
+    async def infer(self, inference: Inference, record: RequestRecord) -> Answer:
+        """Run ``inference`` (its model and version name one of :meth:`models`)."""
+        ...
 
 
 def describe_capabilities(
@@ -149,18 +133,11 @@ def model_config(m: ServedModel) -> dict[str, Any]:
     }
 
 
-def _input_spec(item: InputItem) -> InputSpec:
-    image = ImageRef(base64=base64.b64encode(item.image).decode()) if item.image else None
-    history = list(item.history) if item.history is not None else None
-    return InputSpec(text=item.text, image=image, user=item.user, history=history)
-
-
 class PipelineModelServer:
     """The gateway behind the KServe door: every request goes through the pipeline."""
 
-    def __init__(self, runtime: Runtime, *, door: str = "kserve") -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.door = door
 
     async def ready(self) -> bool:
         return self.rt.ready
@@ -191,33 +168,6 @@ class PipelineModelServer:
                 return True
         return False
 
-    async def infer(
-        self,
-        model: str,
-        version: str | None,
-        task: Task,
-        items: Sequence[InputItem],
-        parameters: dict[str, Any],
-        *,
-        unit: str | None = None,
-        cache: CacheMode = "use",
-        headers: Mapping[str, str] | None = None,
-    ) -> Answer:
-        try:
-            req = InferRequest(
-                model=model,
-                version=version,
-                task=task,
-                inputs=[_input_spec(it) for it in items],
-                parameters=parameters,
-                routing=Routing(unit=unit),
-                cache=cache,
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "request"
-            raise InvalidInput(
-                f"{where}: {first['msg']}", errors=[FieldError(where, first["msg"])]
-            ) from exc
-        resp = await self.rt.pipeline.infer(req, headers, door=self.door)
+    async def infer(self, inference: Inference, record: RequestRecord) -> Answer:
+        resp = await self.rt.pipeline.infer(inference, record)
         return Answer(resp.model, resp.version, resp.outputs, route_headers(resp))

@@ -31,7 +31,6 @@ from typing import Any, Literal, NamedTuple
 
 from litestar import Controller, Request, Response, Router, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from prism.backends import BadRequest, PrismError, Task
@@ -47,48 +46,23 @@ from prism.backends._v2 import (
     write_tensors,
 )
 
+from ..inference import Inference
+from ..recording import record_of
 from ..runtime import Runtime
 from ._model_server import ModelServer, PipelineModelServer, model_config, model_metadata
+from ._openapi import BINARY, V2, Answer, documented, header
+from ._v2_schema import INFER_REQUEST, V2InferResponse, V2ModelReady, V2Ready
 
 log = logging.getLogger("prism.kserve")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def v2_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Every error of this door as ``{"error": "..."}``; never a stack trace."""
-    if isinstance(exc, PrismError):
-        status, message, headers = exc.status_code, exc.detail, exc.headers
-    elif isinstance(exc, HTTPException) and exc.status_code < 500:
-        status, message, headers = exc.status_code, str(exc.detail), dict(exc.headers or {})
-    else:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        status, message, headers = 500, "internal error; see the server's logs", {}
+def v2_error(err: PrismError) -> Response[Any]:
+    """A normalised error as the Open Inference Protocol has it: ``{"error": "..."}``."""
     # the protocol knows "bad request", not "unprocessable": a wrong input is a 400 here
-    status = 400 if status == 422 else status
-    code = exc.code if isinstance(exc, PrismError) else str(status)
-    if not getattr(exc, "counted", False):  # the pipeline counted failures past its decision
-        _count_error(request, code)
-    return Response({"error": message}, status_code=status, headers=headers)
-
-
-def _count_error(request: Request[Any, Any, Any], code: str) -> None:
-    state = request.app.state
-    runtime = getattr(state, "runtime", None)
-    metrics = getattr(runtime, "metrics", None) or state.get("metrics")
-    if metrics is None:
-        return
-    # label values come from the path only when the policy knows them: a caller must not be
-    # able to mint a new time series per request (/v2/models/<random>/infer)
-    model = request.path_params.get("model", "")
-    version = request.path_params.get("version") or ""
-    known = runtime.policy.models if runtime is not None else state.get("models", {})
-    entry = known.get(model)
-    if entry is None:
-        model, version = ("(unknown)", "") if model else ("", "")
-    elif version and version not in entry.versions and version not in entry.labels:
-        version = "(unknown)"
-    metrics.requests.labels("kserve", "", model, version, "", code).inc()
+    status = 400 if err.status_code == 422 else err.status_code
+    return Response({"error": err.detail}, status_code=status, headers=err.headers)
 
 
 class _Control(NamedTuple):
@@ -198,16 +172,27 @@ class KServeController(Controller):
     path = "/v2"
     tags = ["kserve-v2"]
 
-    @get("/", summary="Server metadata")
+    @get("/", summary="Server metadata", **documented(V2, 401))
     async def server_metadata(self) -> dict[str, Any]:
         return {"name": "prism", "version": "1", "extensions": ["binary_tensor_data"]}
 
     # probes carry no API key: health and readiness stay open like /healthz and /readyz
-    @get("/health/live", summary="Liveness", opt={"public": True})
+    @get("/health/live", summary="Liveness", opt={"public": True}, **documented(V2))
     async def live(self) -> dict[str, bool]:
         return {"live": True}
 
-    @get("/health/ready", summary="Readiness", opt={"public": True})
+    @get(
+        "/health/ready",
+        summary="Readiness",
+        opt={"public": True},
+        **documented(
+            V2,
+            answers={
+                200: Answer("Ready", V2Ready),
+                503: Answer("Not ready: models still loading, or a route has none up", V2Ready),
+            },
+        ),
+    )
     async def ready(self, model_server: NamedDependency[ModelServer]) -> Response[dict[str, bool]]:
         ok = await model_server.ready()
         return Response({"ready": ok}, status_code=200 if ok else 503)
@@ -215,6 +200,7 @@ class KServeController(Controller):
     @get(
         ["/models/{model:str}", "/models/{model:str}/versions/{version:str}"],
         summary="Model metadata",
+        **documented(V2, 401, 404),
     )
     async def metadata(
         self,
@@ -227,6 +213,7 @@ class KServeController(Controller):
     @get(
         ["/models/{model:str}/config", "/models/{model:str}/versions/{version:str}/config"],
         summary="Model configuration (Triton's view)",
+        **documented(V2, 401, 404),
     )
     async def config(
         self,
@@ -240,6 +227,14 @@ class KServeController(Controller):
         ["/models/{model:str}/ready", "/models/{model:str}/versions/{version:str}/ready"],
         summary="Model readiness",
         opt={"public": True},
+        **documented(
+            V2,
+            404,
+            answers={
+                200: Answer("The version can serve", V2ModelReady),
+                503: Answer("The version has no backend up", V2ModelReady),
+            },
+        ),
     )
     async def model_ready(
         self,
@@ -251,7 +246,12 @@ class KServeController(Controller):
         ok = await model_server.model_ready(served)
         return Response({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
-    @post("/repository/index", status_code=200, summary="Every model version and its state")
+    @post(
+        "/repository/index",
+        status_code=200,
+        summary="Every model version and its state",
+        **documented(V2, 401),
+    )
     async def index(self, model_server: NamedDependency[ModelServer]) -> list[dict[str, str]]:
         return [
             {
@@ -266,6 +266,26 @@ class KServeController(Controller):
         ["/models/{model:str}/infer", "/models/{model:str}/versions/{version:str}/infer"],
         status_code=200,
         summary="Inference (JSON tensors or Triton's binary extension)",
+        **documented(
+            V2,
+            *(400, 401, 404, 413, 415, 502, 503, 504),
+            body=INFER_REQUEST,
+            answers={
+                200: Answer(
+                    "The outputs: JSON, or (when outputs are asked for as binary) JSON then "
+                    "the tensors' bytes",
+                    V2InferResponse,
+                    headers={
+                        HEADER_LENGTH: header(
+                            "length of the JSON part (binary outputs only)",
+                            required=False,
+                            integer=True,
+                        )
+                    },
+                    alternatives={"application/octet-stream": BINARY},
+                )
+            },
+        ),
     )
     async def infer(
         self,
@@ -289,16 +309,17 @@ class KServeController(Controller):
             wanted = _requested(doc, task, control.binary_output)
         except TensorFormatError as exc:
             raise BadRequest(str(exc)) from exc
-        answer = await model_server.infer(
-            model,
-            version,
-            task,
-            items,
-            params,
+        inference = Inference(
+            items=list(items),
+            task=task,
+            model=model,
+            version=version,
+            parameters=params,
             unit=control.unit,
             cache=control.cache,
             headers=request.headers,
         )
+        answer = await model_server.infer(inference, record_of(request.scope))
         tensors = [t for t in outputs_to_tensors(task, answer.outputs) if t.name in wanted]
         entries, blob = write_tensors(tensors, wanted)
         body: dict[str, Any] = {
@@ -322,7 +343,6 @@ def kserve_router(model_server: Provide) -> Router:
         path="/",
         route_handlers=[KServeController],
         dependencies={"model_server": model_server},
-        exception_handlers={Exception: v2_error},
     )
 
 

@@ -2,18 +2,73 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from litestar import Controller, Request, Response, get, head, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
-from prism.backends import Conflict, NotFound
+from prism.backends import (
+    Conflict,
+    FieldError,
+    InputItem,
+    InvalidImage,
+    NotFound,
+    decode_base64_image,
+)
 
 from ..experiments import FEEDBACK_TTL_S
+from ..inference import Inference
+from ..recording import record_of
 from ..runtime import Runtime
 from ..schema import Feedback, InferRequest, InferResponse
+from ._openapi import PROBLEM, RETRY_AFTER, Answer, documented
+
+
+def inference_from_wire(
+    req: InferRequest, max_image_bytes: int, headers: Mapping[str, str] | None = None
+) -> Inference:
+    """The native wire request as the pipeline's :class:`Inference`: base64 images decoded
+    here (errors name their field), image URLs kept to be fetched once the model is known."""
+    items: list[InputItem] = []
+    urls: dict[int, str] = {}
+    for i, spec in enumerate(req.inputs):
+        image: bytes | None = None
+        if spec.image is not None and spec.image.base64 is not None:
+            path = f"inputs[{i}].image.base64"
+            try:
+                image = decode_base64_image(spec.image.base64)
+            except InvalidImage as exc:
+                exc.errors = [FieldError(path, e.message) for e in exc.errors] or [
+                    FieldError(path, exc.detail)
+                ]
+                raise
+            if len(image) > max_image_bytes:
+                raise InvalidImage(
+                    f"image is {len(image)} bytes; the limit is {max_image_bytes}",
+                    errors=[FieldError(path, "too large")],
+                )
+        elif spec.image is not None and spec.image.url:
+            urls[i] = spec.image.url
+        history = tuple(spec.history) if spec.history is not None else None
+        items.append(InputItem(text=spec.text, image=image, user=spec.user, history=history))
+    return Inference(
+        items=items,
+        task=req.task,
+        model=req.model,
+        version=req.version,
+        parameters=req.parameters,
+        unit=req.routing.unit,
+        latency_budget_ms=req.routing.latency_budget_ms,
+        cache=req.cache,
+        image_urls=urls,
+        # ASGI header names are lower-case already
+        headers=headers if headers is not None else {},
+    )
 
 
 def route_headers(resp: InferResponse) -> dict[str, str]:
@@ -23,6 +78,19 @@ def route_headers(resp: InferResponse) -> dict[str, str]:
     if r.experiment:
         headers["x-prism-experiment"] = f"{r.experiment}; arm={r.arm}"
     return headers
+
+
+class Readiness(BaseModel):
+    """What ``/readyz`` answers (documentation: :func:`readiness` builds it)."""
+
+    status: Literal["ready", "degraded", "not ready"]
+    models: dict[str, str] = Field(
+        description="each target (model@version/where): ready, unreachable, loading, or why "
+        "it could not load"
+    )
+    routes_down: list[str] | SkipJsonSchema[None] = Field(
+        None, description="routes whose targets are all down (status degraded)"
+    )
 
 
 def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
@@ -51,23 +119,46 @@ def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
 class NativeController(Controller):
     tags = ["native"]
 
-    @post("/v1/infer", status_code=HTTP_200_OK, summary="Run embed / classify / recommend")
+    @post(
+        "/v1/infer",
+        status_code=HTTP_200_OK,
+        summary="Run embed / classify / recommend",
+        **documented(
+            PROBLEM,
+            *(400, 401, 404, 413, 415, 422, 502, 503, 504),
+            wording={413: "The body (inflated), or an image fetched from its URL, is too large"},
+        ),
+    )
     async def infer(
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[InferRequest],
         runtime: NamedDependency[Runtime],
     ) -> Response[dict[str, Any]]:
-        resp = await runtime.pipeline.infer(data, request.headers)
+        record = record_of(request.scope)
+        inference = inference_from_wire(data, runtime.settings.max_body_bytes, request.headers)
+        resp = await runtime.pipeline.infer(inference, record)
         return Response(resp.to_wire(), headers=route_headers(resp))
 
-    @post("/v1/feedback", status_code=HTTP_202_ACCEPTED, summary="Score an experiment's answer")
+    @post(
+        "/v1/feedback",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Score an experiment's answer",
+        **documented(
+            PROBLEM,
+            *(400, 401, 404, 409, 413, 415, 422),
+            wording={
+                404: f"No experiment answer with this id in the last {FEEDBACK_TTL_S // 3600} h, "
+                "or no such experiment and arm in the running policy",
+            },
+        ),
+    )
     async def feedback(
         self, data: JSONBody[Feedback], runtime: NamedDependency[Runtime]
     ) -> dict[str, Any]:
         engine = runtime.experiments
         if data.id is not None:
-            found = await engine.arm_of(data.id)
+            found = await engine.feedback.arm_of(data.id)
             if found is None:
                 raise NotFound(
                     f"no experiment request {data.id!r} in the last "
@@ -80,12 +171,17 @@ class NativeController(Controller):
         if experiment is None or arm not in experiment.arms:
             raise NotFound(f"the running policy has no experiment {name!r} with arm {arm!r}")
         # claimed last: a refusal above must not use up the answer's one score
-        if data.id is not None and not await engine.claim(data.id):
+        if data.id is not None and not await engine.feedback.claim(data.id):
             raise Conflict(f"answer {data.id!r} has feedback already (one score per answer)")
         engine.record_quality(name, arm, data.value)
         return {"experiment": name, "arm": arm, "value": data.value}
 
-    @get("/healthz", summary="Liveness: the process is up", opt={"public": True})
+    @get(
+        "/healthz",
+        summary="Liveness: the process is up",
+        opt={"public": True},
+        **documented(PROBLEM),
+    )
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
@@ -103,6 +199,17 @@ class NativeController(Controller):
         "/readyz",
         summary="Readiness: local models loaded, every local route servable",
         opt={"public": True},
+        **documented(
+            PROBLEM,
+            answers={
+                200: Answer("Ready, or degraded: remote-only routes are down", Readiness),
+                503: Answer(
+                    "Not ready: loading, or a route has no target up",
+                    Readiness,
+                    headers={"Retry-After": RETRY_AFTER},
+                ),
+            },
+        ),
     )
     async def readyz(self, runtime: NamedDependency[Runtime]) -> Response[dict[str, Any]]:
         return readiness(runtime)
@@ -112,6 +219,7 @@ class NativeController(Controller):
         summary="Prometheus metrics",
         media_type="text/plain; version=0.0.4",
         opt={"public": True},
+        **documented(PROBLEM),
     )
     async def metrics(self, runtime: NamedDependency[Runtime]) -> bytes:
         return runtime.metrics.render()

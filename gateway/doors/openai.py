@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from litestar import Controller, Request, Response, Router, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException
-from litestar.params import FromPath
+from litestar.params import PathParameter
 
 from prism.backends import (
     BackendError,
@@ -43,8 +42,11 @@ from prism.backends import (
     VersionNotFound,
 )
 
+from ..inference import Inference
+from ..recording import record_of
 from ..runtime import Runtime
 from ._model_server import PipelineModelServer
+from ._openapi import OPENAI, documented
 
 log = logging.getLogger("prism.openai")
 
@@ -65,36 +67,27 @@ def _error_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def openai_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Every error of this door in OpenAI's format; never a stack trace."""
+def openai_error(err: PrismError) -> Response[Any]:
+    """A normalised error in OpenAI's format (what the official client parses)."""
     param: str | None = None
-    if isinstance(exc, PrismError):
-        status, message, headers, code = exc.status_code, exc.detail, exc.headers, exc.code
-        if isinstance(exc, OpenAIRequestError):
-            param = exc.param
-        elif isinstance(exc, ModelNotFound | VersionNotFound):
-            param = "model"
-        elif exc.errors:  # the pipeline's field names, in OpenAI's terms
-            path = exc.errors[0].path
-            param = {"task": "model", "routing.unit": "user"}.get(path, "input")
-    elif isinstance(exc, HTTPException) and exc.status_code < 500:
-        status, message, headers, code = (
-            exc.status_code,
-            str(exc.detail),
-            dict(exc.headers or {}),
-            None,
-        )
-    else:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        status, message, headers, code = 500, "internal error; see the gateway's logs", {}, None
-    status = 400 if status == 422 else status
-    rt = getattr(request.app.state, "runtime", None)
-    if rt is not None and not getattr(exc, "counted", False):  # the pipeline counted it
-        rt.metrics.requests.labels("openai", "", "", "", "", code or str(status)).inc()
+    if isinstance(err, OpenAIRequestError):
+        param = err.param
+    elif isinstance(err, ModelNotFound | VersionNotFound):
+        param = "model"
+    elif err.errors:  # the pipeline's field names, in OpenAI's terms
+        path = err.errors[0].path
+        param = {"task": "model", "routing.unit": "user"}.get(path, "input")
+    status = 400 if err.status_code == 422 else err.status_code
+    code = err.code if err.code != "internal_error" else None
     body = {
-        "error": {"message": message, "type": _error_type(status), "param": param, "code": code}
+        "error": {
+            "message": err.detail,
+            "type": _error_type(status),
+            "param": param,
+            "code": code,
+        }
     }
-    return Response(body, status_code=status, headers=headers)
+    return Response(body, status_code=status, headers=err.headers)
 
 
 def _split_model(raw: Any) -> tuple[str, str | None]:
@@ -128,6 +121,43 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+#: what :func:`_split_model` takes, for the OpenAPI document
+MODEL_PATTERN = r"^[^@]+(@[\s\S]+)?$"
+#: what :meth:`OpenAIController.embeddings` reads, as JSON Schema for the OpenAPI document (the
+#: checks above are the rule; other members are ignored, as OpenAI clients send more)
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 100_000}
+EMBEDDINGS_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {
+            "type": "string",
+            "pattern": MODEL_PATTERN,
+            "description": "a logical model, or 'name@version' (a version id or a label)",
+        },
+        "input": {
+            "description": "a text or a list of texts; token arrays are refused (Prism "
+            "tokenizes with the model's tokenizer); at most PRISM_MAX_INPUTS texts",
+            "oneOf": [_TEXT, {"type": "array", "minItems": 1, "items": _TEXT}],
+        },
+        "encoding_format": {
+            "anyOf": [{"enum": ["float", "base64"]}, {"type": "null"}],
+            "default": "float",
+            "description": "base64: little-endian float32 bytes",
+        },
+        "user": {
+            "type": ["string", "null"],
+            "description": "experiment unit: one user stays in one arm",
+        },
+        "dimensions": {
+            "type": ["integer", "null"],
+            "description": "an OpenAI-compatible upstream may shorten its vectors; any other "
+            "model takes only its own width",
+        },
+    },
+}
+
+
 def _model_card(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "prism"}
 
@@ -136,7 +166,12 @@ class OpenAIController(Controller):
     path = "/v1"
     tags = ["openai"]
 
-    @post("/embeddings", status_code=200, summary="OpenAI-compatible embeddings")
+    @post(
+        "/embeddings",
+        status_code=200,
+        summary="OpenAI-compatible embeddings",
+        **documented(OPENAI, *(400, 401, 404, 413, 415, 502, 503, 504), body=EMBEDDINGS_REQUEST),
+    )
     async def embeddings(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
     ) -> Response[Any]:
@@ -157,7 +192,7 @@ class OpenAIController(Controller):
         user = doc.get("user")
         if user is not None and not isinstance(user, str):
             raise OpenAIRequestError("'user' must be a string", "user")
-        server = PipelineModelServer(runtime, door="openai")
+        server = PipelineModelServer(runtime)
         served = server.describe(name, version)  # unknown model or version: 404
         dims = doc.get("dimensions")
         params: dict[str, Any] = {}
@@ -171,15 +206,16 @@ class OpenAIController(Controller):
                 f"model {name!r} does not support 'dimensions' other than its own ({width})",
                 "dimensions",
             )
-        answer = await server.infer(
-            name,
-            version,
-            Task.EMBED,
-            [InputItem(text=t) for t in texts],
-            params,
+        inference = Inference(
+            items=[InputItem(text=t) for t in texts],
+            task=Task.EMBED,
+            model=name,
+            version=version,
+            parameters=params,
             unit=user,
             headers=request.headers,
         )
+        answer = await server.infer(inference, record_of(request.scope))
         data = []
         for i, out in enumerate(answer.outputs):
             vec = np.asarray(out["embedding"], dtype=np.float32)
@@ -200,10 +236,10 @@ class OpenAIController(Controller):
         }
         return Response(body, headers=answer.headers)
 
-    @get("/models", summary="Models that embed (OpenAI-compatible)")
+    @get("/models", summary="Models that embed (OpenAI-compatible)", **documented(OPENAI, 401))
     async def list_models(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
         created = int(runtime.policy.loaded_at)
-        server = PipelineModelServer(runtime, door="openai")
+        server = PipelineModelServer(runtime)
         names = [
             name
             for name in runtime.policy.models
@@ -211,12 +247,20 @@ class OpenAIController(Controller):
         ]
         return {"object": "list", "data": [_model_card(n, created) for n in names]}
 
-    @get("/models/{model:str}", summary="One model (OpenAI-compatible)")
+    @get(
+        "/models/{model:str}",
+        summary="One model (OpenAI-compatible)",
+        **documented(
+            OPENAI, 400, 401, 404, wording={400: "'model' is not a name or 'name@version'"}
+        ),
+    )
     async def get_model(
-        self, runtime: NamedDependency[Runtime], model: FromPath[str]
+        self,
+        runtime: NamedDependency[Runtime],
+        model: Annotated[str, PathParameter(schema_extra={"pattern": MODEL_PATTERN})],
     ) -> dict[str, Any]:
         name, version = _split_model(model)
-        served = PipelineModelServer(runtime, door="openai").describe(name, version)
+        served = PipelineModelServer(runtime).describe(name, version)
         if Task.EMBED not in served.tasks:  # as /v1/models: this door only knows embeddings
             raise ModelNotFound(
                 f"model {name!r} does not serve embeddings; /v1/models lists those that do"
@@ -225,9 +269,7 @@ class OpenAIController(Controller):
 
 
 def openai_router() -> Router:
-    return Router(
-        path="/", route_handlers=[OpenAIController], exception_handlers={Exception: openai_error}
-    )
+    return Router(path="/", route_handlers=[OpenAIController])
 
 
 __all__ = ["OpenAIController", "openai_error", "openai_router"]

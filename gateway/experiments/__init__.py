@@ -9,8 +9,9 @@ from ._counters import (
     MemoryCounterStore,
     RedisCounterStore,
 )
-from ._engine import FEEDBACK_TTL_S, ExperimentEngine
-from ._shadow import ShadowMirror, blames_the_arm, cosine_similarities
+from ._engine import ExperimentEngine
+from ._feedback import FEEDBACK_TTL_S, FeedbackLedger
+from ._shadow import ShadowMirror, cosine_similarities
 from ._stats import two_proportion_z, welch_t
 
 __all__ = [
@@ -22,13 +23,13 @@ __all__ = [
     "Assignment",
     "CounterStore",
     "ExperimentEngine",
+    "FeedbackLedger",
     "GuardState",
     "MemoryCounterStore",
     "RedisCounterStore",
     "ShadowMirror",
     "arm_ranges",
     "assign",
-    "blames_the_arm",
     "bucket_of",
     "control_arm",
     "cosine_similarities",

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from prism.backends import CircuitOpen, InputItem, Output, Overloaded, PrismError, Task
+from prism.backends import InputItem, Output, Task, blame
 
 from ..policy import Decision, Target
 from ._engine import ExperimentEngine
@@ -42,17 +42,6 @@ def cosine_similarities(answer: Sequence[Output], mirror: Sequence[Output]) -> l
         if norm > 0:
             out.append(float(x @ y) / norm)
     return out
-
-
-def blames_the_arm(exc: BaseException) -> bool:
-    """Does this failure count against an experiment arm's version? Its own errors do
-    (5xx, an open circuit); the caller's mistakes (4xx) and load (503, a timeout under
-    contention) do not, or a burst would trip a guardrail on a healthy arm."""
-    if not isinstance(exc, PrismError):
-        return True  # a bug in the arm's backend is the arm's
-    if exc.status_code < 500 or not getattr(exc, "blames_target", True):
-        return False
-    return isinstance(exc, CircuitOpen) or not isinstance(exc, Overloaded)
 
 
 class ShadowMirror:
@@ -114,7 +103,7 @@ class ShadowMirror:
             )
         except Exception as exc:  # a mirror must never surface anywhere but its counters
             log.debug("shadow call to %s failed: %r", target.key, exc)
-            if not blames_the_arm(exc):  # load (a full queue, a timeout under contention)
+            if not blame(exc).target:  # load (a full queue, a timeout under contention)
                 self.dropped += 1  # is a mirror not made, not a failure of the treatment
                 return
             ms = (time.perf_counter() - start) * 1000

@@ -125,9 +125,9 @@ async def test_user_is_the_experiment_unit(client: Client) -> None:
     seen: list[Any] = []
     original = runtime.pipeline.infer
 
-    async def spy(req: Any, headers: Any = None, *, door: str = "native") -> Any:
-        seen.append((req, door))
-        return await original(req, headers, door=door)
+    async def spy(inference: Any, record: Any) -> Any:
+        seen.append((inference, record.door))
+        return await original(inference, record)
 
     runtime.pipeline.infer = spy
     try:
@@ -136,5 +136,5 @@ async def test_user_is_the_experiment_unit(client: Client) -> None:
         runtime.pipeline.infer = original
     assert r.status_code == 200
     req, door = seen[0]
-    assert door == "openai" and req.routing.unit == "u42" and req.model == "fake"
+    assert door == "openai" and req.unit == "u42" and req.model == "fake"
     assert r.headers["x-prism-route"].startswith("text; target=fake@1/local")

@@ -234,7 +234,7 @@ async def test_a_claim_the_store_could_not_record_can_be_retried() -> None:
     store = Flaky()
     engine = ExperimentEngine(store)
     with pytest.raises(Overloaded):
-        await engine.claim("req_1")
+        await engine.feedback.claim("req_1")
     store.down = False
-    assert await engine.claim("req_1") is True  # the retry scores it
-    assert await engine.claim("req_1") is False  # and only once
+    assert await engine.feedback.claim("req_1") is True  # the retry scores it
+    assert await engine.feedback.claim("req_1") is False  # and only once

@@ -28,6 +28,7 @@ from prism.backends import (
     UpstreamBusy,
     UpstreamRefused,
     UpstreamRejected,
+    blame,
     build_backend,
 )
 from prism.backends._kserve import KServeBackend
@@ -105,9 +106,9 @@ async def test_failures_map_into_the_exception_tree(
     assert message in exc.detail and upstream.url in exc.detail
     assert "Traceback" not in exc.detail
     assert exc.status_code == (503 if mode == "429" else 502)
-    assert exc.retryable == (mode != "400")  # the caller's bad input is bad everywhere
+    assert blame(exc).retry == (mode != "400")  # the caller's bad input is bad everywhere
     # load and the caller's mistakes never open the upstream's circuit
-    assert exc.blames_target == (mode not in ("400", "429"))
+    assert blame(exc).target == (mode not in ("400", "429"))
     if mode == "429":
         assert exc.headers["Retry-After"] == "7"
 
@@ -213,7 +214,7 @@ async def test_waiting_for_our_own_connections_is_load_not_the_upstreams_fault(
     # neither held against the upstream's circuit
     assert all(isinstance(r, QueueTimeout | ModelTimeout) for r in failed), failed
     assert all(r.headers["Retry-After"] for r in failed)
-    assert not any(getattr(r, "blames_target", False) for r in failed)
+    assert not any(blame(r).target for r in failed)
 
 
 @pytest.mark.parametrize("kind", ["kserve", "openai"])
