@@ -1,0 +1,109 @@
+"""What one upstream call costs the gateway's process, per HTTP client (a benchmark, not a test).
+
+A remote miss spends most of its time in the client that calls the model server. This sends
+the same OpenAI embeddings request, one after another on one kept-alive connection, to the raw
+ASGI upstream of ``bench/_raw_asgi.py`` with each client in turn, in one run: httpx (what
+Prism uses), httpcore (the transport under httpx, without httpx's request/response models),
+and aiohttp (already installed with the dev tools) for scale. It prints microseconds per call
+and appends rows to ``bench/results/http_clients.csv``.
+
+    python bench/http_clients.py [--calls 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import append_csv, print_table
+from tests.support import free_port, wait_for_port
+
+BODY = json.dumps(
+    {"model": "fake", "input": ["a red circle"], "encoding_format": "base64"}
+).encode()
+HEADERS = {"content-type": "application/json"}
+
+
+async def _httpx(url: str, calls: int) -> float:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        await client.post(url, content=BODY, headers=HEADERS)
+        start = time.perf_counter()
+        for _ in range(calls):
+            r = await client.post(url, content=BODY, headers=HEADERS)
+            r.raise_for_status()
+        return time.perf_counter() - start
+
+
+async def _httpcore(url: str, calls: int) -> float:
+    import httpcore
+
+    async with httpcore.AsyncConnectionPool() as pool:
+        await pool.request("POST", url, content=BODY, headers=HEADERS)
+        start = time.perf_counter()
+        for _ in range(calls):
+            r = await pool.request("POST", url, content=BODY, headers=HEADERS)
+            assert r.status == 200
+        return time.perf_counter() - start
+
+
+async def _aiohttp(url: str, calls: int) -> float:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=BODY, headers=HEADERS) as r:
+            await r.read()
+        start = time.perf_counter()
+        for _ in range(calls):
+            async with session.post(url, data=BODY, headers=HEADERS) as r:
+                assert r.status == 200
+                await r.read()
+        return time.perf_counter() - start
+
+
+CLIENTS = {"httpx": _httpx, "httpcore": _httpcore, "aiohttp": _aiohttp}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=3000, help="sequential calls per client")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (clients interleaved)")
+    args = parser.parse_args()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench._raw_asgi", "upstream", str(port)],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/v1/embeddings"
+        best: dict[str, float] = {}
+        for r in range(args.rounds):
+            for name, run in CLIENTS.items():
+                seconds = asyncio.run(run(url, args.calls))
+                us = seconds / args.calls * 1e6
+                best[name] = min(best.get(name, us), us)
+                print(f"round {r + 1}: {name:8s} {us:7.0f} µs/call", flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    headers = ["client", "calls", "best µs/call", "x httpx"]
+    rows: list[list[object]] = [
+        [name, args.calls, round(us), round(us / best["httpx"], 2)] for name, us in best.items()
+    ]
+    print_table(headers, rows)
+    path = append_csv("http_clients.csv", headers, rows)
+    print(f"rows appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
