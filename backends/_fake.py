@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 
 from ._base import Capabilities, InputItem, LocalModel, Modality, Output, Task
-from ._errors import BackendError, InvalidInput
+from ._errors import BackendError
+from ._parameters import classify_top_k, label_list, top_k
 from ._specs import FakeSpec
+
+#: the fake catalogue's size, as far as top_k goes
+MAX_FAKE_TOP_K = 1000
 
 
 class FakeModel(LocalModel):
@@ -68,17 +72,16 @@ class FakeModel(LocalModel):
         if task is Task.EMBED:
             return {"embedding": vec}
         if task is Task.CLASSIFY:
-            labels = parameters.get("labels")
-            if not labels:
-                raise InvalidInput("classify needs parameters.labels")
+            labels = label_list(parameters)
+            k = classify_top_k(parameters, len(labels))
             scores = np.array([float(vec @ self.embed(InputItem(text=str(lb)))) for lb in labels])
             probs = np.exp(scores * 10) / np.exp(scores * 10).sum()
             ranked = sorted(zip(labels, probs.tolist(), strict=True), key=lambda p: -p[1])
-            return {"labels": [{"label": lb, "score": s} for lb, s in ranked]}
-        top_k = int(parameters.get("top_k", 10))
+            return {"labels": [{"label": lb, "score": s} for lb, s in ranked[:k]]}
+        k = top_k(parameters, MAX_FAKE_TOP_K)
         history = set(item.history or ())
-        items = [f"item-{i}" for i in range(top_k + len(history)) if f"item-{i}" not in history]
+        items = [f"item-{i}" for i in range(k + len(history)) if f"item-{i}" not in history]
         return {
-            "items": [{"id": i, "score": 1.0 / (n + 1)} for n, i in enumerate(items[:top_k])],
+            "items": [{"id": i, "score": 1.0 / (n + 1)} for n, i in enumerate(items[:k])],
             "ignored_history": [],
         }

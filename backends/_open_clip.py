@@ -26,14 +26,14 @@ import open_clip
 import torch
 
 from ._base import Capabilities, InputItem, LocalModel, Modality, Output, Task
-from ._errors import FieldError, InvalidImage, InvalidInput
+from ._errors import InvalidImage, InvalidInput
 from ._images import load_image
+from ._parameters import classify_top_k, label_list
 from ._specs import OpenClipSpec
 
 #: open_clip configs shipped with Prism (``demo-clip``)
 PACKAGED_CONFIGS = Path(__file__).parent / "demo" / "model_configs"
 #: most labels one classify request may carry
-MAX_LABELS = 1000
 #: label sets whose text embeddings are kept (classify requests tend to repeat them)
 _LABEL_CACHE_SIZE = 64
 
@@ -288,33 +288,3 @@ class OpenClipModel(LocalModel):
             while len(self._labels) > _LABEL_CACHE_SIZE:
                 self._labels.popitem(last=False)
         return embedded
-
-
-def label_list(parameters: Mapping[str, Any]) -> list[str]:
-    """``parameters.labels`` validated: 1..MAX_LABELS unique non-empty strings."""
-    labels = parameters.get("labels")
-    if labels is None:
-        raise _bad("labels", "classify needs parameters.labels (the candidate labels)")
-    if not isinstance(labels, list | tuple) or not all(isinstance(x, str) for x in labels):
-        raise _bad("labels", "parameters.labels must be a list of strings")
-    if not 1 <= len(labels) <= MAX_LABELS:
-        raise _bad("labels", f"parameters.labels must hold 1 to {MAX_LABELS} labels")
-    if any(not x.strip() for x in labels):
-        raise _bad("labels", "parameters.labels must not contain empty labels")
-    if len(set(labels)) != len(labels):
-        raise _bad("labels", "parameters.labels must not repeat a label")
-    return list(labels)
-
-
-def classify_top_k(parameters: Mapping[str, Any], count: int) -> int:
-    """``parameters.top_k`` for classify: how many labels to return (default all)."""
-    top_k = parameters.get("top_k")
-    if top_k is None:
-        return count
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= count:
-        raise _bad("top_k", f"parameters.top_k must be an integer from 1 to {count}")
-    return top_k
-
-
-def _bad(field: str, message: str) -> InvalidInput:
-    return InvalidInput(message, errors=[FieldError(f"parameters.{field}", message)])

@@ -30,9 +30,9 @@ from ._base import Capabilities, InputItem, LocalModel, Modality, Output, Task
 from ._catalog import Catalog, CatalogError, read_meta
 from ._errors import FieldError, InvalidInput
 from ._open_clip import OpenClipModel, file_sha256
+from ._parameters import top_k
 from ._specs import ModalityWeights, RecommenderSpec
 
-DEFAULT_TOP_K = 10
 #: tag filters whose score bias vectors are kept
 _FILTER_CACHE_SIZE = 32
 
@@ -249,15 +249,6 @@ class RecommenderModel(LocalModel):
             while len(self._filters) > _FILTER_CACHE_SIZE:
                 self._filters.popitem(last=False)
         return bias
-
-
-def top_k(parameters: Mapping[str, Any], max_top_k: int) -> int:
-    """``parameters.top_k``: an integer from 1 to ``max_top_k`` (default 10, or less)."""
-    value = parameters.get("top_k", min(DEFAULT_TOP_K, max_top_k))
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_top_k:
-        message = f"parameters.top_k must be an integer from 1 to {max_top_k}"
-        raise InvalidInput(message, errors=[FieldError("parameters.top_k", message)])
-    return value
 
 
 def tag_filter(parameters: Mapping[str, Any]) -> tuple[str, ...]:

@@ -330,3 +330,26 @@ def test_thousands_of_gzip_members_are_refused_at_once() -> None:
     with pytest.raises(Exception, match=f"more than {MAX_GZIP_MEMBERS} gzip members"):
         inflate(many, "gzip", 10 * 2**20)
     assert inflate(gzip.compress(b"a") * MAX_GZIP_MEMBERS, "gzip", 1024) == b"a" * MAX_GZIP_MEMBERS
+
+
+@pytest.mark.parametrize(
+    ("task", "parameters", "field"),
+    [
+        ("classify", {"labels": 5}, "parameters.labels"),
+        ("classify", {"labels": ["a", "b"], "top_k": "x"}, "parameters.top_k"),
+        ("recommend", {"top_k": "abc"}, "parameters.top_k"),
+        ("recommend", {"top_k": -5}, "parameters.top_k"),
+    ],
+)
+async def test_parameters_of_the_wrong_type_are_the_callers_mistake(
+    client: Any,
+    task: str,
+    parameters: dict[str, object],
+    field: str,
+) -> None:
+    """422 naming the parameter, not a 502 that would count against the model."""
+    body = {"model": "fake", "task": task, "inputs": [{"user": "u1"}], "parameters": parameters}
+    r = await client.post("/v1/infer", json=body)
+    assert r.status_code == 422, r.text
+    assert [e["path"] for e in r.json()["errors"]] == [field]
+    assert (await client.get("/healthz")).status_code == 200  # and it keeps serving
