@@ -24,11 +24,11 @@ by :func:`kserve_router` injects which one as the ``model_server`` dependency.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any, Literal, NamedTuple
 
+import msgspec
 from litestar import Controller, Request, Response, Router, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
@@ -329,7 +329,8 @@ class KServeController(Controller):
         }
         if isinstance(doc.get("id"), str):
             body["id"] = doc["id"]
-        head = json.dumps(body, separators=(",", ":")).encode()
+        # msgspec: the stdlib encoder was a quarter of this door's CPU on a 384-float answer
+        head = msgspec.json.encode(body)
         headers = dict(answer.headers)
         if not blob:
             return Response(head, media_type="application/json", headers=headers)
