@@ -62,7 +62,7 @@ def create_app(
         before_request=api_key_check(settings.api_keys, settings.admin_keys),
         exception_handlers={Exception: error_response},
         # every request is recorded once, when its response starts (recording.py)
-        before_send=[Recorder(rt.metrics, rt.known_models, lambda: rt.experiments)],
+        before_send=[Recorder(rt.metrics, rt.known_models, rt.experiments)],
         request_max_body_size=settings.max_body_bytes,
         request_class=PrismRequest,
         plugins=[WireSchemaPlugin()],  # request bodies documented as pydantic validates them

@@ -44,8 +44,6 @@ class RequestRecord:
 
     door: str
     started: float = field(default_factory=time.perf_counter)
-    #: the policy's decision (None until the pipeline took one, or for a worker)
-    decision: Decision | None = None
     rule: str = ""
     model: str = ""
     version: str = ""
@@ -68,7 +66,6 @@ class RequestRecord:
 
     def decided(self, decision: Decision, reason: str) -> None:
         """The policy's decision, as the response and the metrics report it."""
-        self.decision = decision
         self.rule, self.model, self.version = decision.rule, decision.model, decision.version
         self.target = decision.targets[0].key
         self.experiment, self.arm, self.reason = decision.experiment, decision.arm, reason
@@ -112,7 +109,7 @@ class Recorder:
         self,
         metrics: Metrics,
         known_models: Callable[[], Mapping[str, Any]],
-        experiments: Callable[[], ExperimentEngine | None] = lambda: None,
+        experiments: ExperimentEngine | None = None,
     ) -> None:
         self.metrics = metrics
         self.known_models = known_models
@@ -125,7 +122,8 @@ class Recorder:
         handler = scope.get("route_handler")
         if handler is not None and handler.opt.get("public"):
             return  # probes, metrics and docs are not requests to a model
-        record = scope["state"].pop(RECORD_KEY, None) or RequestRecord(door=door_of(scope["path"]))
+        record = record_of(scope)
+        del scope["state"][RECORD_KEY]  # written once, even if more start messages came
         self.record(record, int(message["status"]), scope.get("path_params") or {})
 
     def record(self, record: RequestRecord, status: int, path_params: Mapping[str, Any]) -> None:
@@ -144,7 +142,7 @@ class Recorder:
             code = error.code if error is not None else str(status)
             m.requests.labels(*labels, "", code).inc()
             m.errors.labels(code).inc()
-        engine = self.experiments()
+        engine = self.experiments
         if engine is None or record.experiment is None or record.arm is None:
             return
         arm_ok = record.arm_answered and not record.fallback

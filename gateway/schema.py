@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from prism.backends import Task
 
-#: history item ids one request may carry across its inputs (each input: at most 10,000)
-MAX_HISTORY_IDS = 50_000
+# the same bounds every door is held to (check_limits), here with the native schema's paths
+from .inference import MAX_HISTORY_IDS, MAX_HISTORY_PER_INPUT, MAX_ID_CHARS, MAX_TEXT_CHARS
 
 
 class _Wire(BaseModel):
@@ -73,10 +73,10 @@ class InputSpec(_Wire):
         }
     )
 
-    text: str | None = Field(None, max_length=100_000)
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     image: ImageRef | None = None
-    user: str | None = Field(None, max_length=256)
-    history: list[str] | None = Field(None, max_length=10_000)
+    user: str | None = Field(None, max_length=MAX_ID_CHARS)
+    history: list[str] | None = Field(None, max_length=MAX_HISTORY_PER_INPUT)
 
     @model_validator(mode="after")
     def _not_empty(self) -> InputSpec:
@@ -87,7 +87,7 @@ class InputSpec(_Wire):
 
 class Routing(_Wire):
     #: experiment unit (e.g. a user id): the same unit always lands in the same arm
-    unit: str | None = Field(None, max_length=256)
+    unit: str | None = Field(None, max_length=MAX_ID_CHARS)
     #: may only tighten the route's own budget
     latency_budget_ms: float | None = Field(None, gt=0, le=600_000)
 

@@ -59,7 +59,6 @@ class BackendModelServer:
         model: str,
         version: str,
         entry: ModelEntry,
-        metrics: Metrics,
         *,
         timeout_s: float = 30.0,
     ) -> None:
@@ -67,7 +66,6 @@ class BackendModelServer:
         self.model = model
         self.version = version
         self.entry = entry
-        self.metrics = metrics
         self.timeout_s = timeout_s
         self.aliases = {version} | {k for k, v in entry.labels.items() if v == version}
 
@@ -124,9 +122,7 @@ def create_worker_app(
     backend = build_backend(spec, base_dir=data_dir or Path.cwd(), name=key)
     metrics = Metrics()
     metrics.watch_backends(lambda: [(key, backend)])
-    server = BackendModelServer(
-        backend, name, version, compiled.models[name], metrics, timeout_s=timeout_s
-    )
+    server = BackendModelServer(backend, name, version, compiled.models[name], timeout_s=timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
