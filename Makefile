@@ -81,8 +81,8 @@ check: $(BIN)/.installed  ## format, lint, types, import layers, generated files
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/lint-imports
-	$(BIN)/prism policy schema --check
+	$(BIN)/python -c 'from importlinter.cli import lint_imports_command as lint; lint()'
+	$(BIN)/python -m prism.gateway.cli policy schema --check
 	$(BIN)/python -m prism.gateway.openapi --check
 
 format: $(BIN)/.installed  ## apply ruff formatting and safe fixes

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from prism.gateway.openapi import OPENAPI_FILE, live_openapi, render
 from tests.support import ROOT
@@ -20,8 +19,10 @@ def test_openapi_document_is_current() -> None:
 
 def test_imports_run_one_way() -> None:
     """gateway -> backends -> kernels: import-linter's layers contract (pyproject.toml)."""
-    exe = Path(sys.executable).parent / "lint-imports"  # this venv's, also under make test-latest
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "importlinter.cli"]
+    # `python -c` puts this checkout first on sys.path (the lint-imports script would find the
+    # editable install's checkout instead, wrong in a second worktree)
+    lint = "from importlinter.cli import lint_imports_command as lint; lint()"
+    cmd = [sys.executable, "-c", lint]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "KEPT" in res.stdout
