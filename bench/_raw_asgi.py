@@ -1,6 +1,9 @@
 """Raw ASGI apps for ``bench/http_wrk.py``: no framework, constant answers, nothing parsed.
 
-``static``: the ceiling, one constant JSON body for any request. ``upstream``: a model server
+``static``: the ceiling, one constant JSON body for any request. ``litestar``: the same answer
+from a bare Litestar app (one ``POST /v1/infer`` handler that reads the body and returns
+constant bytes, no middleware, no hooks): the floor of any Litestar app, so the table shows how
+much of Prism's cost is the framework's and how much its own. ``upstream``: a model server
 that answers what Prism's remote backends send (``backends/_openai.py``, ``backends/_kserve.py``):
 
 - ``POST /v1/embeddings``: one constant 384-float embedding, base64 float32 (Prism asks for
@@ -11,7 +14,7 @@ that answers what Prism's remote backends send (``backends/_openai.py``, ``backe
   ``GET /v2/models/{m}/ready``, ``GET /v2/health/{live,ready}``.
 
 Both run on uvicorn with httptools + uvloop, the HTTP stack ``prism serve`` uses:
-``python -m bench._raw_asgi static|upstream PORT``.
+``python -m bench._raw_asgi static|litestar|upstream PORT``.
 """
 
 from __future__ import annotations
@@ -130,10 +133,27 @@ async def upstream(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     await _answer(send, _route(scope["method"], scope["path"]))
 
 
+def bare_litestar() -> Any:
+    from litestar import Litestar, Request, Response, post
+
+    status, _, body = STATIC
+
+    @post("/v1/infer", status_code=status)
+    async def infer(request: Request[Any, Any, Any]) -> Response[bytes]:
+        await request.body()
+        return Response(body, media_type="application/json")
+
+    namespace = {"Request": Request, "Response": Response}  # the hints are strings here
+    return Litestar(
+        [infer], openapi_config=None, logging_config=None, signature_namespace=namespace
+    )
+
+
 def main() -> None:
     import uvicorn
 
-    app = {"static": static, "upstream": upstream}[sys.argv[1]]
+    apps = {"static": lambda: static, "upstream": lambda: upstream, "litestar": bare_litestar}
+    app = apps[sys.argv[1]]()
     uvicorn.run(
         app,
         host="127.0.0.1",

@@ -4,6 +4,8 @@ One run starts, on loopback:
 
 - ``ceiling``: a raw ASGI app answering a constant JSON body (``bench/_raw_asgi.py``) on
   uvicorn + httptools + uvloop, the stack ``prism serve`` runs on: no server can do less;
+- ``litestar floor``: the same constant answer from a bare Litestar app (one handler, no
+  middleware): what any Litestar app costs before it does anything of its own;
 - ``upstream``: a raw ASGI model server with constant answers (OpenAI ``/v1/embeddings`` and
   KServe v2 ``/v2/models/{m}/infer``, 384-d), called directly with the body Prism sends it;
 - ``prism serve`` routing to that upstream: ``/v1/infer`` with the ``openai`` and the ``kserve``
@@ -61,6 +63,7 @@ TEXT = "a red circle above a blue square"
 # the watcher polls the policy file; nothing changes it here
 QUIET = {"PRISM_LOG_LEVEL": "WARNING", "PRISM_POLICY_WATCH_S": "0"}
 CEILING = "ceiling: raw ASGI static"
+LITESTAR = "litestar floor: bare handler"
 UP_OPENAI = "upstream direct: openai"
 UP_KSERVE = "upstream direct: kserve"
 
@@ -103,6 +106,7 @@ def plan() -> list[Row]:
     kserve_door = _json({"inputs": [text_tensor]})
     return [
         Row(CEILING, "ceiling", infer, native("via-openai")),
+        Row(LITESTAR, "litestar", infer, native("via-openai")),
         Row(UP_OPENAI, "upstream", "/v1/embeddings", openai_up),
         Row(UP_KSERVE, "upstream", "/v2/models/emb/infer", _kserve_upstream_body()),
         Row("prism /v1/infer -> openai", "prism", infer, native("via-openai"), UP_OPENAI, "bypass"),
@@ -311,6 +315,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         static, ceiling_url = _raw_asgi("static")
         started.append(static)
+        bare, litestar_url = _raw_asgi("litestar")
+        started.append(bare)
         upstream, upstream_url = _raw_asgi("upstream")
         started.append(upstream)
         policy = tmp / "policy.yaml"
@@ -328,6 +334,7 @@ def main(args: argparse.Namespace) -> int:
         _wait_for_workers(gw_workers, 2)
         urls = {
             "ceiling": ceiling_url,
+            "litestar": litestar_url,
             "upstream": upstream_url,
             "prism": gw.url,
             "prism-redis": gw_redis.url,
