@@ -187,6 +187,9 @@ def test_promote_and_rollback_reach_the_other_replica(
     status = call("GET", b, "/admin/policy").json()
     assert status["models"]["m"]["labels"] == {"stable": "2"}
     assert status["overrides"]["labels"] == {"m": {"stable": {"version": "2", "file": "1"}}}
+    b.stop()  # a restart keeps the promotion: it lives in Redis, not in the process
+    b.start()
+    assert infer(b).json()["version"] == "2"
 
     back = call("POST", b, "/admin/models/m/labels/stable/rollback")
     assert back.status_code == 200 and back.json()["version"] == "1"
