@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ models:
       "1": {backend: local, kind: fake, device: cpu, dim: 8, seed: 1}
       "2": {backend: local, kind: fake, device: cpu, dim: 8, seed: 2}
       "3": {backend: local, kind: fake, device: cpu, dim: 8, seed: 3}
+      "slow": {backend: local, kind: fake, device: cpu, dim: 8, latency_ms: 3000}
     labels: {stable: "1"}
 routes:
   - name: text
@@ -43,7 +46,8 @@ routes:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     path = tmp_path_factory.mktemp("overrides") / "policy.yaml"
     path.write_text(POLICY)
-    gw = GatewayProcess(path, env={"PRISM_ADMIN_KEYS": json.dumps([ADMIN_KEY])})
+    env = {"PRISM_ADMIN_KEYS": json.dumps([ADMIN_KEY]), "PRISM_UNLOAD_DRAIN_S": "0.3"}
+    gw = GatewayProcess(path, env=env)
     gw.start()
     try:
         yield gw
@@ -65,14 +69,16 @@ def prism(*args: str, key: str | None = ADMIN_KEY) -> tuple[int, Any, str]:
     return done.returncode, out, done.stderr
 
 
-def infer(gw: GatewayProcess) -> str:
-    r = httpx.post(
-        gw.url + "/v1/infer",
-        json={"inputs": [{"text": "hi"}]},
-        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        timeout=30,
-    )
-    return str(r.json()["version"])
+def infer(gw: GatewayProcess, version: str | None = None) -> httpx.Response:
+    body: dict[str, Any] = {"inputs": [{"text": "hi"}]}
+    if version is not None:
+        body["model"], body["version"] = "m", version
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    return httpx.post(gw.url + "/v1/infer", json=body, headers=headers, timeout=30)
+
+
+def served(gw: GatewayProcess) -> str:
+    return str(infer(gw).json()["version"])
 
 
 def admin(gw: GatewayProcess, method: str, path: str) -> httpx.Response:
@@ -83,13 +89,13 @@ def admin(gw: GatewayProcess, method: str, path: str) -> httpx.Response:
 def test_cli_lists_promotes_unloads_loads_and_rolls_back(gateway: GatewayProcess) -> None:
     url = ["--url", gateway.url]
     code, out, _ = prism("models", "list", *url)
-    assert code == 0 and [v["state"] for v in out["models"][0]["versions"]] == ["ready"] * 3
+    assert code == 0 and [v["state"] for v in out["models"][0]["versions"]] == ["ready"] * 4
 
     code, out, err = prism("models", "promote", "m@2", *url)
     assert code == 0 and out["labels"] == {"stable": "2"} and out["previous"] == "1", err
-    assert infer(gateway) == "2"
+    assert served(gateway) == "2"
     code, out, _ = prism("models", "rollback", "m", *url)
-    assert code == 0 and out["version"] == "1" and infer(gateway) == "1"
+    assert code == 0 and out["version"] == "1" and served(gateway) == "1"
 
     code, out, err = prism("models", "unload", "m@1", *url)
     assert code == 1 and out["status"] == 409 and "label 'stable'" in err
@@ -115,10 +121,10 @@ def test_overrides_survive_a_restart_and_export_as_one_policy_file(
 
     gateway.stop()
     gateway.start()
-    assert infer(gateway) == "2"
+    assert served(gateway) == "2"
     states = {v["version"]: v["state"] for v in admin(gateway, "GET", "/admin/models").json()
               ["models"][0]["versions"]}  # fmt: skip
-    assert states == {"1": "ready", "2": "ready", "3": "unloaded"}
+    assert states == {"1": "ready", "2": "ready", "3": "unloaded", "slow": "ready"}
 
     out = tmp_path / "exported.yaml"
     code, _, err = prism("policy", "export", "--policy", str(gateway.policy), "--out", str(out))
@@ -147,4 +153,21 @@ def test_a_reload_keeps_overrides_that_still_apply_and_reports_the_others(
     (stale,) = status["overrides"]["stale"]
     assert stale["kind"] == "label" and stale["version"] == "2"
     assert stale["reason"] == "version '2' of 'm' is no longer in the file"
-    assert infer(gateway) == "1"
+    assert served(gateway) == "1"
+
+
+def test_an_unload_frees_the_version_when_its_drain_time_is_up(gateway: GatewayProcess) -> None:
+    answers: list[httpx.Response] = []
+    caller = threading.Thread(target=lambda: answers.append(infer(gateway, "slow")))
+    caller.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        (model,) = admin(gateway, "GET", "/admin/models").json()["models"]
+        if next(v for v in model["versions"] if v["version"] == "slow")["in_flight"]:
+            break
+        time.sleep(0.05)
+    r = admin(gateway, "POST", "/admin/models/m/versions/slow/unload")  # drain time: 0.3 s
+    caller.join()
+    assert r.status_code == 200 and r.json()["state"] == "unloaded"
+    assert r.json()["cut_off"] == 1  # the 3 s call did not finish within the drain time
+    assert answers[0].status_code == 503 and answers[0].json()["code"] == "not_ready"
