@@ -24,8 +24,15 @@ from prism.backends import Conflict, ModelNotFound, PrismError, VersionNotFound
 from .doors._openapi import PROBLEM, documented
 from .policy import PolicyDocument
 from .policy._document import Name
-from .repository import Overrides, model_index, move_label, needed_by, roll_back, set_loaded
-from .repository import version_state as _version_state
+from .repository import (
+    Overrides,
+    model_index,
+    move_label,
+    needed_by,
+    roll_back,
+    set_loaded,
+    version_state,
+)
 from .runtime import Runtime
 
 log = logging.getLogger("prism.admin.models")
@@ -73,7 +80,7 @@ def _version_state_or_404(runtime: Runtime, model: str, version: str) -> dict[st
             f"model {model!r} has no version {version!r} (known: {known})",
             extra={"model": model, "version": version},
         )
-    return _version_state(runtime.policy, runtime.deployments, model, version)
+    return version_state(runtime.policy, runtime.deployments, model, version)
 
 
 def _labels(runtime: Runtime, model: str) -> dict[str, str]:
@@ -124,7 +131,7 @@ class ModelsController(Controller):
             return set_loaded(doc, current, model, version, True)
 
         await runtime.change_models(edit, warm=frozenset({(model, version)}))
-        state = _version_state(runtime.policy, runtime.deployments, model, version)
+        state = version_state(runtime.policy, runtime.deployments, model, version)
         target = f"{model}@{version}"
         if state["state"] != "ready":
             await _changed(
@@ -178,7 +185,7 @@ class ModelsController(Controller):
 
         await runtime.change_models(edit)
         cut_off = await runtime.deployments.drained(model, version)
-        state = _version_state(runtime.policy, runtime.deployments, model, version)
+        state = version_state(runtime.policy, runtime.deployments, model, version)
         await _changed(
             request, action="unload", target=target, before=before, after=state["state"],
             outcome="forced" if needs else "ok",
@@ -216,8 +223,8 @@ class ModelsController(Controller):
         state = _version_state_or_404(runtime, model, version)
         before = _labels(runtime, model).get(label)
         target = f"{model}/labels/{label}"
-        if state["state"] != "ready" and state["state"] != "unloaded" and not force:
-            # unloaded is refused by the edit itself, with how to fix it
+        # (an unloaded version is refused by the edit itself, saying how to load it)
+        if state["state"] not in ("ready", "unloaded") and not force:
             await _changed(
                 request, action="promote", target=target, before=before, after=before,
                 outcome="refused",

@@ -24,6 +24,7 @@ models:
       "1": {backend: local, kind: fake, device: cpu, dim: 8, seed: 1}
       "2": {backend: local, kind: fake, device: cpu, dim: 8, seed: 2}
       "slow": {backend: local, kind: fake, device: cpu, dim: 8, seed: 3, latency_ms: 1500}
+      "broken": {backend: local, kind: fake, device: cpu, dim: 8, fail_every: 1}
     labels: {stable: "1"}
 routes:
   - name: text
@@ -215,3 +216,19 @@ def test_bad_promotions_are_refused_with_problem_documents(
         assert r.headers["content-type"].startswith("application/problem+json")
     assert call("POST", a, "/admin/models/m/versions/9/load").status_code == 404
     assert infer(a).json()["version"] == "1"  # nothing moved
+
+
+def test_a_version_whose_warm_up_fails_is_failed_and_cannot_be_promoted(
+    gateways: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    a, _ = gateways
+    assert call("POST", a, "/admin/models/m/versions/broken/unload").status_code == 200
+    r = call("POST", a, "/admin/models/m/versions/broken/load")
+    assert r.status_code == 500 and r.json()["code"] == "load_failed"
+    assert "warm-up inference failed" in r.json()["detail"]
+    broken = version_of(a, "broken")
+    assert broken["state"] == "failed" and "fake model failed on purpose" in broken["reason"]
+
+    refused = call("PUT", a, "/admin/models/m/labels/stable", json={"version": "broken"})
+    assert refused.status_code == 409 and "is failed here" in refused.json()["detail"]
+    assert infer(a).json()["version"] == "1"
