@@ -41,7 +41,10 @@ def check_references(doc: PolicyDocument) -> list[Problem]:
         for i, version in enumerate(model.unloaded):
             if version not in model.versions:
                 problems.append(
-                    (("models", name, "unloaded", i), f"unknown version {version!r} of {name!r}")
+                    (
+                        ("models", name, "unloaded", i),
+                        f"unknown version {version!r} of model {name!r}",
+                    )
                 )
         for label, version in model.labels.items():
             if version not in model.versions:
