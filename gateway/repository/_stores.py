@@ -151,9 +151,21 @@ class FileOverrideStore:
         pass
 
 
+#: compare-and-set: write the document and its revision only if the revision is still the
+#: one the edit started from (a Lua script: atomic, and fine on Redis Cluster, one hash slot)
+_CAS = """
+local seen = redis.call('GET', KEYS[2]) or '0'
+if seen ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
+return 1
+"""
+
+
 class RedisOverrideStore:
-    """One JSON value and its revision counter, written together in a WATCH/MULTI
-    transaction (optimistic: a concurrent edit makes this one run again on the new value)."""
+    """One JSON value and its revision counter under one hash tag; an edit is written by a
+    compare-and-set script (optimistic: when another replica wrote first, the edit runs
+    again on its result)."""
 
     name = "redis"
 
@@ -161,7 +173,7 @@ class RedisOverrideStore:
         import redis.asyncio as redis
 
         self._redis: Any = bounded_redis(url, timeout_s=timeout_s)
-        self._watch_error = redis.WatchError
+        self._cas = self._redis.register_script(_CAS)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
     @contextmanager
@@ -188,23 +200,24 @@ class RedisOverrideStore:
 
     async def update(self, edit: Edit) -> tuple[Overrides, Overrides]:
         with self._mapped():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(REDIS_DOC_KEY)
-                        before = self._parse(await pipe.get(REDIS_DOC_KEY))
-                        after = edit(before)
-                        if after == before:
-                            await pipe.unwatch()
-                            return before, before
-                        after = _stamped(before, after)
-                        pipe.multi()
-                        pipe.set(REDIS_DOC_KEY, after.model_dump_json())
-                        pipe.set(REDIS_REVISION_KEY, after.revision)
-                        await pipe.execute()
-                        return before, after
-                    except self._watch_error:
-                        continue  # another replica wrote first: edit its result instead
+            while True:
+                raw, seen = await self._redis.mget([REDIS_DOC_KEY, REDIS_REVISION_KEY])
+                before = self._parse(raw)
+                after = edit(before)
+                if after == before:
+                    return before, before
+                seen_revision = int(seen) if seen is not None else 0
+                after = _stamped(
+                    before.model_copy(update={"revision": max(before.revision, seen_revision)}),
+                    after,
+                )
+                written = await self._cas(
+                    keys=[REDIS_DOC_KEY, REDIS_REVISION_KEY],
+                    args=[str(seen_revision), after.model_dump_json(), str(after.revision)],
+                )
+                if written:
+                    return before, after
+                # another replica wrote first: edit its result instead
 
     async def aclose(self) -> None:
         await self._redis.aclose()
