@@ -5,7 +5,7 @@ Overrides are one small document (revisioned, so replicas notice a change by its
 Each edit is a pure function ``Overrides -> Overrides`` run under the store's
 compare-and-set, so two operators moving labels at once never lose one of the moves.
 An override the file no longer allows (its model or version left the file) is not applied:
-:func:`compose` reports it as stale, and the next edit drops it.
+:func:`compose` reports it as stale, and the next edit of that model drops it.
 """
 
 from __future__ import annotations
@@ -90,10 +90,11 @@ def compose(doc: PolicyDocument, overrides: Overrides) -> Composed:
 
 
 def prune(doc: PolicyDocument, overrides: Overrides) -> Overrides:
-    """``overrides`` without the ones the file no longer allows, nor no-ops."""
-    labels: dict[str, dict[str, str]] = {}
-    loaded: dict[str, dict[str, bool]] = {}
-    history: dict[str, dict[str, list[str | None]]] = {}
+    """``overrides`` without the ones the file no longer allows, nor no-ops. Models the
+    file does not name are left alone: a gateway with another policy may share the store."""
+    labels = {m: v for m, v in overrides.labels.items() if m not in doc.models}
+    loaded = {m: v for m, v in overrides.loaded.items() if m not in doc.models}
+    history = {m: v for m, v in overrides.history.items() if m not in doc.models}
     for name, entry in doc.models.items():
         moved = {
             label: v

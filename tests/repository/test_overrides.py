@@ -114,3 +114,10 @@ async def test_concurrent_edits_in_the_file_all_land(tmp_path: Path) -> None:
     await asyncio.gather(*(_race(s, f"f{n}-") for n, s in enumerate(stores)))
     final = await FileOverrideStore(path).read()
     assert len(final.labels["m"]) == 36 and final.revision == 36
+
+
+def test_an_edit_leaves_the_models_of_another_policy_alone() -> None:
+    shared = Overrides(labels={"elsewhere": {"stable": "7"}})  # a gateway with another file
+    ov = move_label(FILE, shared, "m", "stable", "2")
+    assert ov.labels == {"elsewhere": {"stable": "7"}, "m": {"stable": "2"}}
+    assert compose(FILE, ov).stale[0]["model"] == "elsewhere"  # reported here, not dropped
