@@ -45,11 +45,38 @@ def policy_status(runtime: Runtime) -> dict[str, Any]:
         "last_issues": runtime.last_reload_issues,
         "watch_s": watcher.interval_s if watcher is not None else 0,
         "models": {
-            name: {"versions": sorted(entry.versions), "labels": dict(entry.labels)}
+            name: {
+                "versions": sorted(entry.versions),
+                "labels": dict(entry.labels),
+                "unloaded": list(entry.unloaded),
+            }
             for name, entry in doc.models.items()
         },
         "routes": [r.name for r in doc.routes],
         "experiments": sorted(doc.experiments),
+        "overrides": overrides_status(runtime),
+    }
+
+
+def overrides_status(runtime: Runtime) -> dict[str, Any]:
+    """What operators changed on top of the file (``models`` above is the result), and the
+    overrides a reload of the file left out because they no longer make sense."""
+    current = runtime.overrides
+    file_models = runtime.base.document.models
+    return {
+        "store": runtime.overrides_store.name,
+        "revision": current.revision,
+        "updated_at": current.updated_at,
+        "labels": {
+            model: {
+                label: {"version": version, "file": file_models[model].labels.get(label)}
+                for label, version in moved.items()
+            }
+            for model, moved in current.labels.items()
+            if moved and model in file_models
+        },
+        "versions": {model: dict(states) for model, states in current.loaded.items() if states},
+        "stale": runtime.stale_overrides,
     }
 
 

@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from .admin import AdminController
+from .admin_models import ModelsController
 from .auth import api_key_check
 from .cache import ResponseCache
 from .doors._errors import error_response
@@ -54,6 +55,7 @@ def create_app(
         route_handlers=[
             NativeController,
             AdminController,
+            ModelsController,
             openai_router(),
             gateway_kserve_router(),
         ],

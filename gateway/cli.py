@@ -1,4 +1,5 @@
-"""The ``prism`` command line: serve, check and explain policies, build demo artefacts.
+"""The ``prism`` command line: serve, check, explain and export policies, manage the models
+of a running gateway, build demo artefacts.
 
 Every command and sub-command has ``--help``. Subcommands register themselves in
 :func:`build_parser`; each handler takes the parsed namespace and returns an exit code.
@@ -254,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     schema.set_defaults(handler=_policy_schema)
+    from .cli_repository import add_export_parser, add_models_parser
+
+    add_export_parser(psub)
+    add_models_parser(sub)
 
     from .worker import add_worker_parser
 

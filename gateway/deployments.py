@@ -3,14 +3,19 @@
 A target (model@version on one replica) keeps its backend across reloads while its spec is
 unchanged, so moving a label or editing a route never reloads a model; a changed or new
 version is loaded before the new policy goes live, and a removed one is closed after it.
+A version the policy lists as ``unloaded`` stops taking calls at once and is closed when
+the calls it is serving have finished (or a bounded drain time has passed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ from prism.backends import (
     Capabilities,
     InputItem,
     LocalBackend,
+    Modality,
     NotReady,
     Output,
     Task,
@@ -42,6 +48,22 @@ class Deployment:
     error: str | None = None
     #: spec + identity of its files when built: a reload rebuilds when either changed
     fingerprint: str = ""
+    #: calls inside the backend right now
+    in_flight: int = 0
+    #: when it became ready (unix time)
+    loaded_at: float | None = None
+    #: being unloaded: takes no new calls, closes when ``in_flight`` reaches 0
+    unloading: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def state(self) -> str:
+        """loading | ready | failed | unloading (the model repository's words)."""
+        if self.unloading:
+            return "unloading"
+        if self.ready:
+            return "ready"
+        return "failed" if self.error is not None else "loading"
 
 
 def _fingerprint(spec: BackendSpec, base_dir: Path) -> str:
@@ -78,6 +100,27 @@ class _Unbuildable(Backend):
         return False
 
 
+def _tiny_png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def warm_up_call(caps: Capabilities) -> tuple[Task, list[InputItem], dict[str, Any]]:
+    """One small real request a backend can answer: what ``load`` sends before ``ready``."""
+    task = Task.EMBED if Task.EMBED in caps.tasks or not caps.tasks else min(caps.tasks)
+    if Modality.TEXT in caps.modalities or not caps.modalities:
+        item = InputItem(text="warm-up")
+    elif Modality.IMAGE in caps.modalities:
+        item = InputItem(image=_tiny_png())
+    else:
+        item = InputItem(user="warm-up", history=())
+    parameters: dict[str, Any] = {"labels": ["a", "b"]} if task is Task.CLASSIFY else {}
+    return task, [item], parameters
+
+
 class DeploymentFailed(Exception):
     """Targets of a new policy that could not be loaded: ``(target, reason)`` each."""
 
@@ -87,12 +130,17 @@ class DeploymentFailed(Exception):
 
 
 class Deployments:
-    def __init__(self, base_dir: Path, *, load_models: bool = True) -> None:
+    def __init__(self, base_dir: Path, *, load_models: bool = True, drain_s: float = 30.0) -> None:
         self.base_dir = base_dir
         self.load_models = load_models
+        #: the longest an unloaded version waits for its calls in flight before it closes
+        self.drain_s = drain_s
         self._by_key: dict[str, Deployment] = {}
         #: removed by a reload, closing after a grace period (see :meth:`retire`)
         self._retiring: dict[str, Deployment] = {}
+        #: unloaded, closing once idle (see :meth:`_drain`)
+        self._draining: dict[str, Deployment] = {}
+        self._drains: dict[str, asyncio.Task[int]] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._by_key
@@ -102,7 +150,9 @@ class Deployments:
         # policy they started with, until its grace period ends
         dep = self._by_key.get(target.key) or self._retiring.get(target.key)
         if dep is None:
-            raise NotReady(f"{target.key} is not deployed", retry_after_s=5)
+            if target.key in self._draining:
+                raise NotReady(f"{target.key} is being unloaded", retry_after_s=5)
+            raise NotReady(f"{target.key} is not loaded", retry_after_s=5)
         return dep
 
     async def retire(self, deployments: list[Deployment], grace_s: float) -> None:
@@ -116,11 +166,72 @@ class Deployments:
         await self.close(deployments)
 
     def backend(self, target: Target) -> Backend:
+        return self._ready(target).backend
+
+    def _ready(self, target: Target) -> Deployment:
         dep = self.get(target)
         if not dep.ready:
             reason = f": {dep.error}" if dep.error else " (still loading)"
             raise NotReady(f"{target.key} is not ready{reason}", retry_after_s=5)
-        return dep.backend
+        return dep
+
+    @contextmanager
+    def serving(self, target: Target) -> Iterator[Backend]:
+        """The target's backend for one call, counted in flight (an unload waits for it)."""
+        dep = self._ready(target)
+        dep.in_flight += 1
+        dep.idle.clear()
+        try:
+            yield dep.backend
+        finally:
+            dep.in_flight -= 1
+            if dep.in_flight == 0:
+                dep.idle.set()
+
+    def draining(self, model: str, version: str) -> list[Deployment]:
+        """The deployments of ``model``/``version`` being unloaded."""
+        return [
+            d
+            for d in self._draining.values()
+            if (d.target.model, d.target.version) == (model, version)
+        ]
+
+    async def drained(self, model: str, version: str) -> int:
+        """Wait until ``model``/``version`` is unloaded; returns the calls its drain time cut
+        off (0: every call in flight finished)."""
+        tasks = [t for k, t in self._drains.items() if k.startswith(f"{model}@{version}/")]
+        done = await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
+        return sum(n for n in done if isinstance(n, int))
+
+    def _unload(self, dep: Deployment) -> None:
+        dep.unloading = True
+        key = dep.target.key
+        self._draining[key] = dep
+        self._drains[key] = asyncio.create_task(self._drain(dep), name=f"prism-unload-{key}")
+
+    async def _drain(self, dep: Deployment) -> int:
+        key = dep.target.key
+        cut_off = 0
+        try:
+            if dep.in_flight:
+                log.info("unloading %s: %d call(s) in flight", key, dep.in_flight)
+                try:
+                    await asyncio.wait_for(dep.idle.wait(), self.drain_s)
+                except TimeoutError:
+                    cut_off = dep.in_flight
+                    log.warning(
+                        "unloading %s: %d call(s) still running after %.0f s, closing anyway",
+                        key,
+                        cut_off,
+                        self.drain_s,
+                    )
+            await self.close([dep])
+            log.info("unloaded %s", key)
+            return cut_off
+        finally:
+            if self._draining.get(key) is dep:
+                del self._draining[key]
+                del self._drains[key]
 
     def probe_ok(self, target: Target) -> bool:
         """What the last health probe said, without waiting: remote backends probe in the
@@ -181,25 +292,44 @@ class Deployments:
             targets = []
             for ref in refs:
                 version = policy.resolve_version(ref.model, ref.version)
-                targets.extend(policy.targets_for(ref.model, version))
+                if policy.is_loaded(ref.model, version):
+                    targets.extend(policy.targets_for(ref.model, version))
+            if not targets:
+                continue  # an operator unloaded all it has (on purpose: unload --force)
             if local_only and not any(t.replica is None for t in targets):
                 continue
             if not any(self.probe_ok(t) for t in targets):
                 down.append(route.name)
         return down
 
-    async def _start(self, dep: Deployment) -> None:
+    async def _start(self, dep: Deployment, *, warm: bool = False) -> None:
         if not self.load_models and isinstance(dep.backend, LocalBackend):
             return
         try:
             await dep.backend.start()
-            dep.ready = True
-            log.info("deployed %s", dep.target.key)
         except Exception as exc:
             dep.error = f"{type(exc).__name__}: {exc}"
             log.error("failed to deploy %s: %s", dep.target.key, dep.error)
+            return
+        if warm:
+            task, items, parameters = warm_up_call(dep.backend.capabilities)
+            try:
+                await dep.backend.infer(task, items, parameters, timeout_s=60.0)
+            except Exception as exc:
+                dep.error = f"warm-up inference failed: {type(exc).__name__}: {exc}"
+                log.error("failed to deploy %s: %s", dep.target.key, dep.error)
+                return
+        dep.ready = True
+        dep.loaded_at = time.time()
+        log.info("deployed %s%s", dep.target.key, " (warmed up)" if warm else "")
 
-    async def apply(self, policy: CompiledPolicy, *, atomic: bool = False) -> list[Deployment]:
+    async def apply(
+        self,
+        policy: CompiledPolicy,
+        *,
+        atomic: bool = False,
+        warm: frozenset[tuple[str, str]] = frozenset(),
+    ) -> list[Deployment]:
         """Bring the deployments in line with ``policy``; returns the ones to close later.
 
         New and changed targets are loaded before this returns (so the swap that follows
@@ -210,6 +340,10 @@ class Deployments:
         ``atomic`` (a reload): when a new or changed target fails to load where the running
         one did not, nothing changes: the fresh backends are closed and
         :class:`DeploymentFailed` names each failure, so the caller keeps its policy.
+
+        ``warm``: (model, version)s an operator loads: each sends one real inference before
+        it counts as ready. Versions ``policy`` lists as unloaded start draining (see
+        :meth:`drained`) instead of being returned.
         """
         wanted = policy.all_targets()
         fresh: list[Deployment] = []
@@ -231,7 +365,9 @@ class Deployments:
             next_map[key] = dep
             if current is not None:
                 retired.append(current)
-        await asyncio.gather(*(self._start(d) for d in fresh))
+        await asyncio.gather(
+            *(self._start(d, warm=(d.target.model, d.target.version) in warm) for d in fresh)
+        )
         if atomic:
             failed = [
                 d
@@ -242,7 +378,15 @@ class Deployments:
             if failed:
                 await self.close(fresh)
                 raise DeploymentFailed([(d.target, d.error or "") for d in failed])
-        retired.extend(d for k, d in self._by_key.items() if k not in next_map)
+        for key, dep in self._by_key.items():
+            if key in next_map:
+                continue
+            model, version = dep.target.model, dep.target.version
+            defined = model in policy.models and version in policy.models[model].versions
+            if defined and not policy.is_loaded(model, version):
+                self._unload(dep)  # unloaded, not removed: drain what it is serving first
+                continue
+            retired.append(dep)
         self._by_key = next_map
         return retired
 
@@ -255,6 +399,12 @@ class Deployments:
                 log.exception("closing %s failed", dep.target.key)
 
     async def aclose(self) -> None:
-        await self.close([*self.all(), *self._retiring.values()])
+        draining = list(self._draining.values())  # a cancelled drain forgets its deployment
+        drains = list(self._drains.values())
+        for task in drains:
+            task.cancel()
+        await asyncio.gather(*drains, return_exceptions=True)
+        await self.close([*self.all(), *self._retiring.values(), *draining])
         self._by_key = {}
         self._retiring = {}
+        self._draining = {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prism.backends import (
+    Backend,
     BackendError,
     BackendTimeout,
     CircuitOpen,
@@ -273,7 +274,19 @@ class Dispatcher:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise BackendTimeout(f"{target.key}: no time left before the route's deadline")
-        backend = self.deployments.backend(target)  # NotReady: try elsewhere, not its fault
+        # NotReady: try elsewhere, not its fault; counted in flight so an unload waits for it
+        with self.deployments.serving(target) as backend:
+            return await self._call(target, backend, task, items, parameters, remaining)
+
+    async def _call(
+        self,
+        target: Target,
+        backend: Backend,
+        task: Task,
+        items: Sequence[InputItem],
+        parameters: Mapping[str, Any],
+        remaining: float,
+    ) -> list[Output]:
         health = self.health.of(target)
         if not health.breaker.acquire():
             raise CircuitOpen(f"{target.key}: circuit open", retry_after_s=1)

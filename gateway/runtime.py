@@ -1,7 +1,9 @@
 """Everything a running gateway owns, built by the app's lifespan and shared by the doors.
 
 ``Runtime`` holds the current :class:`CompiledPolicy` (swapped atomically on reload), the live
-backends, the response cache, the dispatcher and the metrics. Handlers receive it by
+backends, the response cache, the dispatcher and the metrics. The running policy is the
+file's (``base``) with the operators' overrides laid over it (label moves, unloaded
+versions: :mod:`gateway.repository`); a change to either recomposes and swaps it. Handlers receive it by
 dependency injection; nothing lives in module globals, so tests can build many gateways.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,15 @@ from .dispatch import Dispatcher
 from .experiments import ExperimentEngine, ShadowMirror
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .policy import CompiledPolicy, PolicyLoadError, compile_policy_file, issue_at
+from .policy import (
+    CompiledPolicy,
+    PolicyDocument,
+    PolicyLoadError,
+    compile_policy_file,
+    issue_at,
+)
 from .policy._watch import PolicyWatcher
+from .repository import Overrides, OverridesUnavailable, compose, override_store
 from .settings import Settings
 
 log = logging.getLogger("prism.runtime")
@@ -43,8 +52,22 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics()
         self._policy = policy
+        #: the policy as the file (or the caller) has it, before overrides
+        self._base = policy
+        self.overrides_store = override_store(
+            settings.redis_url,
+            # a policy handed in (tests, embedding) has no file to keep overrides next to
+            settings.overrides_state() if policy is None or settings.overrides_file else None,
+        )
+        #: the overrides the running policy was composed with, and those it had to skip
+        self.overrides = Overrides()
+        self.stale_overrides: list[dict[str, Any]] = []
         self.cache = cache or self._default_cache(settings)
-        self.deployments = Deployments(Path(settings.data_dir), load_models=settings.load_models)
+        self.deployments = Deployments(
+            Path(settings.data_dir),
+            load_models=settings.load_models,
+            drain_s=settings.unload_drain_s,
+        )
         # batch sizes, queue depths and upstream calls are read from the backends at scrape time
         self.metrics.watch_cache(lambda: self.cache.stats)
         self.metrics.watch_backends(
@@ -97,17 +120,97 @@ class Runtime:
             raise PrismError("no policy loaded")
         return self._policy
 
+    @property
+    def base(self) -> CompiledPolicy:
+        """The policy file's own policy, without overrides."""
+        if self._base is None:
+            raise PrismError("no policy loaded")
+        return self._base
+
     def load_policy(self) -> CompiledPolicy:
         return compile_policy_file(str(self.settings.policy), Path(self.settings.data_dir))
 
+    def _composed(
+        self, base: CompiledPolicy, overrides: Overrides
+    ) -> tuple[CompiledPolicy, list[dict[str, Any]]]:
+        if overrides.is_empty():
+            return base, []
+        composed = compose(base.document, overrides)
+        policy = CompiledPolicy(composed.document, source=base.source, base_dir=base.base_dir)
+        return policy, composed.stale
+
     async def start(self) -> None:
-        if self._policy is None:
-            self._policy = self.load_policy()
+        if self._base is None:
+            self._base = self.load_policy()
+        try:
+            self.overrides = await self.overrides_store.read()
+        except OverridesUnavailable as exc:  # serve the file; the poll applies them later
+            log.error("starting without overrides: %s", exc.detail)
+        self._policy, self.stale_overrides = self._composed(self._base, self.overrides)
         await self.deployments.apply(self._policy)
         self.metrics.policy_valid.set(1)
         await self.experiments.sync()  # stops kept from before a restart apply from request 1
         self.experiments.start()
         self._watch_policy()
+        self.spawn(self._follow_overrides())
+
+    # --- overrides (the model repository API) ---------------------------------------------
+
+    async def change_models(
+        self,
+        edit: Callable[[PolicyDocument, Overrides], Overrides],
+        *,
+        warm: frozenset[tuple[str, str]] = frozenset(),
+    ) -> tuple[Overrides, Overrides]:
+        """Run ``edit(file document, overrides)`` under the store's compare-and-set, then
+        apply the result here at once (other replicas follow within a poll)."""
+        base = self.base.document
+        before, after = await self.overrides_store.update(lambda current: edit(base, current))
+        await self.apply_overrides(after, warm=warm, again=True)
+        return before, after
+
+    async def apply_overrides(
+        self,
+        overrides: Overrides,
+        *,
+        warm: frozenset[tuple[str, str]] = frozenset(),
+        again: bool = False,
+    ) -> None:
+        """Recompose the running policy with ``overrides`` and deploy what it changes.
+        Versions it loads again are warmed up (one inference) before they serve;
+        ``again``: apply even when the revision is the one running (retries failed loads)."""
+        async with self._reload_lock:
+            if not again and overrides.revision == self.overrides.revision:
+                return
+            running = self.policy
+            policy, stale = self._composed(self.base, overrides)
+            reloaded = {
+                (name, version)
+                for name, entry in running.document.models.items()
+                for version in entry.unloaded
+                if policy.is_loaded(name, version)
+            }
+            retired = await self.deployments.apply(policy, warm=warm | reloaded)
+            self._policy, self.overrides, self.stale_overrides = policy, overrides, stale
+            log.info("overrides revision %d applied (policy %s)", overrides.revision, policy.digest)
+            if retired:
+                self.spawn(self.deployments.retire(retired, RETIRE_GRACE_S))
+
+    async def _follow_overrides(self) -> None:
+        """Apply what other replicas change: poll the store's revision (one GET)."""
+        unavailable = False
+        while True:
+            await asyncio.sleep(self.settings.overrides_poll_s)
+            try:
+                if await self.overrides_store.revision() != self.overrides.revision:
+                    await self.apply_overrides(await self.overrides_store.read())
+                unavailable = False
+            except OverridesUnavailable as exc:
+                if not unavailable:  # said once per outage, not twice a second
+                    log.warning("cannot follow overrides: %s", exc.detail)
+                unavailable = True
+            except Exception:
+                log.exception("applying overrides failed")
 
     def _watch_policy(self) -> None:
         """Watch the policy file, when the running policy came from it (tests may pass one)."""
@@ -129,7 +232,9 @@ class Runtime:
         async with self._reload_lock:
             self.last_reload_at = time.time()
             try:
-                fresh = await asyncio.to_thread(self.load_policy)  # YAML + validation
+                base = await asyncio.to_thread(self.load_policy)  # YAML + validation
+                # overrides the new file no longer allows are skipped and reported
+                fresh, stale = self._composed(base, self.overrides)
                 retired = await self._deploy(fresh)
             except PolicyLoadError as exc:
                 self.last_reload_error = exc.detail
@@ -139,6 +244,9 @@ class Runtime:
                 log.error("policy reload refused, keeping %s: %s", self.policy.digest, exc.detail)
                 raise
             self._policy = fresh  # atomic: requests already running keep their reference
+            self._base, self.stale_overrides = base, stale
+            for item in stale:
+                log.warning("override no longer applies: %s", item["reason"])
             self.last_reload_error = None
             self.last_reload_issues = []
             self.metrics.policy_reloads.labels("ok").inc()
@@ -195,5 +303,6 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.experiments.aclose()
+        await self.overrides_store.aclose()
         await self.deployments.aclose()
         await self.cache.aclose()

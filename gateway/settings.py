@@ -48,9 +48,23 @@ class Settings(BaseSettings):
     #: to the policy); ``experiments_persist=false`` keeps them in memory only
     experiments_file: Path | None = None
     experiments_persist: bool = True
+    #: without Redis, label moves and unloaded versions made through ``/admin/models`` are
+    #: kept in this JSON file (default: ``.<policy file name>.overrides.json`` next to the
+    #: policy), shared by the workers of one host and kept across restarts
+    overrides_file: Path | None = None
+    #: how often a replica checks for overrides another replica changed (seconds)
+    overrides_poll_s: float = Field(0.5, gt=0, le=1.0)
+    #: the longest an unload waits for the calls in flight on a version before freeing it
+    unload_drain_s: float = Field(30.0, ge=0, le=600)
     #: load local models in the lifespan (tests of pure routing can switch it off)
     load_models: bool = True
     log_level: str = "INFO"
+
+    def overrides_state(self) -> Path | None:
+        """Where a gateway without Redis keeps its overrides."""
+        if self.redis_url:
+            return None
+        return self.overrides_file or self.policy.with_name(f".{self.policy.name}.overrides.json")
 
     def experiments_state(self) -> Path | None:
         """Where a gateway without Redis keeps its experiment state; None = memory only."""

@@ -172,11 +172,19 @@ class CompiledPolicy:
             return [Target(model, version, None, weight)]
         return [Target(model, version, url, weight) for url in urls]
 
+    def is_loaded(self, model: str, version: str) -> bool:
+        """False for a version the policy (or an operator's override) lists as unloaded."""
+        entry = self.document.models.get(model)
+        return entry is not None and version not in entry.unloaded
+
     def all_targets(self) -> dict[str, tuple[Target, BackendSpec]]:
-        """Every deployable target in the policy, by key (for building backends)."""
+        """Every deployable target in the policy, by key (for building backends); versions
+        listed as ``unloaded`` have none."""
         out: dict[str, tuple[Target, BackendSpec]] = {}
         for name, entry in self.document.models.items():
             for version, spec in entry.versions.items():
+                if version in entry.unloaded:
+                    continue
                 for t in self.targets_for(name, version):
                     out[t.key] = (t, spec)
         return out

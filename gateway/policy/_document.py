@@ -27,8 +27,15 @@ class ModelEntry(_Doc):
     task: Task | list[Task] | None = None
     modalities: list[Modality] = Field(default_factory=list)
     versions: dict[Name, BackendSpec] = Field(min_length=1)
-    #: label -> version id, e.g. {stable: "1", canary: "2"}; moved by editing + reload
+    #: label -> version id, e.g. {stable: "1", canary: "2"}; moved by editing + reload, or
+    #: at run time through ``PUT /admin/models/{model}/labels/{label}`` (an override)
     labels: dict[Name, Name] = Field(default_factory=dict)
+    #: versions defined here but not loaded (no backend, no memory); loaded and unloaded
+    #: at run time through ``POST /admin/models/{model}/versions/{version}/load|unload``
+    unloaded: list[Name] = Field(
+        default_factory=list,
+        description="versions defined here but not loaded (the model repository API loads them)",
+    )
 
     @property
     def tasks(self) -> frozenset[Task]:

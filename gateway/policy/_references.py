@@ -38,6 +38,14 @@ def resolve_ref(doc: PolicyDocument, ref: TargetRef) -> tuple[str, str]:
 def check_references(doc: PolicyDocument) -> list[Problem]:
     problems: list[Problem] = []
     for name, model in doc.models.items():
+        for i, version in enumerate(model.unloaded):
+            if version not in model.versions:
+                problems.append(
+                    (
+                        ("models", name, "unloaded", i),
+                        f"unknown version {version!r} of model {name!r}",
+                    )
+                )
         for label, version in model.labels.items():
             if version not in model.versions:
                 problems.append(
