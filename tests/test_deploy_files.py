@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -21,15 +20,6 @@ from tests.support import ROOT
 
 LOCAL_IMAGE = "prism-gateway:latest"
 PUBLIC_IMAGES = {"redis:7-alpine"}
-
-
-def _docs(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-    return list(spec.get("containers", []))
 
 
 def _check_prism_command(cmd: list[str]) -> None:
