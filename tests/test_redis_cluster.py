@@ -23,7 +23,12 @@ from prism.gateway.cache import RedisStore
 from prism.gateway.experiments import RedisCounterStore
 from prism.gateway.experiments._counters import ArmCounts
 from prism.gateway.settings import Settings
-from prism.gateway.shared_redis import RedisURLError, check_redis_url, connect_redis
+from prism.gateway.shared_redis import (
+    RedisURLError,
+    check_redis_url,
+    connect_redis,
+    redis_errors,
+)
 from tests.redis_cluster import RedisClusterProcesses
 from tests.support import GatewayProcess
 
@@ -184,6 +189,26 @@ async def test_an_experiments_keys_share_one_slot_and_every_counter_call_works(
         assert len(slots) == 1
     finally:
         await store.aclose()
+        await client.aclose()
+
+
+async def test_lua_over_keys_with_one_hash_tag_works_and_across_slots_is_refused(
+    cluster: RedisClusterProcesses,
+) -> None:
+    """How other shared state plugs in: a client from connect_redis, keys under one tag."""
+    client = connect_redis(cluster.url, timeout_s=1.0)
+    try:
+        spend = client.register_script(
+            "local n = redis.call('INCRBY', KEYS[1], ARGV[1]) "
+            "redis.call('SET', KEYS[2], n) return n"
+        )
+        keys = ["prism:{k:abc}:used", "prism:{k:abc}:last"]
+        assert await spend(keys=keys, args=[3]) == 3
+        assert await spend(keys=keys, args=[4]) == 7
+        assert await client.get("prism:{k:abc}:last") == b"7"
+        with pytest.raises(redis_errors()):  # CROSSSLOT: the reason keys carry a tag
+            await spend(keys=["prism:k:abc:used", "prism:k:xyz:last"], args=[1])
+    finally:
         await client.aclose()
 
 
