@@ -63,7 +63,8 @@ def as_cluster_url(url: str) -> str:
         return url
     if parts.scheme not in ("redis", "rediss"):
         raise RedisURLError(f"--redis-cluster needs a redis:// or rediss:// url, not {url!r}")
-    return urlunsplit((parts.scheme + "+cluster", parts.netloc, "", parts.query, ""))
+    # the path (a database) is kept so that check_redis_url refuses /3 instead of dropping it
+    return urlunsplit((parts.scheme + "+cluster", parts.netloc, parts.path, parts.query, ""))
 
 
 def _cluster_seeds(netloc: str) -> list[tuple[str, int]]:

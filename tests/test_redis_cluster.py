@@ -138,10 +138,15 @@ def test_cluster_urls_are_checked_at_start() -> None:
     with pytest.raises(RedisURLError, match="at least one host"):
         check_redis_url("redis+cluster://")
     # --redis-cluster / PRISM_REDIS_CLUSTER folds into the one url everything reads
-    assert Settings(redis_url="redis://r:6379/0", redis_cluster=True).redis_url == (
+    assert Settings(redis_url="redis://r:6379", redis_cluster=True).redis_url == (
         "redis+cluster://r:6379"
     )
+    assert Settings(redis_url="redis://r:6379/0", redis_cluster=True).redis_url == (
+        "redis+cluster://r:6379/0"
+    )
     assert Settings(redis_url="redis://r:6379/0").redis_url == "redis://r:6379/0"
+    with pytest.raises(ValueError, match="only database 0"):
+        Settings(redis_url="redis://r:6379/3", redis_cluster=True)
 
 
 # --- the stores on the cluster, in this process ------------------------------------------------
@@ -370,3 +375,20 @@ def test_a_master_restarted_mid_run_costs_no_request(
         assert time.monotonic() < deadline, requests_of(experiment(a)["arms"]) - start
         time.sleep(0.3)
     assert requests_of(experiment(a)["arms"]) - start == experiment_requests
+
+
+def test_serve_refuses_a_bad_redis_url_with_a_message() -> None:
+    import subprocess
+
+    from tests.support import PRISM, ROOT
+
+    res = subprocess.run(
+        [*PRISM, "serve", "--redis-url", "redis+cluster://r:6379/2", "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "a Redis Cluster has only database 0" in res.stderr
+    assert "Traceback" not in res.stderr
