@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -32,7 +33,7 @@ from prism.gateway.shared_redis import (
     redis_errors,
 )
 from tests.redis_cluster import RedisClusterProcesses
-from tests.support import GatewayProcess
+from tests.support import PRISM, ROOT, GatewayProcess
 
 pytestmark = pytest.mark.slow
 
@@ -378,10 +379,6 @@ def test_a_master_restarted_mid_run_costs_no_request(
 
 
 def test_serve_refuses_a_bad_redis_url_with_a_message() -> None:
-    import subprocess
-
-    from tests.support import PRISM, ROOT
-
     res = subprocess.run(
         [*PRISM, "serve", "--redis-url", "redis+cluster://r:6379/2", "--port", "0"],
         cwd=ROOT,
