@@ -8,7 +8,7 @@ PORT ?= 8080
 DEMO := models/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-latest lock check bench bench-http bench-gpu demo venv redis wrk format clean help
+.PHONY: serve test test-latest lock check bench bench-http bench-scaling bench-gpu demo venv redis wrk format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -96,6 +96,10 @@ bench: $(BIN)/.installed redis  ## gateway/cache/batching benchmarks on this mac
 # BENCH_SECONDS=3 for a quick look; bench/README.md's table comes from the default (10 s a row)
 bench-http: $(BIN)/.installed redis wrk  ## wrk against prism serve's paths and a raw-ASGI ceiling (about 7 min)
 	$(BIN)/python bench/http_wrk.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS),)
+
+bench-scaling: $(BIN)/.installed redis wrk  ## the figures docs/scaling.md sizes from: gateway CPU per request, Redis CPU per command (about 2 min)
+	$(BIN)/python bench/gateway_cpu.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS),)
+	$(BIN)/python bench/redis_ops.py
 
 clean:  ## remove built artefacts (keeps .venv)
 	rm -rf models .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(LATEST)

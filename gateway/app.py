@@ -65,6 +65,8 @@ def create_app(
         exception_handlers={Exception: error_response},
         # every request is recorded once, when its response starts (recording.py)
         before_send=[Recorder(rt.metrics, rt.known_models, rt.experiments)],
+        # prism_in_flight_requests: what the autoscaler scales on (deploy/)
+        middleware=[rt.metrics.count_in_flight().middleware()],
         request_max_body_size=settings.max_body_bytes,
         request_class=PrismRequest,
         plugins=[WireSchemaPlugin()],  # request bodies documented as pydantic validates them

@@ -58,6 +58,8 @@ def _export_to_workers(
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from .app import create_app
     from .settings import Settings
 
@@ -66,7 +68,15 @@ def _serve(args: argparse.Namespace) -> int:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if getattr(args, "redis_cluster", False):
+        overrides["redis_cluster"] = True
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:  # a bad PRISM_* value or flag: say which, no traceback
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            print(f"prism serve: {where}: {err['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     from .policy import PolicyLoadError, load_policy_file
 
@@ -205,7 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port, for hosts with more cores (default 1); each "
         "loads its own models and keeps its own in-process cache and metrics; Redis is shared",
     )
-    serve.add_argument("--redis-url", help="shared Redis cache, e.g. redis://localhost:6379/0")
+    serve.add_argument(
+        "--redis-url",
+        help="Redis shared by every replica (cache, experiment counters): redis://host:6379/0 "
+        "for one server, redis+cluster://host:6379[,host:6379...] for a Redis Cluster",
+    )
+    serve.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=None,
+        help="the --redis-url (redis:// or rediss://) is a Redis Cluster seed",
+    )
     serve.add_argument("--data-dir", type=Path, help="folder relative model paths resolve in")
     serve.set_defaults(handler=_serve)
 

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from prism.backends import Backend, LocalBackend, RemoteBackend
 
 from .cache import CacheStats
+from .in_flight import InFlight
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -64,6 +65,12 @@ class Metrics:
             "prism_policy_last_reload_ok", "1 when the last policy reload succeeded", registry=r
         )
 
+    def count_in_flight(self) -> InFlight:
+        """The counter behind ``prism_in_flight_requests``; its middleware goes in the app."""
+        counter = InFlight()
+        self.registry.register(InFlightCollector(counter))
+        return counter
+
     def watch_backends(self, source: Callable[[], Iterable[tuple[str, Backend]]]) -> None:
         """Export the stats of the backends ``source()`` lists (target key, backend)."""
         self.registry.register(BackendCollector(source))
@@ -88,6 +95,22 @@ class CacheCollector(Collector):
         )
         errors.add_metric([], self.stats().errors)
         yield errors
+
+
+class InFlightCollector(Collector):
+    """Requests being served now, read from :class:`InFlight` at scrape time."""
+
+    def __init__(self, counter: InFlight) -> None:
+        self.counter = counter
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "prism_in_flight_requests",
+            "Requests this process is serving now (probes and scrapes excluded): the "
+            "autoscaling signal",
+        )
+        gauge.add_metric([], self.counter.count)
+        yield gauge
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)

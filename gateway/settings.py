@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .shared_redis import as_cluster_url, check_redis_url
 
 
 def _default_policy() -> Path:
@@ -29,8 +31,11 @@ class Settings(BaseSettings):
     #: uvicorn worker processes sharing the port (``prism serve --workers``); each has its own
     #: in-process cache, policy watcher and metrics, Redis (when set) is shared
     workers: int = Field(1, ge=1)
-    #: Redis shared by all replicas; unset = in-process cache
+    #: Redis shared by all replicas; unset = in-process cache. ``redis://host:port/0`` for one
+    #: server, ``redis+cluster://host:port[,host:port...]`` for a Redis Cluster
     redis_url: str | None = None
+    #: treat a plain ``redis://`` url as a Redis Cluster seed (same as ``redis+cluster://``)
+    redis_cluster: bool = False
     cache_max_bytes: int = Field(256 * 2**20, ge=0)
     cache_max_entries: int = Field(100_000, ge=0)
     #: store cached embeddings as float16 (half the memory, ~1e-3 relative error)
@@ -65,6 +70,14 @@ class Settings(BaseSettings):
         if self.redis_url:
             return None
         return self.overrides_file or self.policy.with_name(f".{self.policy.name}.overrides.json")
+
+    @model_validator(mode="after")
+    def _redis_target(self) -> Settings:
+        """One url downstream: ``redis_cluster`` folds into it; a bad url fails at start."""
+        if self.redis_url:
+            url = as_cluster_url(self.redis_url) if self.redis_cluster else self.redis_url
+            self.redis_url = check_redis_url(url)
+        return self
 
     def experiments_state(self) -> Path | None:
         """Where a gateway without Redis keeps its experiment state; None = memory only."""

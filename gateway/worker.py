@@ -175,6 +175,8 @@ def create_worker_app(
         exception_handlers={Exception: error_response},
         # every request is recorded once, when its response starts (recording.py)
         before_send=[Recorder(metrics, lambda: {name: compiled.models[name]})],
+        # prism_in_flight_requests, beside prism_queue_depth (deploy/ scales workers on it)
+        middleware=[metrics.count_in_flight().middleware()],
         openapi_config=None,
         request_class=PrismRequest,
         request_max_body_size=max_body_bytes,

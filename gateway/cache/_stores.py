@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from prism.backends import CacheUnavailable
 
+from ..shared_redis import close_redis, connect_redis, get_by_slot, redis_errors
+
 
 class CacheStore(Protocol):
     name: str
@@ -83,51 +85,29 @@ class MemoryStore:
         self._bytes = 0
 
 
-#: connections one process keeps to Redis; a burst waits for one instead of opening more
-REDIS_CONNECTIONS = 32
-
-
 def bounded_redis(url: str, *, timeout_s: float, pool_wait_s: float = 1.0) -> Any:
-    """A Redis client with at most :data:`REDIS_CONNECTIONS` connections.
-
-    redis-py's default pool opens a connection per concurrent command: a burst of 1,500
-    requests opened ~1,200 sockets, the commands then timed out and the cache turned itself
-    off exactly when it mattered. Commands queue for a connection (up to ``pool_wait_s``)
-    instead; each still fails fast (``timeout_s``) on a dead Redis.
-    """
-    import redis.asyncio as redis
-
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=REDIS_CONNECTIONS,
-        timeout=pool_wait_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry_on_timeout=False,
-        health_check_interval=0,
-    )
-    return redis.Redis(connection_pool=pool)
+    """A client for ``url``, one Redis or a cluster (see :mod:`prism.gateway.shared_redis`)."""
+    return connect_redis(url, timeout_s=timeout_s, pool_wait_s=pool_wait_s)
 
 
 class RedisStore:
-    """Redis shared by every replica; short socket timeouts so a dead Redis costs milliseconds."""
+    """Redis (one server or a cluster) shared by every replica; short socket timeouts so a dead
+    Redis costs milliseconds."""
 
     name = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 0.25, prefix: str = "prism:c:") -> None:
-        import redis.asyncio as redis
-
         self.url = url
         self.prefix = prefix
         self._redis = bounded_redis(url, timeout_s=timeout_s)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._errors = redis_errors()
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         try:
-            values = await self._redis.mget([self.prefix + k for k in keys])
+            # entries are independent: on a cluster they spread over every shard (per slot)
+            return await get_by_slot(self._redis, [self.prefix + k for k in keys])
         except self._errors as exc:
             raise CacheUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
-        return list(values)
 
     async def set_many(self, entries: Mapping[str, bytes], ttl_s: float) -> None:
         ttl_ms = max(1, int(ttl_s * 1000))
@@ -146,4 +126,4 @@ class RedisStore:
             return False
 
     async def aclose(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)  # the pool is ours
+        await close_redis(self._redis)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from prism.backends import Overloaded
 
 from ..cache._stores import bounded_redis
+from ..shared_redis import close_redis, redis_errors
 
 log = logging.getLogger("prism.experiments")
 
@@ -287,18 +288,18 @@ class RedisCounterStore:
     """Counters shared by every gateway process: one hash per arm, one for guard state.
 
     A client of its own (not the cache's) under its own prefix, so flushing or losing the
-    cache never touches experiment results.
+    cache never touches experiment results. An experiment's keys share the hash tag
+    ``{<experiment>}``: on a Redis Cluster its arms and guard state live in one slot, so a
+    push, a totals read and the resume transaction each go to one node in one round trip.
     """
 
     name = "redis"
 
     def __init__(self, url: str, *, prefix: str = "prism:x:", timeout_s: float = 0.5) -> None:
-        import redis.asyncio as redis
-
         self.prefix = prefix
         # typed loosely: redis-py's stubs mix sync and async return types
         self._redis: Any = bounded_redis(url, timeout_s=timeout_s)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._errors = redis_errors()
 
     @contextmanager
     def _mapped(self) -> Iterator[None]:
@@ -310,10 +311,10 @@ class RedisCounterStore:
             ) from exc
 
     def _arm_key(self, experiment: str, arm: str) -> str:
-        return f"{self.prefix}{experiment}:arm:{arm}"
+        return f"{self.prefix}{{{experiment}}}:arm:{arm}"
 
     def _guard_key(self, experiment: str) -> str:
-        return f"{self.prefix}{experiment}:guard"
+        return f"{self.prefix}{{{experiment}}}:guard"
 
     async def push(self, experiment: str, deltas: Mapping[str, ArmCounts]) -> None:
         with self._mapped():
@@ -387,7 +388,7 @@ class RedisCounterStore:
             return bool(await self._redis.set(key, b"1", nx=True, ex=int(ttl_s)))
 
     async def aclose(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)  # the pool is ours
+        await close_redis(self._redis)
 
 
 def finite(value: float | None, digits: int = 3) -> float | None:
