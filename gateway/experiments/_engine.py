@@ -21,9 +21,10 @@ from typing import Any
 
 from ..policy import Experiment
 from ._assignment import assign, control_arm
-from ._counters import ArmCounts, CounterStore, GuardState, MemoryCounterStore
+from ._counters import ArmCounts, CounterStore, GuardState, MemoryCounterStore, Q, S
 from ._feedback import FeedbackLedger
-from ._report import build_report
+from ._report import build_report, error_rate_interval
+from ._units import unit_hash
 
 log = logging.getLogger("prism.experiments")
 
@@ -76,33 +77,47 @@ class ExperimentEngine:
     def pick_arm(self, name: str, experiment: Experiment, unit: str | None) -> str | None:
         """The arm that serves this unit (stopped arms' units go to the control arm)."""
         assignment = assign(name, experiment, unit, self.stopped(name))
-        self._delta(name, assignment.arm).assigned += 1
+        delta = self._delta(name, assignment.arm)
+        delta.assigned += 1
+        delta.saw_unit(unit_hash(assignment.unit))
         return assignment.arm
 
     def record(
-        self, name: str, arm: str, *, ok: bool, latency_ms: float, cached: bool = False
+        self,
+        name: str,
+        arm: str,
+        *,
+        ok: bool,
+        latency_ms: float,
+        cached: bool = False,
+        unit: int | None = None,
     ) -> None:
-        """A request the arm answered (``cached``: the cache answered for it)."""
+        """A request the arm answered (``cached``: the cache answered for it); ``unit``: its
+        unit's hash (``unit_hash``; None: a unit of its own)."""
         delta = self._delta(name, arm)
         if cached:
             delta.cached += 1
         else:
-            delta.observe(latency_ms, ok=ok)
+            delta.observe(latency_ms, ok=ok, unit=unit if unit is not None else unit_hash(None))
 
-    def record_quality(self, name: str, arm: str, value: float) -> None:
+    def record_quality(self, name: str, arm: str, value: float, unit: int | None = None) -> None:
         """A caller's score for an answer of ``arm`` (accuracy, relevance, a click: 0..1 or
-        any scale, as long as the experiment uses one)."""
+        any scale, as long as the experiment uses one); ``unit``: the answer's unit hash."""
         delta = self._delta(name, arm)
         delta.quality_count += 1
         delta.quality_sum += value
         delta.quality_sq += value * value
+        row = delta.cluster(unit if unit is not None else unit_hash(None))
+        row[Q] += 1
+        row[S] += value
 
     def record_shadow(
         self, name: str, arm: str, *, ok: bool, latency_ms: float, cosines: list[float]
     ) -> None:
         """A mirrored call to a shadowed arm: its outcome is that arm's outcome."""
         delta = self._delta(name, arm)
-        delta.observe(latency_ms, ok=ok)
+        # the mirrored request's unit is not known here: a unit of its own
+        delta.observe(latency_ms, ok=ok, unit=unit_hash(None))
         delta.shadow_requests += 1
         delta.shadow_errors += 0 if ok else 1
         delta.cosine_sum += sum(cosines)
@@ -166,7 +181,10 @@ class ExperimentEngine:
                     del pending[name]  # pushed: a later failure must not push these again
                     experiment = experiments.get(name)
                     if experiment is not None:  # best effort: only the split test reads it
-                        assigned = {a: ArmCounts(assigned=d.assigned) for a, d in deltas.items()}
+                        assigned = {
+                            a: ArmCounts(assigned=d.assigned, unit_bits=d.unit_bits)
+                            for a, d in deltas.items()
+                        }
                         await self.store.push(self._srm_key(name, experiment), assigned)
                 for name, experiment in experiments.items():
                     self._guards[name] = await self._guard(name, experiment)
@@ -199,10 +217,19 @@ class ExperimentEngine:
             if counts.requests < rails.min_samples:
                 continue
             reason = None
-            rate = counts.errors / counts.requests
+            # the error rate is judged by its always-valid interval: it is checked at every
+            # sync, so a fixed-sample test would stop healthy arms on a lucky streak
+            rate = error_rate_interval(counts)
             p95 = counts.percentile_ms(95)
-            if rails.max_error_rate is not None and rate > rails.max_error_rate:
-                reason = f"error rate {rate:.2%} > {rails.max_error_rate:.2%}"
+            if (
+                rails.max_error_rate is not None
+                and rate is not None
+                and rate[1] > rails.max_error_rate
+            ):
+                reason = (
+                    f"error rate {rate[0]:.2%} > {rails.max_error_rate:.2%} "
+                    f"(always-valid 95% interval {rate[1]:.2%}..{rate[2]:.2%})"
+                )
             elif rails.max_p95_ms is not None and p95 is not None and p95 > rails.max_p95_ms:
                 reason = f"p95 {p95:.1f} ms > {rails.max_p95_ms:g} ms"
             if reason is not None:
