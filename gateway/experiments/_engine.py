@@ -11,6 +11,7 @@ in memory and assignment keeps working.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -29,6 +30,11 @@ from ._units import unit_hash
 log = logging.getLogger("prism.experiments")
 
 Experiments = Callable[[], Mapping[str, Experiment]]
+
+#: exposure over time: a sample of the shared totals every EXPOSURE_EVERY_S, the last
+#: EXPOSURE_SAMPLES of them (two hours) kept per experiment in each process
+EXPOSURE_EVERY_S = 10.0
+EXPOSURE_SAMPLES = 720
 
 
 class ExperimentEngine:
@@ -55,6 +61,8 @@ class ExperimentEngine:
         self._task: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
         self.sync_errors = 0
+        #: name -> samples {"t": unix time, "assigned": {arm: n}, "units": {arm: n}}
+        self._exposure: dict[str, collections.deque[dict[str, Any]]] = {}
 
     @classmethod
     def from_url(
@@ -189,6 +197,9 @@ class ExperimentEngine:
                 for name, experiment in experiments.items():
                     self._guards[name] = await self._guard(name, experiment)
                     await self._check_guardrails(name, experiment)
+                    samples = self._exposure.get(name)
+                    if not samples or time.time() - samples[-1]["t"] >= EXPOSURE_EVERY_S:
+                        self._sample(name, await self._totals(name, list(experiment.arms)))
             except Exception as exc:
                 # counts not yet pushed wait for the next sync; requests never notice
                 for name, deltas in pending.items():
@@ -273,14 +284,32 @@ class ExperimentEngine:
 
     # --- reports -------------------------------------------------------------------------
 
+    def _sample(self, name: str, totals: Mapping[str, ArmCounts]) -> None:
+        """Remember the arms' exposure now (units and assignments so far)."""
+        samples = self._exposure.setdefault(name, collections.deque(maxlen=EXPOSURE_SAMPLES))
+        samples.append(
+            {
+                "t": round(time.time(), 3),
+                "assigned": {a: c.assigned for a, c in totals.items()},
+                "units": {a: c.units for a, c in totals.items()},
+            }
+        )
+
     async def report(self, name: str, experiment: Experiment) -> dict[str, Any]:
-        """The experiment's report from the shared totals (see ``_report.build_report``)."""
-        return build_report(
+        """The experiment's report from the shared totals (see ``_report.build_report``),
+        with its exposure over time (``exposure``: this process's samples, oldest first)."""
+        totals = await self._totals(name, list(experiment.arms))
+        samples = self._exposure.get(name)
+        if not samples or time.time() - samples[-1]["t"] >= 1.0:
+            self._sample(name, totals)
+        report = build_report(
             name,
             experiment,
-            totals=await self._totals(name, list(experiment.arms)),
+            totals=totals,
             split=await self.store.totals(self._srm_key(name, experiment), list(experiment.arms)),
             guard=await self._guard(name, experiment),
             definitions=self.definition(name),
             counters=self.store.name,
         )
+        report["exposure"] = list(self._exposure.get(name, ()))
+        return report
