@@ -33,6 +33,9 @@ from ._units import UNIT_BITS, cluster_of, distinct_units, unit_bit
 
 log = logging.getLogger("prism.experiments")
 
+#: a distinct-unit bitmap untouched this long is dropped (its arm or split is long gone)
+UNITS_TTL_S = 90 * 24 * 3600
+
 #: upper edges of the latency buckets in ms (0.5 ms .. ~28 s); one more bucket above
 LATENCY_EDGES_MS: tuple[float, ...] = tuple(0.5 * 1.25**i for i in range(50))
 
@@ -435,8 +438,13 @@ class RedisCounterStore:
                             pipe.hincrbyfloat(key, name, value)
                         else:
                             pipe.hincrby(key, name, int(value))
-                    for bit in delta.unit_bits:
-                        pipe.setbit(self._units_key(experiment, arm), bit, 1)
+                    if delta.unit_bits:
+                        units_key = self._units_key(experiment, arm)
+                        for bit in delta.unit_bits:
+                            pipe.setbit(units_key, bit, 1)
+                        # 1 MiB each: a split or an arm definition nobody serves any more
+                        # does not keep its bitmap forever
+                        pipe.expire(units_key, UNITS_TTL_S)
                 await pipe.execute()
 
     async def totals(self, experiment: str, arms: list[str]) -> dict[str, ArmCounts]:

@@ -285,8 +285,11 @@ class ExperimentEngine:
     # --- reports -------------------------------------------------------------------------
 
     def _sample(self, name: str, totals: Mapping[str, ArmCounts]) -> None:
-        """Remember the arms' exposure now (units and assignments so far)."""
+        """Remember the arms' exposure now (units and assignments so far): the newest sample
+        is always current, and samples are kept at least EXPOSURE_EVERY_S apart."""
         samples = self._exposure.setdefault(name, collections.deque(maxlen=EXPOSURE_SAMPLES))
+        if len(samples) >= 2 and samples[-1]["t"] - samples[-2]["t"] < EXPOSURE_EVERY_S:
+            samples.pop()
         samples.append(
             {
                 "t": round(time.time(), 3),
@@ -299,9 +302,7 @@ class ExperimentEngine:
         """The experiment's report from the shared totals (see ``_report.build_report``),
         with its exposure over time (``exposure``: this process's samples, oldest first)."""
         totals = await self._totals(name, list(experiment.arms))
-        samples = self._exposure.get(name)
-        if not samples or time.time() - samples[-1]["t"] >= 1.0:
-            self._sample(name, totals)
+        self._sample(name, totals)
         report = build_report(
             name,
             experiment,
