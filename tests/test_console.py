@@ -207,6 +207,17 @@ def test_console_pages_show_what_the_api_says(gateway: GatewayProcess, browser: 
         wait_refreshed(browser, after=wait_refreshed(browser))
         assert check_against_api(browser, docs) >= 3
         screenshot(browser, page)
+        if page == "models":  # each version's state, from the targets that run it
+            states = browser.execute_script(
+                "return Object.fromEntries([...document.querySelectorAll('[data-version-state]')]"
+                ".map(n => [n.dataset.versionState, n.textContent]))"
+            )
+            assert states == {
+                "m@1": "1: serving",
+                "m@2": "2: serving",
+                "n@1": "1: serving",
+                "n@2": "2: serving",
+            }
     browser.get(f"{url}/console/targets")
     wait_refreshed(browser)
     assert {

@@ -126,19 +126,32 @@ function targetsPage(data, policy) {
   ];
 }
 
-function modelsPage(policy) {
+function modelsPage(policy, targets) {
   const models = Object.entries(policy.models).sort(([a], [b]) => a.localeCompare(b));
+  // a version is deployed when a target of it runs (model@version/local or /<replica>)
+  const deployed = (model, version) => Object.entries(targets.targets)
+    .filter(([key]) => key.startsWith(model + "@" + version + "/"));
+  const state = (model, version) => {
+    const t = deployed(model, version);
+    if (!t.length) return ["not deployed", "muted"];
+    return t.some(([, x]) => x.circuit.state === "closed") ? ["serving", "ok"] : ["down", "bad"];
+  };
   return [
     el("h2", {}, "Models and versions"),
     el("p", { class: "muted" }, "policy ", policy.digest, " from ", policy.source || "memory",
       policy.last_error ? " — last reload refused: " + policy.last_error : ""),
     el("div", { class: "card" },
       el("table", { id: "models" },
-        el("tr", {}, ["model", "versions", "labels"].map((h) => el("th", {}, h))),
+        el("tr", {}, ["model", "versions", "state", "labels"].map((h) => el("th", {}, h))),
         models.map(([name, m]) => el("tr", { "data-model": name },
           el("td", {}, name),
           el("td", { "data-src": "policy", "data-path": JSON.stringify(["models", name, "versions"]) },
             m.versions.join(", ")),
+          el("td", {}, m.versions.map((v) => {
+            const [word, cls] = state(name, v);
+            return el("span", { class: "badge " + cls, style: "margin-right:.3rem",
+              "data-version-state": name + "@" + v }, v + ": " + word);
+          })),
           el("td", {}, Object.entries(m.labels).map(([label, v]) =>
             el("span", { class: "badge", style: "margin-right:.3rem" }, label + " → ",
               el("span", { "data-src": "policy",
@@ -229,7 +242,9 @@ function exposureChart(exp) {
     if (pts.length === 1) pts.push(pts[0].replace(/^[^,]+/, String(W - right)));
     svg.append(el("polyline", { points: pts.join(" "), fill: "none",
       stroke: ARM_COLOURS[i % ARM_COLOURS.length], "stroke-width": 2, "data-arm": a }),
-      el("text", { x: left + 6 + 80 * i, y: H - 6, fill: ARM_COLOURS[i % ARM_COLOURS.length] }, a));
+      // a style, not the fill attribute: the stylesheet's text colour would win over that
+      el("text", { x: left + 6 + 80 * i, y: H - 6,
+        style: "fill:" + ARM_COLOURS[i % ARM_COLOURS.length] }, a));
   });
   return svg;
 }
@@ -330,7 +345,7 @@ async function refresh() {
   try {
     let content;
     if (page === "targets") content = targetsPage(await api(SOURCES.targets), await api(SOURCES.policy));
-    else if (page === "models") content = modelsPage(await api(SOURCES.policy));
+    else if (page === "models") content = modelsPage(await api(SOURCES.policy), await api(SOURCES.targets));
     else if (page === "cache") content = cachePage(await api(SOURCES.cache));
     else content = experimentsPage(await api(SOURCES.experiments));
     const open = new Set([...document.querySelectorAll("details[open]")].map((d) =>
