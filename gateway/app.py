@@ -59,7 +59,7 @@ def create_app(
             gateway_kserve_router(),
             ConsolePages,
             console_static(),
-            swagger_static(),
+            *swagger_static(),
         ],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
