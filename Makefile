@@ -8,7 +8,7 @@ PORT ?= 8080
 DEMO := models/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-latest lock check bench bench-http bench-scaling bench-gpu demo venv redis wrk format clean help
+.PHONY: serve test test-latest lock check bench bench-http bench-scaling bench-gpu demo venv redis wrk chromium format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,7 +39,7 @@ lock: $(BIN)/.serve-installed  ## re-resolve requirements/{dev,serve}.txt from p
 # A throw-away venv with the newest releases pyproject.toml's ranges allow (no lock), running the
 # whole suite: it tells us what the next releases will break before a fresh install does.
 LATEST ?= .venv-latest
-test-latest: redis $(DEMO)  ## run the suite against the newest allowed releases (throw-away venv)
+test-latest: redis chromium $(DEMO)  ## run the suite against the newest allowed releases (throw-away venv)
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install --progress-bar on --upgrade -e '.[dev]'
@@ -65,6 +65,15 @@ wrk:  ## make sure wrk (the HTTP load generator) exists (installs Debian's packa
 		echo "wrk is missing: install it with 'sudo apt-get install wrk' (Debian/Ubuntu) and run again" >&2; exit 1; \
 	fi
 
+chromium:  ## make sure headless Chromium and its WebDriver exist (the console's browser tests)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "==> installing chromium and chromium-driver (Debian packages)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else \
+		echo "chromium is missing: install it with 'sudo apt-get install chromium chromium-driver' (Debian/Ubuntu) and run again" >&2; exit 1; \
+	fi
+
 $(DEMO): | $(BIN)/.serve-installed
 	@echo "==> building the demo CLIP and catalogue (once; 4 to 6 minutes on 2 cores)"
 	$(BIN)/prism demo build --out models
@@ -74,7 +83,7 @@ demo: $(DEMO)  ## train the demo CLIP and build the demo catalogue (once)
 serve: $(BIN)/.serve-installed $(DEMO)  ## start the gateway on $(HOST):$(PORT) with the default policy
 	$(BIN)/prism serve --host $(HOST) --port $(PORT) $(if $(PRISM_REDIS_URL),--redis-url $(PRISM_REDIS_URL),)
 
-test: $(BIN)/.installed redis $(DEMO)  ## run the whole test suite (real Redis, real models)
+test: $(BIN)/.installed redis chromium $(DEMO)  ## run the whole test suite (real Redis, real models)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: $(BIN)/.installed  ## format, lint, types, import layers, generated files current

@@ -9,6 +9,7 @@ state and a comparison of arms; ``POST .../resume`` lifts a guardrail stop.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any
 
 from litestar import Controller, get, post
@@ -196,3 +197,35 @@ class AdminController(Controller):
                 if key in runtime.deployments  # targets a reload removed are gone
             }
         }
+
+    @get(
+        "/cache",
+        summary="The response cache: store, hits, misses, hit ratio, size",
+        **documented(PROBLEM, 401, 403),
+    )
+    async def cache(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+        return cache_status(runtime)
+
+
+def cache_status(runtime: Runtime) -> dict[str, Any]:
+    """This process's cache lookups (per input) and, for the in-process store, its size."""
+    cache = runtime.cache
+    stats = cache.stats
+    lookups = stats.hits + stats.misses
+    store = cache.store
+    # only the in-process store knows its size cheaply; Redis is shared and not scanned
+    entries = len(store) if isinstance(store, Sized) else None
+    size = getattr(store, "size_bytes", None)
+    return {
+        "store": getattr(store, "name", type(store).__name__),
+        "available": cache.available,
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "errors": stats.errors,
+        "coalesced": stats.coalesced,
+        "hit_ratio": round(stats.hits / lookups, 4) if lookups else None,
+        "entries": entries,
+        "bytes": size if isinstance(size, int) else None,
+        "max_bytes": getattr(store, "max_bytes", None),
+        "max_entries": getattr(store, "max_entries", None),
+    }

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 
 from .admin import AdminController
 from .admin_models import ModelsController
 from .auth import api_key_check
 from .cache import ResponseCache
+from .console import ConsolePages, console_static, offline_swagger, swagger_static
 from .doors._errors import error_response
 from .doors._openapi import WireSchemaPlugin
 from .doors._request import PrismRequest
@@ -58,6 +59,9 @@ def create_app(
             ModelsController,
             openai_router(),
             gateway_kserve_router(),
+            ConsolePages,
+            console_static(),
+            *swagger_static(),
         ],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
@@ -75,8 +79,8 @@ def create_app(
             version="1",
             description="Multimodal model gateway: one API for text, image and recommendation models.",
             path="/schema",
-            # JSON first: /schema works offline; the Swagger UI loads its JS from a CDN
-            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin()],
+            # JSON first; /schema/swagger loads Swagger UI from this gateway (works offline)
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), offline_swagger()],
         ),
         debug=False,
     )

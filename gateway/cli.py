@@ -287,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_models import register as register_model_commands
 
     register_model_commands(sub)
+
+    from .cli_experiments import register as register_experiment_commands
+
+    register_experiment_commands(sub)
     return parser
 
 

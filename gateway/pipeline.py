@@ -114,6 +114,7 @@ class Pipeline:
         policy = self.policy()
         decision = policy.decide(facts, self.experiments.pick_arm)
         record.decided(decision, self._reason(decision))
+        record.unit = facts.unit
         self._check_serves(policy, decision, facts)
         items = await self._fetch_url_images(policy, inference, decision)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from prism.backends import PrismError, blame
 
+from .experiments import unit_hash
 from .schema import RouteInfo
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class RequestRecord:
     target: str = ""
     experiment: str | None = None
     arm: str | None = None
+    #: the request's experiment unit (``routing.unit``); None: a unit of its own
+    unit: str | None = None
     reason: str | None = None
     cache: str = "miss"
     attempts: int = 0
@@ -146,6 +149,7 @@ class Recorder:
         if engine is None or record.experiment is None or record.arm is None:
             return
         arm_ok = record.arm_answered and not record.fallback
+        unit = unit_hash(record.unit)  # statistics treat the unit as the observation
         if error is None:
             engine.record(
                 record.experiment,
@@ -153,12 +157,13 @@ class Recorder:
                 ok=arm_ok,
                 latency_ms=total_ms,
                 cached=record.cache == "hit",
+                unit=unit,
             )
             if record.answer_id is not None and arm_ok:
                 # POST /v1/feedback may score this answer later (only the arm's own answers)
-                engine.feedback.remember(record.answer_id, record.experiment, record.arm)
+                engine.feedback.remember(record.answer_id, record.experiment, record.arm, unit)
         elif blame(error).target:  # the caller's mistakes and load are not the arm's
-            engine.record(record.experiment, record.arm, ok=False, latency_ms=total_ms)
+            engine.record(record.experiment, record.arm, ok=False, latency_ms=total_ms, unit=unit)
 
     def _known(self, path_params: Mapping[str, Any]) -> tuple[str, str]:
         model, version = str(path_params.get("model", "")), str(path_params.get("version") or "")

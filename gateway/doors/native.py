@@ -164,16 +164,16 @@ class NativeController(Controller):
                     f"no experiment request {data.id!r} in the last "
                     f"{FEEDBACK_TTL_S // 3600} h (answers outside experiments take no feedback)"
                 )
-            name, arm = found
+            name, arm, unit = found
         else:
-            name, arm = str(data.experiment), str(data.arm)
+            name, arm, unit = str(data.experiment), str(data.arm), None
         experiment = runtime.policy.document.experiments.get(name)
         if experiment is None or arm not in experiment.arms:
             raise NotFound(f"the running policy has no experiment {name!r} with arm {arm!r}")
         # claimed last: a refusal above must not use up the answer's one score
         if data.id is not None and not await engine.feedback.claim(data.id):
             raise Conflict(f"answer {data.id!r} has feedback already (one score per answer)")
-        engine.record_quality(name, arm, data.value)
+        engine.record_quality(name, arm, data.value, unit)
         return {"experiment": name, "arm": arm, "value": data.value}
 
     @get(

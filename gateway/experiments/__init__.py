@@ -11,13 +11,19 @@ from ._counters import (
 )
 from ._engine import ExperimentEngine
 from ._feedback import FEEDBACK_TTL_S, FeedbackLedger
+from ._report import HOW_TO_READ
+from ._sequential import RatioMoments, always_valid_factor, always_valid_p, holm, ratio_mean_var
 from ._shadow import ShadowMirror, cosine_similarities
 from ._stats import two_proportion_z, welch_t
+from ._units import CLUSTERS, UNIT_BITS, unit_hash
 
 __all__ = [
     "BUCKETS",
+    "CLUSTERS",
     "FEEDBACK_TTL_S",
+    "HOW_TO_READ",
     "LATENCY_EDGES_MS",
+    "UNIT_BITS",
     "ArmCounts",
     "ArmRange",
     "Assignment",
@@ -26,13 +32,19 @@ __all__ = [
     "FeedbackLedger",
     "GuardState",
     "MemoryCounterStore",
+    "RatioMoments",
     "RedisCounterStore",
     "ShadowMirror",
+    "always_valid_factor",
+    "always_valid_p",
     "arm_ranges",
     "assign",
     "bucket_of",
     "control_arm",
     "cosine_similarities",
+    "holm",
+    "ratio_mean_var",
     "two_proportion_z",
+    "unit_hash",
     "welch_t",
 ]

@@ -11,6 +11,7 @@ in memory and assignment keeps working.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -21,13 +22,19 @@ from typing import Any
 
 from ..policy import Experiment
 from ._assignment import assign, control_arm
-from ._counters import ArmCounts, CounterStore, GuardState, MemoryCounterStore
+from ._counters import ArmCounts, CounterStore, GuardState, MemoryCounterStore, Q, S
 from ._feedback import FeedbackLedger
-from ._report import build_report
+from ._report import build_report, error_rate_interval
+from ._units import unit_hash
 
 log = logging.getLogger("prism.experiments")
 
 Experiments = Callable[[], Mapping[str, Experiment]]
+
+#: exposure over time: a sample of the shared totals every EXPOSURE_EVERY_S, the last
+#: EXPOSURE_SAMPLES of them (two hours) kept per experiment in each process
+EXPOSURE_EVERY_S = 10.0
+EXPOSURE_SAMPLES = 720
 
 
 class ExperimentEngine:
@@ -54,6 +61,8 @@ class ExperimentEngine:
         self._task: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
         self.sync_errors = 0
+        #: name -> samples {"t": unix time, "assigned": {arm: n}, "units": {arm: n}}
+        self._exposure: dict[str, collections.deque[dict[str, Any]]] = {}
 
     @classmethod
     def from_url(
@@ -76,33 +85,47 @@ class ExperimentEngine:
     def pick_arm(self, name: str, experiment: Experiment, unit: str | None) -> str | None:
         """The arm that serves this unit (stopped arms' units go to the control arm)."""
         assignment = assign(name, experiment, unit, self.stopped(name))
-        self._delta(name, assignment.arm).assigned += 1
+        delta = self._delta(name, assignment.arm)
+        delta.assigned += 1
+        delta.saw_unit(unit_hash(assignment.unit))
         return assignment.arm
 
     def record(
-        self, name: str, arm: str, *, ok: bool, latency_ms: float, cached: bool = False
+        self,
+        name: str,
+        arm: str,
+        *,
+        ok: bool,
+        latency_ms: float,
+        cached: bool = False,
+        unit: int | None = None,
     ) -> None:
-        """A request the arm answered (``cached``: the cache answered for it)."""
+        """A request the arm answered (``cached``: the cache answered for it); ``unit``: its
+        unit's hash (``unit_hash``; None: a unit of its own)."""
         delta = self._delta(name, arm)
         if cached:
             delta.cached += 1
         else:
-            delta.observe(latency_ms, ok=ok)
+            delta.observe(latency_ms, ok=ok, unit=unit if unit is not None else unit_hash(None))
 
-    def record_quality(self, name: str, arm: str, value: float) -> None:
+    def record_quality(self, name: str, arm: str, value: float, unit: int | None = None) -> None:
         """A caller's score for an answer of ``arm`` (accuracy, relevance, a click: 0..1 or
-        any scale, as long as the experiment uses one)."""
+        any scale, as long as the experiment uses one); ``unit``: the answer's unit hash."""
         delta = self._delta(name, arm)
         delta.quality_count += 1
         delta.quality_sum += value
         delta.quality_sq += value * value
+        row = delta.cluster(unit if unit is not None else unit_hash(None))
+        row[Q] += 1
+        row[S] += value
 
     def record_shadow(
         self, name: str, arm: str, *, ok: bool, latency_ms: float, cosines: list[float]
     ) -> None:
         """A mirrored call to a shadowed arm: its outcome is that arm's outcome."""
         delta = self._delta(name, arm)
-        delta.observe(latency_ms, ok=ok)
+        # the mirrored request's unit is not known here: a unit of its own
+        delta.observe(latency_ms, ok=ok, unit=unit_hash(None))
         delta.shadow_requests += 1
         delta.shadow_errors += 0 if ok else 1
         delta.cosine_sum += sum(cosines)
@@ -166,11 +189,17 @@ class ExperimentEngine:
                     del pending[name]  # pushed: a later failure must not push these again
                     experiment = experiments.get(name)
                     if experiment is not None:  # best effort: only the split test reads it
-                        assigned = {a: ArmCounts(assigned=d.assigned) for a, d in deltas.items()}
+                        assigned = {
+                            a: ArmCounts(assigned=d.assigned, unit_bits=d.unit_bits)
+                            for a, d in deltas.items()
+                        }
                         await self.store.push(self._srm_key(name, experiment), assigned)
                 for name, experiment in experiments.items():
                     self._guards[name] = await self._guard(name, experiment)
                     await self._check_guardrails(name, experiment)
+                    samples = self._exposure.get(name)
+                    if not samples or time.time() - samples[-1]["t"] >= EXPOSURE_EVERY_S:
+                        self._sample(name, await self._totals(name, list(experiment.arms)))
             except Exception as exc:
                 # counts not yet pushed wait for the next sync; requests never notice
                 for name, deltas in pending.items():
@@ -199,10 +228,19 @@ class ExperimentEngine:
             if counts.requests < rails.min_samples:
                 continue
             reason = None
-            rate = counts.errors / counts.requests
+            # the error rate is judged by its always-valid interval: it is checked at every
+            # sync, so a fixed-sample test would stop healthy arms on a lucky streak
+            rate = error_rate_interval(counts)
             p95 = counts.percentile_ms(95)
-            if rails.max_error_rate is not None and rate > rails.max_error_rate:
-                reason = f"error rate {rate:.2%} > {rails.max_error_rate:.2%}"
+            if (
+                rails.max_error_rate is not None
+                and rate is not None
+                and rate[1] > rails.max_error_rate
+            ):
+                reason = (
+                    f"error rate {rate[0]:.2%} > {rails.max_error_rate:.2%} "
+                    f"(always-valid 95% interval {rate[1]:.2%}..{rate[2]:.2%})"
+                )
             elif rails.max_p95_ms is not None and p95 is not None and p95 > rails.max_p95_ms:
                 reason = f"p95 {p95:.1f} ms > {rails.max_p95_ms:g} ms"
             if reason is not None:
@@ -246,14 +284,33 @@ class ExperimentEngine:
 
     # --- reports -------------------------------------------------------------------------
 
+    def _sample(self, name: str, totals: Mapping[str, ArmCounts]) -> None:
+        """Remember the arms' exposure now (units and assignments so far): the newest sample
+        is always current, and samples are kept at least EXPOSURE_EVERY_S apart."""
+        samples = self._exposure.setdefault(name, collections.deque(maxlen=EXPOSURE_SAMPLES))
+        if len(samples) >= 2 and samples[-1]["t"] - samples[-2]["t"] < EXPOSURE_EVERY_S:
+            samples.pop()
+        samples.append(
+            {
+                "t": round(time.time(), 3),
+                "assigned": {a: c.assigned for a, c in totals.items()},
+                "units": {a: c.units for a, c in totals.items()},
+            }
+        )
+
     async def report(self, name: str, experiment: Experiment) -> dict[str, Any]:
-        """The experiment's report from the shared totals (see ``_report.build_report``)."""
-        return build_report(
+        """The experiment's report from the shared totals (see ``_report.build_report``),
+        with its exposure over time (``exposure``: this process's samples, oldest first)."""
+        totals = await self._totals(name, list(experiment.arms))
+        self._sample(name, totals)
+        report = build_report(
             name,
             experiment,
-            totals=await self._totals(name, list(experiment.arms)),
+            totals=totals,
             split=await self.store.totals(self._srm_key(name, experiment), list(experiment.arms)),
             guard=await self._guard(name, experiment),
             definitions=self.definition(name),
             counters=self.store.name,
         )
+        report["exposure"] = list(self._exposure.get(name, ()))
+        return report

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from ._counters import CounterStore
+from ._counters import Answer, CounterStore
 
 log = logging.getLogger("prism.experiments")
 
@@ -21,19 +21,20 @@ RECENT_REQUESTS = 200_000
 class FeedbackLedger:
     def __init__(self, store: CounterStore) -> None:
         self.store = store
-        #: request id -> (experiment, arm) of recent experiment requests
-        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._to_share: dict[str, tuple[str, str]] = {}
+        #: request id -> (experiment, arm, unit hash) of recent experiment requests
+        self._recent: OrderedDict[str, Answer] = OrderedDict()
+        self._to_share: dict[str, Answer] = {}
         #: answers already scored by this process (the store knows the others')
         self._claimed: OrderedDict[str, None] = OrderedDict()
 
-    def remember(self, request_id: str, name: str, arm: str) -> None:
-        """Which arm answered ``request_id``: feedback on it is that arm's quality."""
-        self._recent[request_id] = (name, arm)
+    def remember(self, request_id: str, name: str, arm: str, unit: int | None = None) -> None:
+        """Which arm answered ``request_id`` (for which unit, hashed): feedback on it is that
+        arm's quality, counted in that unit's figures."""
+        self._recent[request_id] = Answer(name, arm, unit)
         if len(self._recent) > RECENT_REQUESTS:
             self._recent.popitem(last=False)
         if self.store.name == "redis":  # other replicas may receive the feedback
-            self._to_share[request_id] = (name, arm)
+            self._to_share[request_id] = Answer(name, arm, unit)
 
     async def share(self) -> None:
         """Hand the answers remembered since the last call to the other replicas."""
@@ -45,7 +46,7 @@ class FeedbackLedger:
         except Exception as exc:  # feedback on these works on this replica only
             log.warning("request ids for feedback not shared: %r", exc)
 
-    async def arm_of(self, request_id: str) -> tuple[str, str] | None:
+    async def arm_of(self, request_id: str) -> Answer | None:
         """The (experiment, arm) of a request of the last ``FEEDBACK_TTL_S`` seconds, answered
         by this replica or (with Redis) any other; None when unknown or expired."""
         found = self._recent.get(request_id)

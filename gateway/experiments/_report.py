@@ -1,5 +1,12 @@
 """An experiment's report: per-arm figures with 95% intervals, comparisons with the control
-arm, and the sample-ratio check, computed from the shared totals (no I/O here)."""
+arm, and the sample-ratio check, computed from the shared totals (no I/O here).
+
+Every interval and test treats the unit as the observation (``_sequential.py``): figures are
+per-request means pooled over units, their variances come from the unit clusters by the
+delta method. Each comparison carries a fixed-sample interval and p-value and an
+always-valid one; the always-valid p-values, Holm-corrected across the experiment's
+comparisons, decide ``significant``. :data:`HOW_TO_READ` is the report's own explanation.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +16,43 @@ from typing import Any
 
 from ..policy import Experiment
 from ._assignment import arm_ranges, control_arm
-from ._counters import ArmCounts, GuardState, finite
-from ._stats import (
-    mean_ci,
-    mean_var,
-    proportion_diff_ci,
-    sample_ratio_test,
-    two_proportion_z,
-    welch_ci,
-    welch_t,
+from ._counters import ArmCounts, E, GuardState, K, L, N, Q, S, finite
+from ._sequential import (
+    ALPHA,
+    TUNING_UNITS,
+    Difference,
+    RatioMoments,
+    always_valid_interval,
+    difference,
+    holm,
 )
+from ._stats import sample_ratio_test
+from ._units import CLUSTERS
+
+#: metric -> (numerator, denominator) of its per-cluster ratio, and its rounding
+METRICS: dict[str, tuple[int, int, int]] = {
+    "error_rate": (E, N, 5),
+    "latency_ms": (L, K, 3),
+    "quality": (S, Q, 5),
+}
+
+HOW_TO_READ = [
+    "Each metric is a mean per request (error rate, mean latency of successful requests, "
+    "mean feedback score), pooled over all of an arm's units.",
+    "The unit (routing.unit) is the independent observation: a unit's requests are alike, so "
+    "intervals come from per-unit totals (delta method), not from treating requests as "
+    "independent. A request without a unit counts as a unit of its own.",
+    "ci95 / difference_ci95 / p_value: fixed-sample figures, right only if you look once, at a "
+    "sample size chosen in advance.",
+    "always_valid: a 95% confidence sequence (Waudby-Smith et al. 2024) and its p-value: right "
+    "however often you look, and whenever you stop. They are wider; that is the price of "
+    "looking whenever you like.",
+    "significant: the always-valid p-value after Holm's correction across all of the "
+    "experiment's comparisons is at most 0.05. Stop when it says so (or when you have enough "
+    "units); do not stop because a fixed-sample p-value dipped below 0.05.",
+    "sample_ratio: distinct units per arm against the weights (chi-square); mismatch at "
+    "p < 0.001 means assignment is broken and no other figure can be trusted.",
+]
 
 
 def build_report(
@@ -39,8 +73,7 @@ def build_report(
     arms: dict[str, Any] = {}
     for arm_name, arm in experiment.arms.items():
         c = totals[arm_name]
-        mean, var = mean_var(c.latency_sum_ms, c.latency_sq_ms, c.successes)
-        q_mean, q_var = mean_var(c.quality_sum, c.quality_sq, c.quality_count)
+        metrics = {m: _arm_metric(c, m) for m in METRICS}
         arms[arm_name] = {
             "version": arm.version,
             "definition": definitions.get(arm_name),
@@ -48,21 +81,23 @@ def build_report(
             "buckets": [ranges[arm_name].start, ranges[arm_name].end],
             "stopped": guard.stopped.get(arm_name),
             "assigned": c.assigned,
+            "units": c.units,
             "requests": c.requests,
             "errors": c.errors,
             "error_rate": finite(c.errors / c.requests, 5) if c.requests else None,
             "cached": c.cached,
             "latency_ms": {
-                "mean": finite(mean) if c.successes else None,
-                "mean_ci95": _interval(mean_ci(mean, var, c.successes)),
+                "mean": finite(c.latency_sum_ms / c.successes) if c.successes else None,
+                "mean_ci95": metrics["latency_ms"]["ci95"],
                 "p50": finite(c.percentile_ms(50)),
                 "p95": finite(c.percentile_ms(95)),
             },
             "quality": {
                 "count": c.quality_count,
-                "mean": finite(q_mean, 5) if c.quality_count else None,
-                "mean_ci95": _interval(mean_ci(q_mean, q_var, c.quality_count), 5),
+                "mean": finite(c.quality_sum / c.quality_count, 5) if c.quality_count else None,
+                "mean_ci95": metrics["quality"]["ci95"],
             },
+            "metrics": metrics,
             "shadow": {
                 "requests": c.shadow_requests,
                 "errors": c.shadow_errors,
@@ -86,11 +121,16 @@ def build_report(
             "count": cos_n,
         },
         "sample_ratio": _sample_ratio(experiment, split, guard),
-        "comparison": [
-            _compare(control, totals[control], a, totals[a])
-            for a in experiment.arms
-            if a != control
-        ],
+        "comparison": _comparisons(experiment, control, totals),
+        "statistics": {
+            "unit": "routing.unit (a request without one is a unit of its own)",
+            "clusters_per_arm": CLUSTERS,
+            "alpha": ALPHA,
+            "sequential": "asymptotic confidence sequence (Waudby-Smith et al. 2024), "
+            f"tightest at {TUNING_UNITS} units",
+            "multiple_comparisons": "Holm across the experiment's comparisons",
+        },
+        "how_to_read": HOW_TO_READ,
     }
 
 
@@ -114,18 +154,21 @@ def _state(experiment: Experiment, control: str, guard: GuardState) -> str:
 def _sample_ratio(
     experiment: Experiment, totals: Mapping[str, ArmCounts], guard: GuardState
 ) -> dict[str, Any] | None:
-    """Is the split what the weights say? (chi-square on the assignments made since the
-    split last changed; not while an arm is stopped: its units go to the control on purpose)."""
+    """Is the split what the weights say? (chi-square on the distinct units assigned since
+    the split last changed, not requests: a unit's requests all go to one arm, so request
+    counts vary far more than the test assumes; not while an arm is stopped: its units go to
+    the control on purpose)."""
     if guard.stopped:
         return None
     arms = list(experiment.arms)
     test = sample_ratio_test(
-        [totals[a].assigned for a in arms], [experiment.arms[a].weight for a in arms]
+        [totals[a].units for a in arms], [experiment.arms[a].weight for a in arms]
     )
     if test is None:
         return None
     return {
-        "test": "chi-square goodness of fit (assigned requests vs weights)",
+        "test": "chi-square goodness of fit (distinct units vs weights)",
+        "units": {a: totals[a].units for a in arms},
         "chi2": finite(test[0]),
         "p_value": _p(test[1]),
         # the usual SRM alarm level: a split this far off is a bug, not chance
@@ -133,50 +176,83 @@ def _sample_ratio(
     }
 
 
-def _compare(control: str, a: ArmCounts, arm: str, b: ArmCounts) -> dict[str, Any]:
-    """Treatment vs control: error rate (two-proportion z) and mean latency (Welch t)."""
-    out: dict[str, Any] = {"arm": arm, "versus": control, "error_rate": None, "latency": None}
-    z = two_proportion_z(a.errors, a.requests, b.errors, b.requests)
-    if z is not None:
-        diff = b.errors / b.requests - a.errors / a.requests
-        out["error_rate"] = {
-            "test": "two-proportion z",
-            "difference": finite(diff, 5),
-            "difference_ci95": _interval(
-                proportion_diff_ci(a.errors, a.requests, b.errors, b.requests), 5
-            ),
-            "z": finite(z[0]),
-            "p_value": _p(z[1]),
-        }
-    out["latency"] = _welch(
-        "Welch t (mean latency, ms)",
-        (a.latency_sum_ms, a.latency_sq_ms, a.successes),
-        (b.latency_sum_ms, b.latency_sq_ms, b.successes),
-        digits=3,
-    )
-    out["quality"] = _welch(
-        "Welch t (mean feedback score)",
-        (a.quality_sum, a.quality_sq, a.quality_count),
-        (b.quality_sum, b.quality_sq, b.quality_count),
-        digits=5,
-    )
+def moments(counts: ArmCounts, metric: str) -> RatioMoments:
+    """The metric's running sums over the arm's unit clusters."""
+    num, den, _ = METRICS[metric]
+    return RatioMoments.of([(row[num], row[den]) for row in counts.clusters.values()])
+
+
+def error_rate_interval(counts: ArmCounts) -> tuple[float, float, float] | None:
+    """(error rate, low, high): the always-valid 95% interval the guardrail reads."""
+    return always_valid_interval(moments(counts, "error_rate"), counts.units)
+
+
+def _arm_metric(counts: ArmCounts, metric: str) -> dict[str, Any]:
+    digits = METRICS[metric][2]
+    m = moments(counts, metric)
+    est = m.estimate()
+    seq = always_valid_interval(m, counts.units)
+    if est is None or seq is None:
+        return {"value": None, "ci95": None, "always_valid_ci95": None, "units": m.clusters}
+    half = 1.959963984540054 * math.sqrt(est[1])
+    return {
+        "value": finite(est[0], digits),
+        "ci95": _interval((est[0] - half, est[0] + half), digits),
+        "always_valid_ci95": _interval((seq[1], seq[2]), digits),
+        # clusters with data: the units behind the figure (collisions aside, below 1,024)
+        "units": m.clusters,
+    }
+
+
+_TESTS = {
+    "error_rate": "difference of error rates, z on unit-level delta-method variance",
+    "latency_ms": "difference of mean latency (ms), z on unit-level delta-method variance",
+    "quality": "difference of mean feedback score, z on unit-level delta-method variance",
+}
+#: the report's name for each metric's comparison
+_COMPARED = {"error_rate": "error_rate", "latency_ms": "latency", "quality": "quality"}
+
+
+def _comparisons(
+    experiment: Experiment, control: str, totals: Mapping[str, ArmCounts]
+) -> list[dict[str, Any]]:
+    """Each arm against the control, metric by metric; Holm across all of them."""
+    out: list[dict[str, Any]] = []
+    cells: list[tuple[dict[str, Any], Difference]] = []
+    a = totals[control]
+    for arm in experiment.arms:
+        if arm == control:
+            continue
+        b = totals[arm]
+        row: dict[str, Any] = {"arm": arm, "versus": control}
+        for metric, key in _COMPARED.items():
+            d = difference(moments(a, metric), moments(b, metric), a.units + b.units)
+            row[key] = None if d is None else _difference(metric, d)
+            if d is not None:
+                cells.append((row[key], d))
+        out.append(row)
+    adjusted = holm([d.always_valid_p for _, d in cells])
+    for (cell, _), p in zip(cells, adjusted, strict=True):
+        cell["p_value_holm"] = _p(p) if p is not None else None
+        cell["significant"] = p is not None and p <= ALPHA
+    for row in out:
+        row["significant"] = [
+            k for k in _COMPARED.values() if row[k] is not None and row[k]["significant"]
+        ]
     return out
 
 
-def _welch(
-    test: str, a: tuple[float, float, int], b: tuple[float, float, int], digits: int
-) -> dict[str, Any] | None:
-    """Difference of means (b - a) with its 95% interval and Welch's t-test."""
-    mean_a, var_a = mean_var(*a)
-    mean_b, var_b = mean_var(*b)
-    t = welch_t(mean_a, var_a, a[2], mean_b, var_b, b[2])
-    if t is None:
-        return None
+def _difference(metric: str, d: Difference) -> dict[str, Any]:
+    digits = METRICS[metric][2]
     return {
-        "test": test,
-        "difference": finite(mean_b - mean_a, digits),
-        "difference_ci95": _interval(welch_ci(mean_a, var_a, a[2], mean_b, var_b, b[2]), digits),
-        "t": finite(t[0]),
-        "df": finite(t[1], 1),
-        "p_value": _p(t[2]),
+        "test": _TESTS[metric],
+        "difference": finite(d.difference, digits),
+        "difference_ci95": _interval(d.ci95, digits),
+        "z": finite(d.z),
+        "p_value": _p(d.p_value),
+        "always_valid": {
+            "difference_ci95": _interval(d.always_valid_ci95, digits),
+            "p_value": _p(d.always_valid_p),
+        },
+        "units": d.units,
     }

@@ -158,7 +158,13 @@ async def test_guardrail_stops_a_failing_treatment_until_resumed() -> None:
     assert engine.stopped("e") == {}  # below min_samples: no verdict yet
     engine.record("e", "treatment", ok=False, latency_ms=5)
     await engine.sync()
-    assert "error rate" in engine.stopped("e")["treatment"]["reason"]
+    # 50% over 20 units: above 10%, but not yet beyond doubt at every look
+    assert engine.stopped("e") == {}
+    for i in range(180):
+        engine.record("e", "treatment", ok=i % 2 == 0, latency_ms=5)
+    await engine.sync()
+    reason = engine.stopped("e")["treatment"]["reason"]
+    assert "error rate 50.00% > 10.00%" in reason and "always-valid" in reason
     arms = Counter(engine.pick_arm("e", exp, f"u{i}") for i in range(200))
     assert arms == {"control": 200}
     report = await engine.report("e", exp)
