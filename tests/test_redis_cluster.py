@@ -22,7 +22,7 @@ import pytest
 
 from prism.gateway.cache import RedisStore
 from prism.gateway.experiments import RedisCounterStore
-from prism.gateway.experiments._counters import ArmCounts
+from prism.gateway.experiments._counters import Answer, ArmCounts
 from prism.gateway.settings import Settings
 from prism.gateway.shared_redis import (
     RedisURLError,
@@ -189,8 +189,8 @@ async def test_an_experiments_keys_share_one_slot_and_every_counter_call_works(
         await store.resume("e1", {"a": totals["a"]})  # a MULTI on one slot
         guard = await store.guard("e1")
         assert guard.stopped == {} and guard.baseline["a"].requests == 1
-        await store.remember({f"req-{i}": ("e1", "a") for i in range(20)}, ttl_s=60)
-        assert await store.recall("req-7") == ("e1", "a")
+        await store.remember({f"req-{i}": Answer("e1", "a", unit=i) for i in range(20)}, ttl_s=60)
+        assert await store.recall("req-7") == Answer("e1", "a", unit=7)
         assert await store.claim("req-7", 60) and not await store.claim("req-7", 60)
         keys = [store._arm_key("e1", "a"), store._arm_key("e1", "b"), store._guard_key("e1")]
         slots = {await client.cluster_keyslot(k) for k in keys}
