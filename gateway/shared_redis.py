@@ -187,6 +187,8 @@ def _bounded_cluster_class() -> type:
             self, raise_on_error: bool = True, allow_redirections: bool = True
         ) -> Any:
             gate: _Gate = getattr(self.cluster_client, "_prism_gate")  # noqa: B009
+            if self.cluster_client._initialize:  # as for commands: the slot map first
+                await self.cluster_client.initialize()
             parent = super().execute
             return await gate.run(lambda: parent(raise_on_error, allow_redirections))
 
@@ -196,6 +198,12 @@ def _bounded_cluster_class() -> type:
             self._prism_gate = _Gate(gate_size, gate_wait_s)
 
         async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            # read the slot map once, under redis-py's own lock, before anything is routed:
+            # a fresh client's first burst of concurrent commands otherwise routes some of them
+            # before the map exists, and broke connections (seen as "Connection closed by
+            # server" with 36 concurrent compare-and-set edits from three clients)
+            if self._initialize:
+                await self.initialize()
             parent = super().execute_command
             return await self._prism_gate.run(lambda: parent(*args, **kwargs))
 

@@ -23,6 +23,7 @@ import pytest
 from prism.gateway.cache import RedisStore
 from prism.gateway.experiments import RedisCounterStore
 from prism.gateway.experiments._counters import Answer, ArmCounts
+from prism.gateway.repository import RedisOverrideStore
 from prism.gateway.settings import Settings
 from prism.gateway.shared_redis import (
     RedisURLError,
@@ -33,6 +34,7 @@ from prism.gateway.shared_redis import (
     redis_errors,
 )
 from tests.redis_cluster import RedisClusterProcesses
+from tests.repository.test_overrides import _race
 from tests.support import PRISM, ROOT, GatewayProcess
 
 pytestmark = pytest.mark.slow
@@ -389,3 +391,19 @@ def test_serve_refuses_a_bad_redis_url_with_a_message() -> None:
     assert res.returncode == 2
     assert "a Redis Cluster has only database 0" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+async def test_model_overrides_compare_and_set_on_a_cluster(
+    cluster: RedisClusterProcesses,
+) -> None:
+    """Label moves from three replicas at once all land: the compare-and-set script's keys share
+    the ``{overrides}`` hash tag, so it runs on one master."""
+    stores = [RedisOverrideStore(cluster.url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(_race(s, f"c{n}-") for n, s in enumerate(stores)))
+        final = await stores[0].read()
+        assert len(final.labels["m"]) == 36 and final.revision == 36
+        assert await stores[2].revision() == 36
+    finally:
+        for s in stores:
+            await s.aclose()

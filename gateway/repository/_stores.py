@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from prism.backends import Overloaded
 
 from ..cache._stores import bounded_redis
+from ..shared_redis import close_redis, redis_errors
 from ._overrides import Overrides
 
 log = logging.getLogger("prism.repository")
@@ -170,11 +171,10 @@ class RedisOverrideStore:
     name = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 1.0) -> None:
-        import redis.asyncio as redis
-
         self._redis: Any = bounded_redis(url, timeout_s=timeout_s)
         self._cas = self._redis.register_script(_CAS)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        # a cluster's RedisClusterException is not a RedisError: one tuple for both kinds
+        self._errors: tuple[type[BaseException], ...] = redis_errors()
 
     @contextmanager
     def _mapped(self) -> Iterator[None]:
@@ -220,7 +220,7 @@ class RedisOverrideStore:
                 # another replica wrote first: edit its result instead
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await close_redis(self._redis)
 
 
 def override_store(redis_url: str | None, path: Path | None) -> OverrideStore:
