@@ -18,7 +18,9 @@ from prism.gateway.cli import build_parser
 from prism.gateway.policy import parse_policy
 from tests.support import ROOT
 
-LOCAL_IMAGE = "prism-gateway:latest"
+#: the Dockerfile's two targets and the tags compose and deploy/ give them
+SLIM_IMAGE, FULL_IMAGE = "prism-gateway:slim", "prism-gateway:latest"
+TARGET_OF = {SLIM_IMAGE: "gateway", FULL_IMAGE: "full"}
 PUBLIC_IMAGES = {"redis:7-alpine"}
 
 
@@ -36,26 +38,56 @@ def _check_prism_command(cmd: list[str]) -> None:
     build_parser().parse_args(cmd[1:])  # SystemExit on an unknown flag or command
 
 
+def _stages() -> dict[str, str]:
+    """The Dockerfile's stages: name -> its text (``FROM ... AS name`` up to the next FROM)."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages = {}
+    for part in re.split(r"^FROM ", text, flags=re.M)[1:]:
+        named = re.match(r"\S+ AS (\S+)", part)
+        assert named is not None, f"every stage is named: FROM {part.splitlines()[0]}"
+        stages[named[1]] = part
+    return stages
+
+
 def test_dockerfile_copies_what_exists() -> None:
     text = (ROOT / "Dockerfile").read_text()
     for line in text.splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (ROOT / src).exists(), src
-    cmd = re.search(r"^CMD (\[.*\])", text, re.M)
-    assert cmd is not None
-    _check_prism_command(yaml.safe_load(cmd.group(1)))
+    cmds = re.findall(r"^CMD (\[.*\])", text, re.M)
+    assert len(cmds) == 2  # one per image
+    for cmd in cmds:
+        _check_prism_command(yaml.safe_load(cmd))
+
+
+def test_dockerfile_builds_a_slim_gateway_and_a_full_image() -> None:
+    stages = _stages()
+    assert list(stages)[-1] == "full"  # `docker build .` without --target: the full image
+    slim, full = stages["gateway"], stages["full"]
+    assert "-r requirements/slim.txt" in slim
+    assert "serve.txt" not in slim and "dev.txt" not in slim and "demo build" not in slim
+    assert "-r requirements/serve.txt" in full and "demo build" in full
+
+
+def _remote_only(policy_text: str, where: str) -> None:
+    """Everything the slim image can serve: remote versions (and the fake model)."""
+    for name, model in parse_policy(policy_text, where).models.items():
+        for version, spec in model.versions.items():
+            assert spec.backend != "local" or spec.kind == "fake", (where, name, version)
 
 
 def test_compose_file() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
     assert {"gateway", "redis"} <= set(services)
+    assert services["gateway"]["image"] == SLIM_IMAGE  # it fronts the workers: no torch
+    _remote_only((ROOT / "policies" / "compose.yaml").read_text(), "policies/compose.yaml")
     for name, svc in services.items():
         image = svc.get("image")
         if "build" in svc:
-            assert (ROOT / svc["build"] / "Dockerfile").exists()
-            assert image == LOCAL_IMAGE
+            assert (ROOT / svc["build"]["context"] / "Dockerfile").exists()
+            assert svc["build"]["target"] == TARGET_OF[image], (name, image)
         else:
             assert image in PUBLIC_IMAGES, (name, image)
         cmd = svc.get("command")
@@ -78,13 +110,18 @@ def test_kubernetes_manifests() -> None:
         for doc in _docs(path):
             seen_kinds.add(doc["kind"])
             for c in _containers(doc):
-                assert c["image"] in {LOCAL_IMAGE, *PUBLIC_IMAGES}, c["image"]
+                assert c["image"] in {*TARGET_OF, *PUBLIC_IMAGES}, c["image"]
+                if c.get("command", [None, None])[:2] == ["prism", "serve"]:
+                    assert c["image"] == SLIM_IMAGE  # gateways in front of workers: no torch
+                if c.get("command", [None, None])[:2] == ["prism", "worker"]:
+                    assert c["image"] == FULL_IMAGE
                 if c.get("command", [None])[0] == "prism":
                     _check_prism_command(c["command"])
             if doc["kind"] == "ConfigMap":
                 for name, text in doc["data"].items():
                     if name.endswith(".yaml"):
                         parse_policy(text, f"deploy/{res}:{name}")
+                _remote_only(doc["data"]["gateway.yaml"], f"deploy/{res}:gateway.yaml")
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap"} <= seen_kinds
 
 
