@@ -46,7 +46,7 @@ $(SLIM)/.installed: requirements/slim.txt pyproject.toml
 	$(SLIM)/bin/python -m pip install -q --no-deps --no-build-isolation --force-reinstall .
 	@touch $@
 
-venv-slim: $(SLIM)/.installed  ## create $(SLIM): the slim gateway (remote models only) from its lock
+venv-slim: $(SLIM)/.installed  ## create .venv-slim (or SLIM=dir): the slim gateway, remote models only, from its lock
 
 lock: $(BIN)/.serve-installed  ## re-resolve requirements/{dev,serve,slim}.txt from pyproject.toml's ranges
 	$(BIN)/python requirements/lock.py
@@ -111,6 +111,11 @@ bench: $(BIN)/.installed redis  ## gateway/cache/batching benchmarks on this mac
 # BENCH_SECONDS=3 for a quick look; bench/README.md's table comes from the default (10 s a row)
 bench-http: $(BIN)/.installed redis wrk  ## wrk against prism serve's paths and a raw-ASGI ceiling (about 7 min)
 	$(BIN)/python bench/http_wrk.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS),)
+
+# the slim-install row runs build/venv-slim (the venv tests/test_slim_install.py keeps too)
+bench-slim: $(BIN)/.installed wrk $(DEMO)  ## RSS + time to ready, remote-only (slim install too) vs default policy (about 20 min)
+	$(MAKE) venv-slim SLIM=build/venv-slim
+	$(BIN)/python bench/slim.py $(if $(BENCH_SECONDS),--load-seconds $(BENCH_SECONDS),)
 
 clean:  ## remove built artefacts (keeps .venv)
 	rm -rf models .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(LATEST) $(SLIM) build
