@@ -8,14 +8,16 @@ PORT ?= 8080
 DEMO := models/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-latest lock check bench bench-http bench-scaling bench-gpu demo venv redis wrk chromium format clean help
+.PHONY: serve test test-latest lock check bench bench-http bench-scaling bench-slim bench-gpu demo venv venv-slim redis wrk chromium format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 # Installs come from the committed locks (requirements/*.txt, written by `make lock`), never from
-# whatever was released last night. `make serve` installs the runtime lock only; `make test` and
-# `make check` add the dev lock (a superset with the same versions). pip itself is pinned too.
+# whatever was released last night. `make serve` installs the full runtime lock (serve.txt: local
+# models and every extra but dev); `make test` and `make check` add the dev lock (a superset with
+# the same versions); `make venv-slim` builds the slim gateway (slim.txt: remote models only, no
+# ML framework) in its own venv. pip itself is pinned too.
 PIP_VERSION := 26.3
 $(BIN)/.serve-installed: requirements/serve.txt pyproject.toml
 	@echo "==> creating $(VENV) and installing Prism from requirements/serve.txt (first time: a few minutes)"
@@ -33,7 +35,20 @@ $(BIN)/.installed: $(BIN)/.serve-installed requirements/dev.txt
 
 venv: $(BIN)/.installed  ## create .venv with Prism and its dev tools (from the lock)
 
-lock: $(BIN)/.serve-installed  ## re-resolve requirements/{dev,serve}.txt from pyproject.toml's ranges
+# The slim gateway as `pip install prism-gateway` gives it (no extras), installed like the slim
+# image does (not editable): `$(SLIM)/bin/prism serve --policy F` fronts remote models.
+SLIM ?= .venv-slim
+$(SLIM)/.installed: requirements/slim.txt pyproject.toml
+	@echo "==> creating $(SLIM): the slim gateway from requirements/slim.txt (no torch)"
+	@test -x $(SLIM)/bin/python || $(PYTHON) -m venv $(SLIM)
+	$(SLIM)/bin/python -m pip install -q pip==$(PIP_VERSION)
+	$(SLIM)/bin/python -m pip install -q -r requirements/slim.txt
+	$(SLIM)/bin/python -m pip install -q --no-deps --no-build-isolation --force-reinstall .
+	@touch $@
+
+venv-slim: $(SLIM)/.installed  ## create .venv-slim (or SLIM=dir): the slim gateway, remote models only, from its lock
+
+lock: $(BIN)/.serve-installed  ## re-resolve requirements/{dev,serve,slim}.txt from pyproject.toml's ranges
 	$(BIN)/python requirements/lock.py
 
 # A throw-away venv with the newest releases pyproject.toml's ranges allow (no lock), running the
@@ -42,7 +57,7 @@ LATEST ?= .venv-latest
 test-latest: redis chromium $(DEMO)  ## run the suite against the newest allowed releases (throw-away venv)
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
-	$(LATEST)/bin/python -m pip install --progress-bar on --upgrade -e '.[dev]'
+	$(LATEST)/bin/python -m pip install --progress-bar on --upgrade -e ".[$$($(PYTHON) requirements/lock.py --extras)]"
 	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
 	@echo "==> newest releases installed (see $(LATEST)/versions.txt); running the suite"
 	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
@@ -110,5 +125,10 @@ bench-scaling: $(BIN)/.installed redis wrk  ## the figures docs/scaling.md sizes
 	$(BIN)/python bench/gateway_cpu.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS),)
 	$(BIN)/python bench/redis_ops.py
 
+# the slim-install row runs build/venv-slim (the venv tests/test_slim_install.py keeps too)
+bench-slim: $(BIN)/.installed wrk $(DEMO)  ## RSS + time to ready, remote-only (slim install too) vs default policy (about 20 min)
+	$(MAKE) venv-slim SLIM=build/venv-slim
+	$(BIN)/python bench/slim.py $(if $(BENCH_SECONDS),--load-seconds $(BENCH_SECONDS),)
+
 clean:  ## remove built artefacts (keeps .venv)
-	rm -rf models .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(LATEST)
+	rm -rf models .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(LATEST) $(SLIM) build

@@ -1,7 +1,12 @@
 """Builds backends from validated specs: the only place that knows every backend class.
 
-Local kinds are imported lazily, so a policy that serves only text never imports open_clip,
-and a missing optional dependency fails that one model's load with a clear message.
+Backend modules are imported here, lazily, only when a spec needs them: a gateway that fronts
+remote models never imports torch, transformers, open_clip, triton or onnxruntime, and a policy
+that serves only text never imports open_clip. A kind whose framework is not installed (an extra
+left out) fails that one model's load with the ``pip install`` that fixes it
+(:mod:`prism.backends._frameworks`). A new local kind adds a line to ``LOCAL_KINDS`` and one to
+``FRAMEWORKS_OF``; its module may import its framework at the top, since nothing imports the
+module before a spec names the kind.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 from ._base import Backend, LocalModel
 from ._batching import LocalBackend
+from ._frameworks import gpu_visible, missing_framework, needs_torch, require_frameworks
 from ._specs import BackendSpec, KServeSpec, OpenAISpec
 
 #: kind -> "module:Class" whose ``from_spec(spec, base_dir, device)`` builds the model
@@ -35,10 +41,17 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def resolve_device(wanted: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+def resolve_device(wanted: str, kind: str | None = None) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Torch decides for kinds that run on torch (a CPU-only torch build sees no GPU); any other
+    kind (the fake model, one on another runtime) asks the CUDA driver, so that deciding never
+    imports torch.
+    """
     if wanted != "auto":
         return wanted
+    if kind is not None and not needs_torch(kind):
+        return "cuda" if gpu_visible() else "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,8 +59,12 @@ def resolve_device(wanted: str) -> str:
 
 def build_local_model(spec: Any, base_dir: Path) -> LocalModel:
     """Instantiate (not load) the local model a spec describes."""
-    factory: Callable[..., LocalModel] = _load(LOCAL_KINDS[spec.kind]).from_spec
-    return factory(spec, base_dir, resolve_device(spec.device))
+    require_frameworks(spec.kind)
+    try:
+        factory: Callable[..., LocalModel] = _load(LOCAL_KINDS[spec.kind]).from_spec
+    except ModuleNotFoundError as exc:  # a kind not in FRAMEWORKS_OF, on an install without it
+        raise missing_framework(spec.kind, exc) from exc
+    return factory(spec, base_dir, resolve_device(spec.device, spec.kind))
 
 
 def replica_urls(spec: BackendSpec) -> list[str]:

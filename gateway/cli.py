@@ -86,7 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(f"prism serve: {issue}", file=sys.stderr)
         return 1
-    from prism.kernels.ops import requested_backend
+    # prism.kernels.choice reads the variable without torch: a gateway in front of remote models
+    # never loads a framework it does not call (see ARCHITECTURE.md, "Frameworks load late")
+    from prism.kernels.choice import requested_backend
 
     try:  # a typo in PRISM_KERNELS fails here, not as a 502 on every recommendation
         requested_backend()

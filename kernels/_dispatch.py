@@ -14,10 +14,10 @@ from typing import Literal, TypeAlias
 
 import torch
 
-Backend: TypeAlias = Literal["triton", "reference"]
+# the environment is read by a torch-free module, so a gateway can check it without torch
+from prism.kernels.choice import requested_backend
 
-#: Environment variable that forces a backend: ``reference`` or ``triton`` (default: automatic).
-ENV_BACKEND = "PRISM_KERNELS"
+Backend: TypeAlias = Literal["triton", "reference"]
 
 
 class KernelBackendError(RuntimeError):
@@ -36,21 +36,6 @@ def triton_installed() -> bool:
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
-
-
-CHOICES = ("auto", "triton", "reference")
-
-
-def requested_backend(requested: str | None = None) -> str:
-    """The call's ``backend=``, else ``$PRISM_KERNELS``, else ``auto``; ValueError if unknown
-    (a server checks this at start, so a typo fails there, not on every request)."""
-    choice = (requested or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
-    if choice not in CHOICES:
-        raise ValueError(
-            f"unknown kernel backend {choice!r} (from {ENV_BACKEND} or backend=): "
-            f"use {', '.join(CHOICES)}"
-        )
-    return choice
 
 
 def is_auto(requested: str | None = None) -> bool:

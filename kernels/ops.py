@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 
 from prism.kernels import _dispatch, _inputs, _reference
-from prism.kernels._dispatch import KernelBackendError, requested_backend
+from prism.kernels._dispatch import KernelBackendError
 from prism.kernels._dispatch import choose as kernel_backend
 from prism.kernels._inputs import Exclusions
+from prism.kernels.choice import requested_backend
 
 __all__ = [
     "KernelBackendError",

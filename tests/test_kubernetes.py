@@ -40,7 +40,11 @@ FOLDERS = ["base", "overlays/dev", "overlays/production"]
 KEDA_SCHEMA = json.loads(
     (DEPLOY / "schemas" / "keda-scaledobject-v1alpha1.schema.json").read_text()
 )
-LOCAL_IMAGES = {"prism-gateway:latest", "registry.example.com/prism/prism-gateway:0.1.0"}
+LOCAL_IMAGES = {
+    f"{registry}prism-gateway:{tag}"
+    for registry in ("", "registry.example.com/prism/")
+    for tag in ("slim", "latest")
+}
 PUBLIC_IMAGES = {"redis:7-alpine"}
 
 Object = dict[str, Any]
@@ -240,7 +244,7 @@ def test_redis_urls_keys_and_images_per_overlay() -> None:
     assert by_kind(prod, "Secret") == {}
     gateway = pod_spec(by_kind(prod, "Deployment")["prism-gateway"])["containers"][0]
     assert {"secretRef": {"name": "prism-keys"}} in gateway["envFrom"]  # not optional
-    assert gateway["image"].startswith("registry.example.com/")
+    assert gateway["image"] == "registry.example.com/prism/prism-gateway:slim"  # slim kept
     assert by_kind(dev, "Deployment")["prism-gateway"]["spec"]["replicas"] == 1
     assert all(o["metadata"].get("namespace") == "prism" for o in prod if o["kind"] != "Namespace")
 

@@ -8,6 +8,7 @@ install broke. These tests keep that from coming back.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -55,10 +56,36 @@ def _requirements(extra: str | None) -> list[Requirement]:
     return [r for r in map(Requirement, specs) if r.marker is None or r.marker.evaluate(env)]
 
 
-@pytest.mark.parametrize(("lock", "extras"), [("serve", [None]), ("dev", [None, "dev"])])
-def test_every_requirement_is_pinned_within_its_range(lock: str, extras: list[str | None]) -> None:
+def _lock_plan() -> dict[str, list[str]]:
+    """What `make lock` writes: lock name -> the extras it installs (requirements/lock.py)."""
+    spec = importlib.util.spec_from_file_location("prism_lock", ROOT / "requirements" / "lock.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plan: dict[str, list[str]] = module.locks()
+    return plan
+
+
+#: what the slim gateway must not install: ML frameworks and the CUDA stack they pull in
+FRAMEWORK_DISTRIBUTIONS = ("torch", "torchvision", "transformers", "open-clip-torch", "triton")
+FRAMEWORK_PREFIXES = ("nvidia-", "cuda-", "onnxruntime")
+
+
+def test_make_lock_writes_exactly_the_locks_we_ship() -> None:
+    plan = _lock_plan()
+    assert set(plan) == {p.stem for p in (ROOT / "requirements").glob("*.txt")}
+    assert set(plan) >= {"slim", "serve", "dev"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    every_extra = set(project["optional-dependencies"])
+    assert set(plan["dev"]) == every_extra  # a new extra lands in the locks by itself
+    assert set(plan["serve"]) == every_extra - {"dev"}
+    assert plan["slim"] == []
+
+
+@pytest.mark.parametrize("lock", ["slim", "serve", "dev"])
+def test_every_requirement_is_pinned_within_its_range(lock: str) -> None:
     pins = _locked(lock)
-    for extra in extras:
+    for extra in [None, *_lock_plan()[lock]]:
         for req in _requirements(extra):
             name = _canonical(req.name)
             assert name in pins, f"{req} is not in requirements/{lock}.txt: run `make lock`"
@@ -72,6 +99,15 @@ def test_serve_lock_is_the_dev_lock_without_the_dev_tools() -> None:
     assert serve.keys() <= dev.keys()
     assert {n: v for n, v in dev.items() if n in serve} == serve
     assert "pytest" not in serve and "ruff" not in serve  # `make serve` installs no dev tools
+
+
+def test_slim_lock_is_the_serve_lock_without_any_framework() -> None:
+    slim, serve = _locked("slim"), _locked("serve")
+    assert slim.keys() <= serve.keys()
+    assert {n: v for n, v in serve.items() if n in slim} == slim
+    heavy = [n for n in slim if n in FRAMEWORK_DISTRIBUTIONS or n.startswith(FRAMEWORK_PREFIXES)]
+    assert heavy == []
+    assert {"litestar", "httpx", "pydantic", "redis", "numpy", "pillow"} <= slim.keys()
 
 
 def test_no_code_imports_our_folders_by_their_bare_names() -> None:
