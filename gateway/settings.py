@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .draining import DEFAULT_GRACE_S, DEFAULT_TIMEOUT_S
+
 
 def _default_policy() -> Path:
     """The checkout's policies/default.yaml (an editable install, ``make serve``), else the
@@ -48,6 +50,11 @@ class Settings(BaseSettings):
     #: to the policy); ``experiments_persist=false`` keeps them in memory only
     experiments_file: Path | None = None
     experiments_persist: bool = True
+    #: on SIGTERM, seconds /readyz answers 503 while requests are still served, so that load
+    #: balancers move away before the listener closes (``prism serve --drain-grace-s``)
+    drain_grace_s: float = Field(DEFAULT_GRACE_S, ge=0)
+    #: then the longest wait for in-flight requests before they are cancelled
+    drain_timeout_s: float = Field(DEFAULT_TIMEOUT_S, ge=0)
     #: load local models in the lifespan (tests of pure routing can switch it off)
     load_models: bool = True
     log_level: str = "INFO"
