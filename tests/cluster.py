@@ -61,8 +61,11 @@ class HAProxy:
             "global",
             "    maxconn 4096",
             f"    stats socket {self.socket} mode 600 level admin",
+            "    log stdout format raw local0",  # one line a request in haproxy.log
             "defaults",
             "    mode http",
+            "    log global",
+            "    option httplog",
             "    timeout connect 2s",
             "    timeout client 60s",
             "    timeout server 60s",
@@ -72,6 +75,9 @@ class HAProxy:
             # a replica killed mid-request closes the connection with nothing sent back:
             # inference is idempotent, so such a request is safe to send to another replica
             "    retry-on conn-failure empty-response junk-response",
+            # ... which needs the whole request (body too) in HAProxy's buffer before it is
+            # sent; otherwise HAProxy just closes the client's connection for it to retry
+            "    option http-buffer-request",
             "frontend prism",
             f"    bind 127.0.0.1:{self.port}",
             "    default_backend gateways",
