@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -303,8 +304,21 @@ class SteadyLoad:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
+def start_all(processes: Sequence[Any]) -> None:
+    """Start processes side by side (their imports and model loads overlap), each ready."""
+    with ThreadPoolExecutor(len(processes)) as pool:
+        for started in [pool.submit(p.start) for p in processes]:
+            started.result()
+
+
 def stop_all(processes: Sequence[Any]) -> None:
-    """Stop every process of a test (gateways, workers, HAProxy, Redis), whatever happened."""
+    """Stop every process of a test (gateways, workers, HAProxy, Redis), whatever happened:
+    all are signalled first, so their drains run side by side."""
+    for p in processes:
+        proc = getattr(p, "proc", None)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGTERM)
     for p in processes:
         with contextlib.suppress(Exception):
             p.stop()

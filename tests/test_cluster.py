@@ -8,6 +8,7 @@ The tests share one cluster and run in file order; each leaves it whole for the 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import signal
 import time
@@ -20,7 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import HAPROXY, HAProxy, SteadyLoad, WorkerProcess, stop_all, text_request
+from tests.cluster import (
+    HAPROXY,
+    HAProxy,
+    SteadyLoad,
+    WorkerProcess,
+    start_all,
+    stop_all,
+    text_request,
+)
 from tests.support import GatewayProcess, RedisProcess
 
 pytestmark = [
@@ -101,10 +110,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     everything: list[Any] = [lb, *gateways, *workers, redis]
     try:
         redis.start()
-        for w in workers:
-            w.start()
-        for gw in gateways:
-            gw.start()
+        start_all(workers)
+        start_all(gateways)
         lb.start()
         for name in lb.servers:
             lb.wait_status(name, "UP")
@@ -141,20 +148,33 @@ def test_a_cache_entry_written_through_one_replica_is_a_hit_on_the_others(
     assert routes == ["hit"] * 40
 
 
+async def _arms(urls: list[str], units: int) -> dict[str, list[str]]:
+    """Each unit's arm as every replica answers it (8 requests in flight at a time)."""
+    seen: dict[str, list[str]] = {}
+    gate = asyncio.Semaphore(8)
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def ask(url: str, u: int) -> None:
+            body = {"inputs": [{"text": f"split {u}"}], "routing": {"unit": f"user-{u}"}}
+            async with gate:
+                r = await client.post(url + "/v1/infer", json=body)
+            assert r.status_code == 200, r.text
+            route = r.json()["route"]
+            assert route["experiment"] == "split"
+            seen.setdefault(f"user-{u}", []).append(route["arm"])
+
+        await asyncio.gather(*(ask(url, u) for u in range(units) for url in urls))
+    return seen
+
+
 def test_a_unit_gets_the_same_arm_from_every_replica_and_the_split_holds(
     cluster: Cluster,
 ) -> None:
     units = 200
-    arms: dict[str, set[str]] = {}
-    for u in range(units):
-        for gw in cluster.gateways:
-            r = _infer(gw.url, f"split {u}", f"user-{u}")
-            assert r.status_code == 200, r.text
-            route = r.json()["route"]
-            assert route["experiment"] == "split"
-            arms.setdefault(f"user-{u}", set()).add(route["arm"])
-    mixed = [u for u, seen in arms.items() if len(seen) != 1]
-    split = Counter(next(iter(seen)) for seen in arms.values())
+    arms = asyncio.run(_arms([gw.url for gw in cluster.gateways], units))
+    assert all(len(answers) == 3 for answers in arms.values())
+    mixed = [u for u, answers in arms.items() if len(set(answers)) != 1]
+    split = Counter(answers[0] for answers in arms.values())
     # each replica counted its own requests; the shared report (Redis) has all of them
     report = httpx.get(cluster.gateways[2].url + "/admin/experiments/split", timeout=10).json()
     shared = {name: arm["assigned"] for name, arm in report["arms"].items()}
