@@ -8,7 +8,7 @@ PORT ?= 8080
 DEMO := models/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-latest lock check bench bench-http bench-scaling bench-slim bench-gpu demo venv venv-slim redis wrk chromium format clean help
+.PHONY: serve test test-cluster test-latest lock check bench bench-http bench-scaling bench-slim bench-gpu demo venv venv-slim redis wrk haproxy chromium format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -89,6 +89,15 @@ chromium:  ## make sure headless Chromium and its WebDriver exist (the console's
 		echo "chromium is missing: install it with 'sudo apt-get install chromium chromium-driver' (Debian/Ubuntu) and run again" >&2; exit 1; \
 	fi
 
+haproxy:  ## make sure haproxy (the load balancer of make test-cluster) exists (installs Debian's package when root)
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "==> installing haproxy (Debian package)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy; \
+	else \
+		echo "haproxy is missing: install it with 'sudo apt-get install haproxy' (Debian/Ubuntu) and run again" >&2; exit 1; \
+	fi
+
 $(DEMO): | $(BIN)/.serve-installed
 	@echo "==> building the demo CLIP and catalogue (once; 4 to 6 minutes on 2 cores)"
 	$(BIN)/prism demo build --out models
@@ -98,8 +107,14 @@ demo: $(DEMO)  ## train the demo CLIP and build the demo catalogue (once)
 serve: $(BIN)/.serve-installed $(DEMO)  ## start the gateway on $(HOST):$(PORT) with the default policy
 	$(BIN)/prism serve --host $(HOST) --port $(PORT) $(if $(PRISM_REDIS_URL),--redis-url $(PRISM_REDIS_URL),)
 
+# the cluster tests (tests/test_cluster.py) are part of it when haproxy is there or installable
 test: $(BIN)/.installed redis chromium $(DEMO)  ## run the whole test suite (real Redis, real models)
+	@$(MAKE) --no-print-directory haproxy || echo "==> no haproxy: the cluster tests will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# -s: the tests print what they measured (retries, drain and restart times, the split, ...)
+test-cluster: $(BIN)/.installed redis haproxy  ## 3 replicas behind HAProxy, Redis, 2 workers: kill, drain, roll (2-4 min)
+	$(BIN)/python -m pytest -m cluster -s $(PYTEST_ARGS) tests/test_cluster.py tests/test_drain.py
 
 check: $(BIN)/.installed  ## format, lint, types, import layers, generated files current
 	$(BIN)/ruff format --check .

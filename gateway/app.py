@@ -44,10 +44,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await rt.start()
+        rt.drain.install()  # from now on SIGTERM drains (the server's own handler until then)
         try:
             yield
         finally:
-            await rt.aclose()
+            rt.drain.uninstall()
+            await rt.aclose()  # pushes the last experiment counters to Redis
 
     async def provide_runtime() -> Runtime:
         return rt

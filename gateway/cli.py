@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .settings import Settings
 
-from .serving import configure_logging, run_http
+from .serving import add_drain_arguments, configure_logging, run_http
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -64,7 +64,16 @@ def _serve(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     overrides: dict[str, object] = {}
-    for name in ("policy", "host", "port", "workers", "redis_url", "data_dir"):
+    for name in (
+        "policy",
+        "host",
+        "port",
+        "workers",
+        "redis_url",
+        "data_dir",
+        "drain_grace_s",
+        "drain_timeout_s",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -96,7 +105,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"prism serve: {exc}", file=sys.stderr)
         return 2
     if settings.workers == 1:
-        run_http(create_app(settings), settings.host, settings.port, settings.log_level)
+        run_http(
+            create_app(settings),
+            settings.host,
+            settings.port,
+            settings.log_level,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
         return 0
     _export_to_workers(overrides, settings, has_experiments=bool(document.experiments))
     # a fixed import string: under `python -m` this module is __main__, which workers lack
@@ -106,6 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.port,
         settings.log_level,
         workers=settings.workers,
+        drain_timeout_s=settings.drain_timeout_s,
     )
     return 0
 
@@ -229,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the --redis-url (redis:// or rediss://) is a Redis Cluster seed",
     )
     serve.add_argument("--data-dir", type=Path, help="folder relative model paths resolve in")
+    add_drain_arguments(serve)
     serve.set_defaults(handler=_serve)
 
     policy = sub.add_parser(

@@ -21,6 +21,7 @@ from prism.backends import PrismError
 from .cache import MemoryStore, RedisStore, ResponseCache
 from .deployments import DeploymentFailed, Deployments
 from .dispatch import Dispatcher
+from .draining import Drain
 from .experiments import ExperimentEngine, ShadowMirror
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -104,6 +105,8 @@ class Runtime:
             metrics=self.metrics,
         )
         self.policy_watcher: PolicyWatcher | None = None
+        #: SIGTERM -> /readyz 503, serve on for the grace period, then close (draining.py)
+        self.drain = Drain(settings.drain_grace_s)
 
     @staticmethod
     def _default_cache(settings: Settings) -> ResponseCache:

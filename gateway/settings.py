@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .draining import DEFAULT_GRACE_S, DEFAULT_TIMEOUT_S
 from .shared_redis import as_cluster_url, check_redis_url
 
 
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     overrides_poll_s: float = Field(0.5, gt=0, le=1.0)
     #: the longest an unload waits for the calls in flight on a version before freeing it
     unload_drain_s: float = Field(30.0, ge=0, le=600)
+    #: on SIGTERM, seconds /readyz answers 503 while requests are still served, so that load
+    #: balancers move away before the listener closes (``prism serve --drain-grace-s``)
+    drain_grace_s: float = Field(DEFAULT_GRACE_S, ge=0)
+    #: then the longest wait for in-flight requests before they are cancelled
+    drain_timeout_s: float = Field(DEFAULT_TIMEOUT_S, ge=0)
     #: load local models in the lifespan (tests of pure routing can switch it off)
     load_models: bool = True
     log_level: str = "INFO"

@@ -39,11 +39,12 @@ from .doors._errors import error_response
 from .doors._model_server import Answer, ModelServer, ServedModel, describe_capabilities
 from .doors._request import PrismRequest
 from .doors.kserve import kserve_router
+from .draining import DEFAULT_GRACE_S, DEFAULT_TIMEOUT_S, Drain
 from .inference import Inference
 from .metrics import Metrics
 from .policy import ModelEntry, compile_policy_file
 from .recording import Recorder, RequestRecord
-from .serving import configure_logging, run_http
+from .serving import add_drain_arguments, configure_logging, run_http
 
 log = logging.getLogger("prism.worker")
 
@@ -110,8 +111,13 @@ def create_worker_app(
     data_dir: Path | None = None,
     timeout_s: float = 30.0,
     max_body_bytes: int = 16 * 2**20,
+    drain: Drain | None = None,
 ) -> Litestar:
-    """A KServe v2 app serving ``model_ref`` (``NAME``, ``NAME@VERSION`` or ``NAME@LABEL``)."""
+    """A KServe v2 app serving ``model_ref`` (``NAME``, ``NAME@VERSION`` or ``NAME@LABEL``).
+
+    ``drain``: what SIGTERM does (``/readyz`` 503 for its grace period, then close); a
+    default :class:`Drain` when not given."""
+    drain = drain or Drain()
     compiled = compile_policy_file(str(policy), data_dir)
     name, _, wanted = model_ref.partition("@")
     version = compiled.resolve_version(name, wanted or None)
@@ -128,9 +134,11 @@ def create_worker_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await backend.start()
         log.info("worker serves %s over KServe v2", key)
+        drain.install()
         try:
             yield
         finally:
+            drain.uninstall()
             await backend.aclose()
 
     @get("/healthz", sync_to_thread=False, opt={"public": True})
@@ -141,14 +149,19 @@ def create_worker_app(
     def healthz_head() -> None:
         return None
 
+    async def ready() -> str:
+        if drain.draining:  # SIGTERM: gateways and load balancers move away first
+            return "draining"
+        return "ready" if await backend.health() else "not ready"
+
     @get("/readyz", opt={"public": True})
     async def readyz() -> Response[dict[str, Any]]:
-        ok = await backend.health()
-        return Response({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+        status = await ready()
+        return Response({"status": status}, status_code=200 if status == "ready" else 503)
 
     @head("/readyz", opt={"public": True})
     async def readyz_head() -> Response[None]:
-        return Response(None, status_code=200 if await backend.health() else 503)
+        return Response(None, status_code=200 if await ready() == "ready" else 503)
 
     @get(
         "/metrics",
@@ -184,20 +197,36 @@ def create_worker_app(
     )
 
 
+def _seconds(flag: float | None, variable: str, default: float) -> float:
+    """A drain setting: the flag, else the environment (as ``prism serve`` reads it)."""
+    if flag is not None:
+        return flag
+    try:
+        value = float(os.environ.get(variable, default))
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise PrismError(f"{variable} must be seconds >= 0, got {os.environ[variable]!r}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
+        grace_s = _seconds(args.drain_grace_s, "PRISM_DRAIN_GRACE_S", DEFAULT_GRACE_S)
+        timeout_s = _seconds(args.drain_timeout_s, "PRISM_DRAIN_TIMEOUT_S", DEFAULT_TIMEOUT_S)
         app = create_worker_app(
             args.policy,
             args.model,
             data_dir=args.data_dir,
             timeout_s=args.timeout_s,
             max_body_bytes=args.max_body_bytes,
+            drain=Drain(grace_s),
         )
     except PrismError as exc:
         print(f"prism worker: {exc.detail}", file=sys.stderr)
         return 2
-    run_http(app, args.host, args.port, args.log_level)
+    run_http(app, args.host, args.port, args.log_level, drain_timeout_s=timeout_s)
     return 0
 
 
@@ -229,4 +258,5 @@ def add_worker_parser(sub: Any) -> None:
         help="larger requests get 413; keep it at least the gateway's "
         "(default: PRISM_MAX_BODY_BYTES, else 16 MiB)",
     )
+    add_drain_arguments(worker)
     worker.set_defaults(handler=_run)

@@ -91,7 +91,9 @@ class GatewayProcess:
         self.policy = policy
         self.redis_url = redis_url
         self.data_dir = data_dir or ROOT
-        self.env = {**os.environ, "PRISM_POLICY_WATCH_S": "0.2", **(env or {})}
+        # stopped at once unless a test drains on purpose (PRISM_DRAIN_GRACE_S in ``env``)
+        base = {"PRISM_POLICY_WATCH_S": "0.2", "PRISM_DRAIN_GRACE_S": "0"}
+        self.env = {**os.environ, **base, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = policy.parent / f"gateway-{self.port}.log"
 

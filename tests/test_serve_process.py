@@ -141,6 +141,7 @@ def test_serve_with_two_workers_answers_and_stops_them_all(
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     cmd = [*PRISM, "serve", "--policy", str(policy), "--port", str(port), "--workers", "2"]
+    cmd += ["--drain-grace-s", "0"]  # the drain itself: tests/test_drain.py
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     workers: list[int] = []
     try:

@@ -83,7 +83,7 @@ def route_headers(resp: InferResponse) -> dict[str, str]:
 class Readiness(BaseModel):
     """What ``/readyz`` answers (documentation: :func:`readiness` builds it)."""
 
-    status: Literal["ready", "degraded", "not ready"]
+    status: Literal["ready", "degraded", "not ready", "draining"]
     models: dict[str, str] = Field(
         description="each target (model@version/where): ready, unreachable, loading, or why "
         "it could not load"
@@ -95,7 +95,8 @@ class Readiness(BaseModel):
 
 def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
     """200 once loading has settled and every route with a local target has one up (routes
-    whose remote targets are all down are listed, status "degraded"); else 503 saying why."""
+    whose remote targets are all down are listed, status "degraded"); else 503 saying why
+    ("draining" from SIGTERM on: see :mod:`prism.gateway.draining`)."""
     deployments = runtime.deployments
     models = {
         d.target.key: (
@@ -109,6 +110,8 @@ def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
     down = deployments.routes_without_healthy_target(runtime.policy) if settled else []
     ready = runtime.ready  # remote-only routes that are down degrade, they do not unready
     status = ("degraded" if down else "ready") if ready else "not ready"
+    if runtime.drain.draining:  # SIGTERM: the load balancer moves away while we still serve
+        ready, status = False, "draining"
     return Response(
         {"status": status, "models": models, **({"routes_down": down} if down else {})},
         status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
@@ -204,7 +207,7 @@ class NativeController(Controller):
             answers={
                 200: Answer("Ready, or degraded: remote-only routes are down", Readiness),
                 503: Answer(
-                    "Not ready: loading, or a route has no target up",
+                    "Not ready: loading, a route has no target up, or draining (SIGTERM)",
                     Readiness,
                     headers={"Retry-After": RETRY_AFTER},
                 ),

@@ -45,6 +45,8 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "fake@stable",
         "--port",
         str(port),
+        "--drain-grace-s",  # no load balancer to wait for: stop at once
+        "0",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
