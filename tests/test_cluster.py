@@ -57,7 +57,10 @@ models:
       "2": {{backend: kserve, url: "{worker2}", remote_model: fake}}
       # the fallback when a worker is gone: the same model, in the gateway's own process
       local: {{backend: local, kind: fake, dim: 16, seed: 2}}
+    labels: {{stable: "1"}}
 routes:
+  # the label test's route: a header picks it, so no other test reaches it
+  - {{name: stable, match: {{headers: {{x-tenant: stable}}}}, model: embed, version: stable, cache: {{ttl_s: 0}}}}
   - name: text
     match: {{modality: [text]}}
     model: embed
@@ -223,6 +226,38 @@ def test_a_policy_reloaded_on_one_replica_is_in_force_on_all_within_2_s(
     )
     assert digests == [wanted] * 3, f"not converged within 2 s: {digests}"
     assert [r["rule"] for r in rules] == ["beta"] * 3
+
+
+def _stable_versions(cluster: Cluster) -> list[str]:
+    return [
+        _infer(gw.url, "tenant stable", "s-1", headers={"x-tenant": "stable"}).json()["version"]
+        for gw in cluster.gateways
+    ]
+
+
+def _until_all(cluster: Cluster, version: str, started: float) -> tuple[list[str], float]:
+    while (seen := _stable_versions(cluster)) != [version] * 3 and time.monotonic() - started < 2:
+        time.sleep(0.02)
+    return seen, time.monotonic() - started
+
+
+def test_a_label_moved_on_one_replica_is_in_force_on_all_within_2_s(cluster: Cluster) -> None:
+    assert _stable_versions(cluster) == ["1"] * 3
+    started = time.monotonic()
+    url = cluster.gateways[0].url + "/admin/models/embed/labels/stable"
+    moved = httpx.put(url, json={"version": "2"}, timeout=10)
+    assert moved.status_code == 200, moved.text
+    promoted, promote_s = _until_all(cluster, "2", started)
+    started = time.monotonic()
+    back = httpx.post(cluster.gateways[1].url + "/admin/models/embed/labels/stable/rollback")
+    assert back.status_code == 200, back.text
+    rolled, rollback_s = _until_all(cluster, "1", started)
+    print(
+        f"\nlabel move: stable -> 2 on g0, in force on all 3 after {promote_s:.2f} s; "
+        f"rolled back on g1, all 3 on 1 again after {rollback_s:.2f} s"
+    )
+    assert promoted == ["2"] * 3, f"not everywhere within 2 s: {promoted}"
+    assert rolled == ["1"] * 3, f"rollback not everywhere within 2 s: {rolled}"
 
 
 def _restart(cluster: Cluster, i: int) -> float:
