@@ -23,7 +23,8 @@ LOCAL_KINDS: dict[str, str] = {
     "recommender": "prism.backends._recommender:RecommenderModel",
 }
 
-#: backend -> "module:Class" whose ``from_spec(spec, url, name=...)`` builds a remote backend
+#: backend -> "module:Class" whose ``from_spec(spec, url, name=..., base_dir=...)`` builds a
+#: remote backend
 REMOTE_KINDS: dict[str, str] = {
     "kserve": "prism.backends._kserve:KServeBackend",
     "openai": "prism.backends._openai:OpenAIBackend",
@@ -65,6 +66,6 @@ def build_backend(
     """A ready-to-start backend for one version (for remote specs: one replica ``url``)."""
     if isinstance(spec, KServeSpec | OpenAISpec):
         cls = _load(REMOTE_KINDS[spec.backend])
-        backend: Backend = cls.from_spec(spec, url or str(spec.url), name=name)
+        backend: Backend = cls.from_spec(spec, url or str(spec.url), name=name, base_dir=base_dir)
         return backend
     return LocalBackend(build_local_model(spec, base_dir), spec.batching, name=name)

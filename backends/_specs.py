@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from ._tensor_specs import TensorContract
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -132,6 +134,8 @@ class KServeSpec(_RemoteSpec):
 
     backend: Literal["kserve"]
     remote_version: str | None = None
+    #: the model's own tensor names (and processing), when it does not follow Prism's
+    tensors: TensorContract | None = None
 
 
 class OpenAISpec(_RemoteSpec):
