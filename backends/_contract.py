@@ -53,7 +53,8 @@ class TensorMeta:
     """One tensor as the model describes it (shape with the batch dimension, -1 = any)."""
 
     datatype: str
-    shape: tuple[int, ...]
+    #: None: the model does not say (TF Serving's ``unknown_rank``)
+    shape: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ class ResolvedContract:
             if not t.shape or t.shape[0] != n:
                 raise TensorFormatError(
                     f"{bound.name!r} has shape {list(t.shape)}; expected {n} rows"
+                )
+            if len(t.shape) == len(bound.shape) and not _compatible(t.shape, bound.shape):
+                raise TensorFormatError(
+                    f"{bound.name!r} has shape {list(t.shape)}; the model promised "
+                    f"{list(bound.shape)}"
                 )
             return t
 
@@ -305,7 +311,7 @@ def _check(
             raise ContractMismatch(
                 where, f"{kind} {name!r} is {given.datatype} on the model, not {datatype}"
             )
-        if shape is not None and not _compatible(shape, given.shape):
+        if shape is not None and given.shape is not None and not _compatible(shape, given.shape):
             raise ContractMismatch(
                 where,
                 f"{kind} {name!r} has shape {list(given.shape)} on the model, not {list(shape)}",

@@ -136,6 +136,26 @@ class KServeSpec(_RemoteSpec):
     remote_version: str | None = None
     #: the model's own tensor names (and processing), when it does not follow Prism's
     tensors: TensorContract | None = None
+    #: v1: KServe's V1 protocol (``POST /v1/models/{m}:predict``, the TF Serving REST shape)
+    protocol: Literal["v2", "v1"] = "v2"
+
+    @model_validator(mode="after")
+    def _v1_needs_contract(self) -> KServeSpec:
+        if self.protocol == "v1" and self.tensors is None:
+            raise ValueError("protocol v1 needs a tensors: contract (V1 has no Prism names)")
+        return self
+
+
+class TFServingSpec(_RemoteSpec):
+    """TensorFlow Serving's REST API (``POST /v1/models/{m}[/versions/{v}]:predict``)."""
+
+    backend: Literal["tfserving"]
+    remote_version: str | None = None
+    #: the SignatureDef to call (TF Serving's default: ``serving_default``)
+    signature_name: str | None = None
+    #: rows (``instances`` -> ``predictions``) or columns (``inputs`` -> ``outputs``)
+    format: Literal["instances", "inputs"] = "instances"
+    tensors: TensorContract
 
 
 class OpenAISpec(_RemoteSpec):
@@ -146,7 +166,9 @@ class OpenAISpec(_RemoteSpec):
     api_key_env: str | None = None
 
 
-BackendSpec = Annotated[LocalSpec | KServeSpec | OpenAISpec, Field(discriminator="backend")]
+BackendSpec = Annotated[
+    LocalSpec | KServeSpec | TFServingSpec | OpenAISpec, Field(discriminator="backend")
+]
 
 #: Settings that change how a version runs, never what it answers: editing them keeps its
 #: cached outputs and its experiment figures.
@@ -229,6 +251,7 @@ __all__ = [
     "OpenAISpec",
     "OpenClipSpec",
     "RecommenderSpec",
+    "TFServingSpec",
     "TextEncoderSpec",
     "output_fingerprint",
 ]
