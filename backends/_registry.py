@@ -29,6 +29,8 @@ REMOTE_KINDS: dict[str, str] = {
     "kserve": "prism.backends._kserve:KServeBackend",
     "openai": "prism.backends._openai:OpenAIBackend",
     "tfserving": "prism.backends._tfserving:TFServingBackend",
+    # grpcio is imported by this module only: a gateway without gRPC versions never loads it
+    "kserve-grpc": "prism.backends._kserve_grpc:KServeGrpcBackend",
 }
 
 
@@ -67,8 +69,12 @@ def build_backend(
     """A ready-to-start backend for one version (for remote specs: one replica ``url``)."""
     if isinstance(spec, KServeSpec | OpenAISpec | TFServingSpec):
         # KServe's V1 protocol is TF Serving's REST shape: one backend speaks both
-        v1 = isinstance(spec, KServeSpec) and spec.protocol == "v1"
-        cls = _load(REMOTE_KINDS["tfserving" if v1 else spec.backend])
+        kind: str = spec.backend
+        if isinstance(spec, KServeSpec) and spec.protocol == "v1":
+            kind = "tfserving"
+        elif isinstance(spec, KServeSpec) and spec.uses_grpc:
+            kind = "kserve-grpc"
+        cls = _load(REMOTE_KINDS[kind])
         backend: Backend = cls.from_spec(spec, url or str(spec.url), name=name, base_dir=base_dir)
         return backend
     return LocalBackend(build_local_model(spec, base_dir), spec.batching, name=name)

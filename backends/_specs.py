@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, model_validator
 
 from ._tensor_specs import TensorContract
 
@@ -118,6 +118,10 @@ LocalSpec = Annotated[
 ]
 
 
+#: ``grpc://host:port``: a KServe v2 server's gRPC endpoint
+GrpcUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["grpc"], host_required=True)]
+
+
 class _RemoteSpec(_Spec):
     url: HttpUrl
     #: several replicas of the same model: each becomes a routing target of its own
@@ -138,11 +142,21 @@ class KServeSpec(_RemoteSpec):
     tensors: TensorContract | None = None
     #: v1: KServe's V1 protocol (``POST /v1/models/{m}:predict``, the TF Serving REST shape)
     protocol: Literal["v2", "v1"] = "v2"
+    #: KServe v2 over gRPC (Triton's port 8001); a ``grpc://host:port`` URL means the same
+    grpc: bool = False
+    url: HttpUrl | GrpcUrl  # type: ignore[assignment]
+    replicas: list[HttpUrl | GrpcUrl] = Field(default_factory=list)  # type: ignore[assignment]
+
+    @property
+    def uses_grpc(self) -> bool:
+        return self.grpc or str(self.url).startswith("grpc://")
 
     @model_validator(mode="after")
     def _v1_needs_contract(self) -> KServeSpec:
         if self.protocol == "v1" and self.tensors is None:
             raise ValueError("protocol v1 needs a tensors: contract (V1 has no Prism names)")
+        if self.protocol == "v1" and self.uses_grpc:
+            raise ValueError("gRPC speaks KServe v2 only: protocol v1 is HTTP")
         return self
 
 

@@ -6,7 +6,7 @@ Run with the peers' venv (``.venv-peers``, built by ``make peers``):
         --models embedder[,bert] [--variant renamed]
 
 - ``embedder``: ``TEXT`` (BYTES [-1, 1]) -> ``EMBEDDING`` (FP32 [-1, 8]), a deterministic
-  vector of the text's bytes (``--variant renamed`` serves ``VECTOR`` instead of
+  vector of the text's bytes (``slow`` takes 3 s; ``--variant renamed`` serves ``VECTOR`` instead of
   ``EMBEDDING``: an upstream that changed its contract);
 - ``bert``: a raw all-MiniLM-L6-v2 ONNX graph (``--onnx PATH``) on onnxruntime:
   ``input_ids`` / ``attention_mask`` / ``token_type_ids`` (INT64 [-1, -1]) ->
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import time
 
 import numpy as np
 from pytriton.decorators import batch
@@ -47,6 +48,8 @@ def main() -> None:
 
     @batch
     def embed(TEXT: np.ndarray) -> dict[str, np.ndarray]:
+        if any(bytes(t[0]) == b"slow" for t in TEXT):  # a model that outlives a deadline
+            time.sleep(3)
         rows = [_vector(bytes(t[0]), 8) for t in TEXT]
         return {out_name: np.stack(rows)}
 
