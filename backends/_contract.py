@@ -33,7 +33,7 @@ from ._tensor_specs import (
 )
 from ._tensors import Tensor, TensorFormatError
 
-FLOATS = ("FP16", "FP32", "FP64", "BF16")
+FLOATS = ("FP32", "FP16", "FP64", "BF16")
 _MODALITY = {
     "text": Modality.TEXT,
     "image": Modality.IMAGE,
@@ -501,11 +501,47 @@ def resolve_contract(
     return ResolvedContract(inputs, outputs, spec, tokenizer, images, labels, item_ids, notes)
 
 
+def contract_plan(spec: Any, base_dir: Path) -> dict[str, Any] | None:
+    """What a remote version's requests will carry, offline (``prism policy explain``): the
+    protocol, the model's tensors each Prism input fills and each output reads, and the
+    processing between; datatypes and shapes not given are checked against the model's
+    metadata at load (-1 = any). None for a version without a contract."""
+    contract = getattr(spec, "tensors", None)
+    if not isinstance(contract, TensorContract):
+        return None
+    backend = getattr(spec, "backend", "")
+    if backend == "tfserving":
+        protocol = f"tfserving rest ({getattr(spec, 'format', 'instances')})"
+    elif getattr(spec, "protocol", "v2") == "v1":
+        protocol = "kserve v1 rest"
+    elif getattr(spec, "uses_grpc", False):
+        protocol = "kserve v2 grpc"
+    else:
+        protocol = "kserve v2 http"
+    plan: dict[str, Any] = {
+        "protocol": protocol,
+        "remote_model": getattr(spec, "remote_model", None),
+        "remote_version": getattr(spec, "remote_version", None),
+    }
+    if getattr(spec, "signature_name", None):
+        plan["signature_name"] = spec.signature_name
+    try:
+        plan.update(resolve_contract(contract, None, base_dir).describe())
+    except ContractMismatch as exc:
+        plan["error"] = f"{'.'.join(map(str, exc.where))}: {exc}"
+    plan["checked"] = (
+        "against the model's metadata when the version loads; datatypes and shapes not "
+        "given are shown as their defaults until then"
+    )
+    return plan
+
+
 __all__ = [
     "Bound",
     "ContractMismatch",
     "ResolvedContract",
     "Signature",
     "TensorMeta",
+    "contract_plan",
     "resolve_contract",
 ]
