@@ -239,6 +239,22 @@ def _file_identity(path: Path) -> Any:
         return None  # missing or unreadable: loading it fails anyway
 
 
+def _contract_files(contract: TensorContract | None) -> list[tuple[str, str]]:
+    if contract is None:
+        return []
+    found: list[tuple[str, str]] = []
+    text, image = contract.inputs.text, contract.inputs.image
+    if (tok := getattr(text, "tokenize", None)) is not None and tok.tokenizer != "minilm":
+        found.append(("tokenizer", tok.tokenizer))
+    if (px := getattr(image, "pixels", None)) is not None and px.open_clip_config:
+        found.append(("open_clip_config", px.open_clip_config))
+    for key in ("labels_file", "ids_file"):
+        for binding in (contract.outputs.label, contract.outputs.item):
+            if isinstance(value := getattr(binding, key, None), str):
+                found.append((key, value))
+    return found
+
+
 def output_fingerprint(spec: _Spec, base_dir: Path | None = None) -> str:
     """A short digest of what determines a version's outputs: its spec, less the operational
     fields, and (given ``base_dir``, where relative paths resolve) the identity of the files
@@ -251,6 +267,9 @@ def output_fingerprint(spec: _Spec, base_dir: Path | None = None) -> str:
             for name in PATH_FIELDS
             if isinstance(value := getattr(spec, name, None), str)
         }
+        # a remote contract's labels, ids, tokenizer and image config shape its answers too
+        for name, value in _contract_files(getattr(spec, "tensors", None)):
+            data["files"][name] = _file_identity(base_dir / value)
     raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.blake2b(raw, digest_size=6).hexdigest()
 

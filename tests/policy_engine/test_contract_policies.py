@@ -102,3 +102,23 @@ def test_explain_names_grpc_and_tf_serving(capsys: pytest.CaptureFixture[str]) -
     main(["policy", "explain", EXAMPLE, "--request", request, "--json"])
     contract = json.loads(capsys.readouterr().out)["contract"]
     assert contract["inputs"]["text"] == [{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]}]
+
+
+def test_a_labels_file_edited_in_place_changes_the_versions_fingerprint(tmp_path: Path) -> None:
+    from prism.backends import KServeSpec, output_fingerprint
+
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    spec = KServeSpec.model_validate(
+        {
+            "backend": "kserve",
+            "url": "http://triton:8000",
+            "remote_model": "m",
+            "tensors": {
+                "inputs": {"text": "TEXT"},
+                "outputs": {"label": {"name": "logits", "labels_file": "labels.txt"}},
+            },
+        }
+    )
+    before = output_fingerprint(spec, tmp_path)
+    (tmp_path / "labels.txt").write_text("dog\ncat\n")  # same names, other class order
+    assert output_fingerprint(spec, tmp_path) != before  # cached answers are not reused
