@@ -12,7 +12,9 @@ Run with the peers' venv (``.venv-peers``, built by ``make peers``):
   ``input_ids`` / ``attention_mask`` / ``token_type_ids`` (INT64 [-1, -1]) ->
   ``last_hidden_state`` (FP32 [-1, -1, 384]); no tokenizer and no pooling on the server;
 - ``classifier``: ``TEXT`` -> ``logits`` (FP32 [-1, 3]) from the text's length;
-- ``ranker``: ``TEXT`` -> ``scores`` (FP32 [-1, 5]).
+- ``ranker``: ``TEXT`` -> ``scores`` (FP32 [-1, 5]);
+- ``vision``: ``pixel_values`` (FP32 [-1, 3, 64, 64]) -> ``image_embeds`` (FP32 [-1, 6]): the
+  per-channel mean and standard deviation of the pixels it was sent.
 """
 
 from __future__ import annotations
@@ -96,6 +98,22 @@ def main() -> None:
                 inputs=[Tensor(name="TEXT", dtype=bytes, shape=(1,))],
                 outputs=[Tensor(name="scores", dtype=np.float32, shape=(5,))],
                 config=ModelConfig(max_batch_size=64),
+                strict=True,
+            )
+        if "vision" in models:
+
+            @batch
+            def vision(pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+                # per-channel mean and standard deviation: enough to tell the pixels apart
+                flat = pixel_values.reshape(pixel_values.shape[0], 3, -1)
+                return {"image_embeds": np.concatenate([flat.mean(2), flat.std(2)], axis=1)}
+
+            triton.bind(
+                model_name="vision",
+                infer_func=vision,
+                inputs=[Tensor(name="pixel_values", dtype=np.float32, shape=(3, 64, 64))],
+                outputs=[Tensor(name="image_embeds", dtype=np.float32, shape=(6,))],
+                config=ModelConfig(max_batch_size=16),
                 strict=True,
             )
         if "bert" in models:

@@ -39,7 +39,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def triton() -> Iterator[PeerProcess]:
-    peer = pytriton(["bert", "classifier", "ranker"]).start(timeout_s=240)
+    peer = pytriton(["bert", "classifier", "ranker", "vision"]).start(timeout_s=240)
     yield peer
     peer.stop()
 
@@ -81,6 +81,21 @@ models:
         tensors:
           inputs: {{text: TEXT}}
           outputs: {{item: {{name: scores, ids_file: items.txt}}}}
+  photos:
+    versions:
+      "1":
+        backend: kserve
+        url: "{url}"
+        remote_model: vision
+        tensors:
+          inputs:
+            image:
+              pixels:
+                name: pixel_values
+                size: 64
+                mean: [0.48145466, 0.4578275, 0.40821073]
+                std: [0.26862954, 0.26130258, 0.27577711]
+          outputs: {{embedding: image_embeds}}
 routes:
   - name: text
     match: {{modality: [text]}}
@@ -179,3 +194,39 @@ async def test_logits_become_labels_and_scores_become_top_k_ids(
             best = np.argsort(-row, kind="stable")[:2]
             assert [i["id"] for i in out["items"]] == [ids[j] for j in best]
             np.testing.assert_allclose([i["score"] for i in out["items"]], row[best], atol=1e-6)
+
+
+async def test_images_become_the_pixels_open_clip_would_make(
+    triton: PeerProcess, tmp_path: Path
+) -> None:
+    import base64
+    import io
+
+    import open_clip
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    images = []
+    for size in ((97, 61), (40, 128)):
+        out = io.BytesIO()
+        pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(out, format="PNG")
+        images.append(out.getvalue())
+    transform = open_clip.image_transform(
+        64, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD
+    )
+    want = []
+    for data in images:
+        x = transform(Image.open(io.BytesIO(data))).numpy().reshape(3, -1)
+        want.append(np.concatenate([x.mean(1), x.std(1)]))
+    async with gateway(tmp_path, triton.url) as client:
+        r = await client.post(
+            "/v1/infer",
+            json={
+                "model": "photos",
+                "inputs": [{"image": {"base64": base64.b64encode(d).decode()}} for d in images],
+            },
+        )
+        assert r.status_code == 200, r.text
+        got = np.array([o["embedding"] for o in r.json()["outputs"]])
+        np.testing.assert_allclose(got, np.array(want), atol=1e-4)
