@@ -154,3 +154,42 @@ async def test_grpc_health_follows_server_and_model_ready(tmp_path: Path) -> Non
             assert r.status_code in (502, 503), r.text
     finally:
         peer.stop()
+
+
+async def test_a_caller_that_leaves_cancels_its_rpc(triton: PeerProcess) -> None:
+    from prism.backends import InputItem, Task
+    from prism.backends._kserve_grpc import KServeGrpcBackend
+    from prism.backends._tensor_specs import TensorContract
+
+    contract = TensorContract.model_validate(
+        {"inputs": {"text": "TEXT"}, "outputs": {"embedding": "EMBEDDING"}}
+    )
+    backend = KServeGrpcBackend(
+        f"grpc://127.0.0.1:{triton.grpc_port}",
+        "embedder",
+        name="embedder@grpc",
+        max_connections=1,
+        contract=contract,
+    )
+    await backend.start()
+    try:
+        call = asyncio.create_task(
+            backend.infer(Task.EMBED, [InputItem(text="slow")], {}, timeout_s=30)
+        )
+        await asyncio.sleep(0.3)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert not backend._slots.locked()  # released with the cancelled caller
+        # the one call slot is free again at once (the RPC ended with its caller), so the
+        # next call goes through instead of waiting behind the abandoned one
+        for _ in range(50):
+            try:
+                out = await backend.infer(Task.EMBED, [InputItem(text="next")], {}, timeout_s=5)
+                break
+            except Exception:  # the model may still be finishing its slow batch
+                await asyncio.sleep(0.2)
+        assert len(out[0]["embedding"]) == 8
+        assert backend.stats.calls["ok"] >= 1
+    finally:
+        await backend.aclose()
