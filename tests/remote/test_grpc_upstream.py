@@ -108,6 +108,10 @@ async def test_grpc_answers_what_http_answers(triton: PeerProcess, tmp_path: Pat
             await vectors(client, "minilm", "http", texts),
             atol=1e-6,
         )
+        metrics = (await client.get("/metrics")).text
+        target = f"embedder@grpc/grpc://127.0.0.1:{triton.grpc_port}"
+        assert f'prism_upstream_calls_total{{outcome="ok",target="{target}"}}' in metrics
+        assert f'prism_upstream_healthy{{target="{target}"}} 1.0' in metrics
         # the route's deadline is the RPC's: a model that takes 3 s is a 504 at 0.8 s
         slow = await client.post("/v1/infer", json={"inputs": [{"text": "slow"}]})
         assert slow.status_code == 504, slow.text
