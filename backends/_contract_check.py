@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ._base import Capabilities, InputItem, Output, Task
-from ._contract import ContractMismatch, ResolvedContract, Signature, resolve_contract
+from ._contract import ContractMismatch, ResolvedContract, Signature
+from ._contract_resolve import resolve_contract
 from ._errors import NotReady
 from ._tensor_specs import ImagePixels, PooledEmbedding, TensorContract, TokenizedText
 from ._tensors import Tensor

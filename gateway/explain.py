@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from prism.backends._contract import contract_plan
+from prism.backends._contract_resolve import contract_plan
 
 from .cache import cache_key
 from .doors.native import inference_from_wire
