@@ -8,7 +8,7 @@ PORT ?= 8080
 DEMO := models/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-cluster test-latest lock check bench bench-http bench-scaling bench-slim bench-gpu demo venv venv-slim redis wrk haproxy chromium format clean help
+.PHONY: serve test test-cluster test-latest lock check bench bench-http bench-scaling bench-slim bench-gpu demo venv venv-slim redis wrk haproxy peers chromium format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -107,8 +107,26 @@ demo: $(DEMO)  ## train the demo CLIP and build the demo catalogue (once)
 serve: $(BIN)/.serve-installed $(DEMO)  ## start the gateway on $(HOST):$(PORT) with the default policy
 	$(BIN)/prism serve --host $(HOST) --port $(PORT) $(if $(PRISM_REDIS_URL),--redis-url $(PRISM_REDIS_URL),)
 
+# The model servers teams already run (Triton via PyTriton, KServe's ModelServer) are the
+# far edge of the remote tests: they live in their own venv, pinned in
+# tests/peers/requirements.txt, so their pins never move Prism's; the raw BERT they serve is
+# the packaged MiniLM exported once to ONNX with Prism's torch.
+PEERS ?= .venv-peers
+BERT_ONNX := build/minilm-onnx/model.onnx
+$(PEERS)/.installed: tests/peers/requirements.txt
+	@echo "==> creating $(PEERS) with the peer model servers (PyTriton, KServe) from tests/peers/requirements.txt"
+	@test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --progress-bar on pip==$(PIP_VERSION)
+	$(PEERS)/bin/python -m pip install --progress-bar on -r tests/peers/requirements.txt
+	@touch $@
+
+$(BERT_ONNX): | $(BIN)/.installed
+	$(BIN)/python -m tests.peers.export_minilm_onnx $@
+
+peers: $(PEERS)/.installed $(BERT_ONNX)  ## the peer model servers' venv (PyTriton, KServe) and the raw BERT they serve
+
 # the cluster tests (tests/test_cluster.py) are part of it when haproxy is there or installable
-test: $(BIN)/.installed redis chromium $(DEMO)  ## run the whole test suite (real Redis, real models)
+test: $(BIN)/.installed redis chromium $(DEMO) peers  ## run the whole test suite (real Redis, real models)
 	@$(MAKE) --no-print-directory haproxy || echo "==> no haproxy: the cluster tests will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -146,4 +164,4 @@ bench-slim: $(BIN)/.installed wrk $(DEMO)  ## RSS + time to ready, remote-only (
 	$(BIN)/python bench/slim.py $(if $(BENCH_SECONDS),--load-seconds $(BENCH_SECONDS),)
 
 clean:  ## remove built artefacts (keeps .venv)
-	rm -rf models .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(LATEST) $(SLIM) build
+	rm -rf models .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(LATEST) $(SLIM) build $(PEERS)

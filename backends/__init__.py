@@ -50,6 +50,7 @@ from ._specs import (
     OpenClipSpec,
     RecommenderSpec,
     TextEncoderSpec,
+    TFServingSpec,
     output_fingerprint,
 )
 
@@ -98,6 +99,7 @@ __all__ = [
     "RecommenderSpec",
     "RemoteBackend",
     "RemoteStats",
+    "TFServingSpec",
     "Task",
     "TextEncoderSpec",
     "Unauthorized",

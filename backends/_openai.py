@@ -12,6 +12,7 @@ import base64
 import binascii
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,7 +58,9 @@ class OpenAIBackend(RemoteBackend):
         self._dim: int | None = None
 
     @classmethod
-    def from_spec(cls, spec: OpenAISpec, url: str, *, name: str) -> OpenAIBackend:
+    def from_spec(
+        cls, spec: OpenAISpec, url: str, *, name: str, base_dir: Path | None = None
+    ) -> OpenAIBackend:
         return cls(
             url,
             spec.remote_model,

@@ -19,7 +19,7 @@ from typing import Any
 from ._base import Backend, LocalModel
 from ._batching import LocalBackend
 from ._frameworks import gpu_visible, missing_framework, needs_torch, require_frameworks
-from ._specs import BackendSpec, KServeSpec, OpenAISpec
+from ._specs import BackendSpec, KServeSpec, OpenAISpec, TFServingSpec
 
 #: kind -> "module:Class" whose ``from_spec(spec, base_dir, device)`` builds the model
 LOCAL_KINDS: dict[str, str] = {
@@ -29,10 +29,14 @@ LOCAL_KINDS: dict[str, str] = {
     "recommender": "prism.backends._recommender:RecommenderModel",
 }
 
-#: backend -> "module:Class" whose ``from_spec(spec, url, name=...)`` builds a remote backend
+#: backend -> "module:Class" whose ``from_spec(spec, url, name=..., base_dir=...)`` builds a
+#: remote backend
 REMOTE_KINDS: dict[str, str] = {
     "kserve": "prism.backends._kserve:KServeBackend",
     "openai": "prism.backends._openai:OpenAIBackend",
+    "tfserving": "prism.backends._tfserving:TFServingBackend",
+    # grpcio is imported by this module only: a gateway without gRPC versions never loads it
+    "kserve-grpc": "prism.backends._kserve_grpc:KServeGrpcBackend",
 }
 
 
@@ -69,7 +73,7 @@ def build_local_model(spec: Any, base_dir: Path) -> LocalModel:
 
 def replica_urls(spec: BackendSpec) -> list[str]:
     """Every replica URL of a remote spec (``url`` first, each once); empty for local specs."""
-    if isinstance(spec, KServeSpec | OpenAISpec):
+    if isinstance(spec, KServeSpec | OpenAISpec | TFServingSpec):
         # pydantic normalises "http://h:9000" to "http://h:9000/"; keys read better without.
         # A URL listed twice would be two targets of one server, skewing every strategy.
         return list(dict.fromkeys(str(u).rstrip("/") for u in (spec.url, *spec.replicas)))
@@ -80,8 +84,14 @@ def build_backend(
     spec: BackendSpec, *, base_dir: Path, name: str, url: str | None = None
 ) -> Backend:
     """A ready-to-start backend for one version (for remote specs: one replica ``url``)."""
-    if isinstance(spec, KServeSpec | OpenAISpec):
-        cls = _load(REMOTE_KINDS[spec.backend])
-        backend: Backend = cls.from_spec(spec, url or str(spec.url), name=name)
+    if isinstance(spec, KServeSpec | OpenAISpec | TFServingSpec):
+        # KServe's V1 protocol is TF Serving's REST shape: one backend speaks both
+        kind: str = spec.backend
+        if isinstance(spec, KServeSpec) and spec.protocol == "v1":
+            kind = "tfserving"
+        elif isinstance(spec, KServeSpec) and spec.uses_grpc:
+            kind = "kserve-grpc"
+        cls = _load(REMOTE_KINDS[kind])
+        backend: Backend = cls.from_spec(spec, url or str(spec.url), name=name, base_dir=base_dir)
         return backend
     return LocalBackend(build_local_model(spec, base_dir), spec.batching, name=name)

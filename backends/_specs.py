@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, HttpUrl, UrlConstraints, model_validator
+
+from ._tensor_specs import TensorContract
 
 
 class _Spec(BaseModel):
@@ -116,6 +118,10 @@ LocalSpec = Annotated[
 ]
 
 
+#: ``grpc://host:port``: a KServe v2 server's gRPC endpoint
+GrpcUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["grpc"], host_required=True)]
+
+
 class _RemoteSpec(_Spec):
     url: HttpUrl
     #: several replicas of the same model: each becomes a routing target of its own
@@ -132,6 +138,38 @@ class KServeSpec(_RemoteSpec):
 
     backend: Literal["kserve"]
     remote_version: str | None = None
+    #: the model's own tensor names (and processing), when it does not follow Prism's
+    tensors: TensorContract | None = None
+    #: v1: KServe's V1 protocol (``POST /v1/models/{m}:predict``, the TF Serving REST shape)
+    protocol: Literal["v2", "v1"] = "v2"
+    #: KServe v2 over gRPC (Triton's port 8001); a ``grpc://host:port`` URL means the same
+    grpc: bool = False
+    url: HttpUrl | GrpcUrl  # type: ignore[assignment]
+    replicas: list[HttpUrl | GrpcUrl] = Field(default_factory=list)  # type: ignore[assignment]
+
+    @property
+    def uses_grpc(self) -> bool:
+        return self.grpc or str(self.url).startswith("grpc://")
+
+    @model_validator(mode="after")
+    def _v1_needs_contract(self) -> KServeSpec:
+        if self.protocol == "v1" and self.tensors is None:
+            raise ValueError("protocol v1 needs a tensors: contract (V1 has no Prism names)")
+        if self.protocol == "v1" and self.uses_grpc:
+            raise ValueError("gRPC speaks KServe v2 only: protocol v1 is HTTP")
+        return self
+
+
+class TFServingSpec(_RemoteSpec):
+    """TensorFlow Serving's REST API (``POST /v1/models/{m}[/versions/{v}]:predict``)."""
+
+    backend: Literal["tfserving"]
+    remote_version: str | None = None
+    #: the SignatureDef to call (TF Serving's default: ``serving_default``)
+    signature_name: str | None = None
+    #: rows (``instances`` -> ``predictions``) or columns (``inputs`` -> ``outputs``)
+    format: Literal["instances", "inputs"] = "instances"
+    tensors: TensorContract
 
 
 class OpenAISpec(_RemoteSpec):
@@ -142,7 +180,9 @@ class OpenAISpec(_RemoteSpec):
     api_key_env: str | None = None
 
 
-BackendSpec = Annotated[LocalSpec | KServeSpec | OpenAISpec, Field(discriminator="backend")]
+BackendSpec = Annotated[
+    LocalSpec | KServeSpec | TFServingSpec | OpenAISpec, Field(discriminator="backend")
+]
 
 #: Settings that change how a version runs, never what it answers: editing them keeps its
 #: cached outputs and its experiment figures.
@@ -199,6 +239,22 @@ def _file_identity(path: Path) -> Any:
         return None  # missing or unreadable: loading it fails anyway
 
 
+def _contract_files(contract: TensorContract | None) -> list[tuple[str, str]]:
+    if contract is None:
+        return []
+    found: list[tuple[str, str]] = []
+    text, image = contract.inputs.text, contract.inputs.image
+    if (tok := getattr(text, "tokenize", None)) is not None and tok.tokenizer != "minilm":
+        found.append(("tokenizer", tok.tokenizer))
+    if (px := getattr(image, "pixels", None)) is not None and px.open_clip_config:
+        found.append(("open_clip_config", px.open_clip_config))
+    for key in ("labels_file", "ids_file"):
+        for binding in (contract.outputs.label, contract.outputs.item):
+            if isinstance(value := getattr(binding, key, None), str):
+                found.append((key, value))
+    return found
+
+
 def output_fingerprint(spec: _Spec, base_dir: Path | None = None) -> str:
     """A short digest of what determines a version's outputs: its spec, less the operational
     fields, and (given ``base_dir``, where relative paths resolve) the identity of the files
@@ -211,6 +267,9 @@ def output_fingerprint(spec: _Spec, base_dir: Path | None = None) -> str:
             for name in PATH_FIELDS
             if isinstance(value := getattr(spec, name, None), str)
         }
+        # a remote contract's labels, ids, tokenizer and image config shape its answers too
+        for name, value in _contract_files(getattr(spec, "tensors", None)):
+            data["files"][name] = _file_identity(base_dir / value)
     raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.blake2b(raw, digest_size=6).hexdigest()
 
@@ -225,6 +284,7 @@ __all__ = [
     "OpenAISpec",
     "OpenClipSpec",
     "RecommenderSpec",
+    "TFServingSpec",
     "TextEncoderSpec",
     "output_fingerprint",
 ]

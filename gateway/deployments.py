@@ -33,7 +33,7 @@ from prism.backends import (
     output_fingerprint,
 )
 
-from .policy import CompiledPolicy, Target
+from .policy import CompiledPolicy, Target, issue_at
 
 log = logging.getLogger("prism.deployments")
 
@@ -64,6 +64,9 @@ class Deployment:
         if self.ready:
             return "ready"
         return "failed" if self.error is not None else "loading"
+
+    #: where in the version's spec the failure lies (a tensor contract key), when known
+    error_at: tuple[str | int, ...] = ()
 
 
 def _fingerprint(spec: BackendSpec, base_dir: Path) -> str:
@@ -122,11 +125,17 @@ def warm_up_call(caps: Capabilities) -> tuple[Task, list[InputItem], dict[str, A
 
 
 class DeploymentFailed(Exception):
-    """Targets of a new policy that could not be loaded: ``(target, reason)`` each."""
+    """Targets of a new policy that could not be loaded: ``(target, reason)`` each, and
+    where in each version's spec the reason lies (``()`` = the version as a whole)."""
 
-    def __init__(self, failures: list[tuple[Target, str]]) -> None:
+    def __init__(
+        self,
+        failures: list[tuple[Target, str]],
+        where: list[tuple[str | int, ...]] | None = None,
+    ) -> None:
         super().__init__("; ".join(f"{t.key}: {why}" for t, why in failures))
         self.failures = failures
+        self.where = where or [() for _ in failures]
 
 
 class Deployments:
@@ -309,6 +318,7 @@ class Deployments:
             await dep.backend.start()
         except Exception as exc:
             dep.error = f"{type(exc).__name__}: {exc}"
+            dep.error_at = tuple(getattr(exc, "where", ()))
             log.error("failed to deploy %s: %s", dep.target.key, dep.error)
             return
         if warm:
@@ -322,6 +332,21 @@ class Deployments:
         dep.ready = True
         dep.loaded_at = time.time()
         log.info("deployed %s%s", dep.target.key, " (warmed up)" if warm else "")
+
+    @staticmethod
+    async def _verify(dep: Deployment) -> None:
+        """A kept remote version re-reads its model's metadata (its upstream may have changed
+        what it serves since); a contradicted contract fails the reload like a new one."""
+        verify = getattr(dep.backend, "verify", None)
+        if verify is None or not dep.ready:
+            return
+        try:
+            await verify()
+        except Exception as exc:
+            dep.error_at = tuple(getattr(exc, "where", ()))
+            raise DeploymentFailed(
+                [(dep.target, f"{type(exc).__name__}: {exc}")], [dep.error_at]
+            ) from exc
 
     async def apply(
         self,
@@ -368,6 +393,11 @@ class Deployments:
         await asyncio.gather(
             *(self._start(d, warm=(d.target.model, d.target.version) in warm) for d in fresh)
         )
+        if not atomic:  # a reload's refusal is located by the caller, as a policy issue
+            for d in fresh:
+                if d.error is not None and d.error_at:
+                    loc = ("models", d.target.model, "versions", d.target.version, *d.error_at)
+                    d.error = str(issue_at(policy.source, loc, d.error))
         if atomic:
             failed = [
                 d
@@ -375,9 +405,16 @@ class Deployments:
                 if d.error is not None
                 and ((prev := self._by_key.get(d.target.key)) is None or prev.error is None)
             ]
-            if failed:
+            kept = [d for d in next_map.values() if d not in fresh]
+            checks = await asyncio.gather(*(self._verify(d) for d in kept), return_exceptions=True)
+            refused = [c for c in checks if isinstance(c, DeploymentFailed)]
+            if failed or refused:
                 await self.close(fresh)
-                raise DeploymentFailed([(d.target, d.error or "") for d in failed])
+                raise DeploymentFailed(
+                    [(d.target, d.error or "") for d in failed]
+                    + [f for c in refused for f in c.failures],
+                    [d.error_at for d in failed] + [w for c in refused for w in c.where],
+                )
         for key, dep in self._by_key.items():
             if key in next_map:
                 continue

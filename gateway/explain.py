@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from prism.backends._contract_resolve import contract_plan
+
 from .cache import cache_key
 from .doors.native import inference_from_wire
 from .experiments import arm_ranges, assign
@@ -80,6 +82,7 @@ def explain(
                 for it in inference.items
             ],
         },
+        "contract": contract_plan(policy.spec(decision.model, decision.version), policy.base_dir),
         "why": decision.reason,
         "skipped": [
             {"route": name, "why": why} for name, why in policy.skipped_routes(facts, route.name)
@@ -123,9 +126,31 @@ def format_explanation(e: Mapping[str, Any]) -> str:
         f"cache:      ttl {e['cache']['ttl_s']:g} s, mode {e['cache']['mode']}",
     ]
     lines += [f"  key[{i}]:   {k}" for i, k in enumerate(e["cache"]["keys"])]
+    if e.get("contract"):
+        lines += _contract_lines(e["contract"])
     lines.append(f"why:        {e['why']}")
     lines += [f"  skipped {s['route']}: {s['why']}" for s in e.get("skipped", [])]
     return "\n".join(lines)
+
+
+def _contract_lines(c: Mapping[str, Any]) -> list[str]:
+    remote = c["remote_model"] + (f" version {c['remote_version']}" if c["remote_version"] else "")
+    lines = [f"contract:   {c['protocol']}, model {remote}"]
+    if c.get("signature_name"):
+        lines.append(f"  signature: {c['signature_name']}")
+    if c.get("error"):
+        return [*lines, f"  refused:  {c['error']}"]
+
+    def tensor(t: Mapping[str, Any]) -> str:
+        return f"{t['name']} {t['datatype']} {t['shape']}"
+
+    for key, tensors in c["inputs"].items():
+        lines.append(f"  in  {key:<9} -> {', '.join(tensor(t) for t in tensors)}")
+    for key, t in c["outputs"].items():
+        lines.append(f"  out {key:<9} <- {tensor(t)}")
+    lines += [f"  process:  {note}" for note in c["processing"]]
+    lines.append(f"  checked:  {c['checked']} (-1 = any)")
+    return lines
 
 
 def _or_dash(value: Any, unit: str) -> str:

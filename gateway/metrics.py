@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from prism.backends import Backend, LocalBackend, RemoteBackend
+from prism.backends import Backend, LocalBackend, RemoteStats
 
 from .cache import CacheStats
 from .in_flight import InFlight
@@ -159,10 +159,11 @@ class BackendCollector(Collector):
                 depth.add_metric([target], backend.queue_depth)
                 refused.add_metric([target, "rejected"], stats.rejected)
                 refused.add_metric([target, "dropped"], stats.dropped)
-            elif isinstance(backend, RemoteBackend):
-                rs = backend.stats
+            elif isinstance(rs := getattr(backend, "stats", None), RemoteStats):
+                # HTTP remotes, and the gRPC one (which is not an httpx RemoteBackend)
                 for outcome, n in sorted(rs.calls.items()):
                     calls.add_metric([target, outcome], n)
                 latency.add_metric([target], rs.latency_count, rs.latency_s_sum)
-                healthy.add_metric([target], 1.0 if backend.healthy else 0.0)
+                up = bool(getattr(backend, "healthy", False))
+                healthy.add_metric([target], 1.0 if up else 0.0)
         yield from (sizes, depth, refused, calls, latency, healthy)

@@ -269,10 +269,10 @@ class Runtime:
             issues = [
                 issue_at(
                     fresh.source,
-                    ("models", t.model, "versions", t.version),
+                    ("models", t.model, "versions", t.version, *where),
                     f"cannot load {t.key}: {why}",
                 )
-                for t, why in exc.failures
+                for (t, why), where in zip(exc.failures, exc.where, strict=True)
             ]
             raise PolicyLoadError(issues) from exc
 

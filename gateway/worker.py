@@ -31,6 +31,7 @@ from prism.backends import (
     ModelNotFound,
     OpenAISpec,
     PrismError,
+    TFServingSpec,
     VersionNotFound,
     build_backend,
 )
@@ -122,7 +123,7 @@ def create_worker_app(
     name, _, wanted = model_ref.partition("@")
     version = compiled.resolve_version(name, wanted or None)
     spec = compiled.spec(name, version)
-    if isinstance(spec, KServeSpec | OpenAISpec):
+    if isinstance(spec, KServeSpec | OpenAISpec | TFServingSpec):
         raise PrismError(f"{name}@{version} is a remote backend; a worker serves local models")
     key = f"{name}@{version}/local"
     backend = build_backend(spec, base_dir=data_dir or Path.cwd(), name=key)

@@ -100,7 +100,11 @@ def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
     deployments = runtime.deployments
     models = {
         d.target.key: (
-            ("ready" if deployments.probe_ok(d.target) else "unreachable")
+            (
+                "ready"
+                if deployments.probe_ok(d.target)
+                else getattr(d.backend, "problem", None) or "unreachable"
+            )
             if d.ready
             else (d.error or "loading")
         )
