@@ -12,7 +12,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from .admin import AdminController
-from .auth import api_key_check
+from .admin_keys import KeysController
+from .auth import access_middleware
 from .cache import ResponseCache
 from .doors._errors import error_response
 from .doors._openapi import WireSchemaPlugin
@@ -54,12 +55,13 @@ def create_app(
         route_handlers=[
             NativeController,
             AdminController,
+            KeysController,
             openai_router(),
             gateway_kserve_router(),
         ],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
-        before_request=api_key_check(settings.api_keys, settings.admin_keys),
+        middleware=[m] if (m := access_middleware(rt.access)) is not None else [],
         exception_handlers={Exception: error_response},
         # every request is recorded once, when its response starts (recording.py)
         before_send=[Recorder(rt.metrics, rt.known_models, rt.experiments)],

@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_models import register as register_model_commands
 
     register_model_commands(sub)
+    from .cli_keys import register as register_key_commands
+
+    register_key_commands(sub)
     return parser
 
 

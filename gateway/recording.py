@@ -20,6 +20,7 @@ from prism.backends import PrismError, blame
 from .schema import RouteInfo
 
 if TYPE_CHECKING:
+    from .access import Caller
     from .experiments import ExperimentEngine
     from .metrics import Metrics
     from .policy import Decision
@@ -63,6 +64,8 @@ class RequestRecord:
     answer_id: str | None = None
     #: the failure, normalised once by the error handler
     error: PrismError | None = None
+    #: who called (set by auth when keys are on): the pipeline checks the key's scopes
+    caller: Caller | None = None
 
     def decided(self, decision: Decision, reason: str) -> None:
         """The policy's decision, as the response and the metrics report it."""

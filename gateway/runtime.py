@@ -16,6 +16,8 @@ from typing import Any
 
 from prism.backends import PrismError
 
+from .audit import AuditLog
+from .auth import Access
 from .cache import MemoryStore, RedisStore, ResponseCache
 from .deployments import DeploymentFailed, Deployments
 from .dispatch import Dispatcher
@@ -51,6 +53,18 @@ class Runtime:
             lambda: [(d.target.key, d.backend) for d in self.deployments.all()]
         )
         self.dispatcher = Dispatcher(self.deployments, metrics=self.metrics)
+        # keys and audit go next to the policy file, unless a policy object was handed in
+        # (tests, embedding: no file to keep them beside)
+        beside_policy = policy is None
+        self.access = Access(
+            settings,
+            self.metrics,
+            settings.keys_path() if beside_policy or settings.keys_file else None,
+        )
+        self.audit = AuditLog(
+            settings.redis_url,
+            settings.audit_path() if beside_policy or settings.audit_file else None,
+        )
         self.last_reload_error: str | None = None
         #: every issue of the last refused reload (``last_reload_error`` is the first)
         self.last_reload_issues: list[str] = []
@@ -197,3 +211,5 @@ class Runtime:
         await self.experiments.aclose()
         await self.deployments.aclose()
         await self.cache.aclose()
+        await self.access.store.aclose()
+        await self.audit.aclose()
