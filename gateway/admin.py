@@ -97,7 +97,7 @@ class AdminController(Controller):
                 target=str(runtime.settings.policy),
                 key_id=key_id_of(request),
                 outcome=f"refused: {exc.detail}",
-                before={"digest": before},
+                before={"policy": before},
             )
             raise
         await runtime.audit.record(
@@ -105,8 +105,8 @@ class AdminController(Controller):
             target=str(runtime.settings.policy),
             key_id=key_id_of(request),
             outcome="ok",
-            before={"digest": before},
-            after={"digest": runtime.policy.digest},
+            before={"policy": before},
+            after={"policy": runtime.policy.digest},
         )
         return policy_status(runtime)
 

@@ -148,6 +148,9 @@ class Access:
         self.fallback = LocalLimiter()
         self.metrics = KeyMetrics(metrics)
         self._records: dict[str, KeyRecord] = {}
+        #: each cached record's Caller, built once per revision (not per request)
+        self._callers: dict[str, tuple[KeyRecord, Caller]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
         self._store_down_until = 0.0
         self.store_reachable = True
 
@@ -254,6 +257,33 @@ class Access:
             record = self._verify(await self._fetch(key_id), presented, admin_only)
         raise LimitsUnavailable("the key kept changing while it was checked", retry_after_s=1)
 
+    async def aclose(self) -> None:
+        """Let leases being given back finish, then close the store."""
+        if self._releases:
+            await asyncio.wait(list(self._releases), timeout=2.0)
+        await self.store.aclose()
+
+    def caller(self, record: KeyRecord) -> Caller:
+        cached = self._callers.get(record.id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        caller = record.caller()
+        self._callers[record.id] = (record, caller)
+        return caller
+
+    def release_later(self, record: KeyRecord, lease: str, local: bool) -> None:
+        """Give a lease back without holding up the connection (HTTP/1.1 keep-alive serves
+        the next request only once this one's app call returns); a task of its own, so a
+        cancelled request still gives its lease back."""
+        if not lease:
+            return
+        if local:
+            self.fallback.release(record.id, lease)
+            return
+        task = asyncio.create_task(self.release(record, lease, local))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
     async def release(self, record: KeyRecord, lease: str, local: bool) -> None:
         if not lease:
             return
@@ -302,7 +332,7 @@ class AccessMiddleware:
             except RateLimited as exc:
                 access.metrics.requests.labels(key_id, exc.extra["limit"]).inc()
                 raise
-            caller = record.caller()
+            caller = access.caller(record)
             # only a metered request of a key with max_concurrent holds a lease to give back
             if not (metered and record.max_concurrent):
                 lease = ""
@@ -314,7 +344,7 @@ class AccessMiddleware:
                 caller.check_model(model.partition("@")[0])
         except BaseException:
             if record is not None:
-                await access.release(record, lease, local)
+                access.release_later(record, lease, local)
             raise
         if record is None:
             await self.app(scope, receive, send)
@@ -327,8 +357,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
         finally:
             gauge.dec()
-            # shielded: a cancelled request still gives its lease back
-            await asyncio.shield(access.release(record, lease, local))
+            access.release_later(record, lease, local)
 
 
 def access_middleware(access: Access) -> Any:

@@ -211,5 +211,5 @@ class Runtime:
         await self.experiments.aclose()
         await self.deployments.aclose()
         await self.cache.aclose()
-        await self.access.store.aclose()
+        await self.access.aclose()
         await self.audit.aclose()

@@ -42,6 +42,7 @@ from prism.backends import (
     VersionNotFound,
 )
 
+from ..access import OutOfScope
 from ..auth import caller_of
 from ..inference import Inference
 from ..recording import record_of
@@ -75,7 +76,7 @@ def openai_error(err: PrismError) -> Response[Any]:
     param: str | None = None
     if isinstance(err, OpenAIRequestError):
         param = err.param
-    elif isinstance(err, ModelNotFound | VersionNotFound):
+    elif isinstance(err, ModelNotFound | VersionNotFound | OutOfScope):  # OutOfScope: a key's
         param = "model"
     elif err.errors:  # the pipeline's field names, in OpenAI's terms
         path = err.errors[0].path

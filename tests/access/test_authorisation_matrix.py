@@ -121,6 +121,7 @@ async def test_a_scoped_key_gets_403_naming_the_scope_in_every_door(matrix: Any)
     assert openai.status_code == 403
     assert openai.json()["error"]["type"] == "permission_error"
     assert openai.json()["error"]["code"] == "out_of_scope"
+    assert openai.json()["error"]["param"] == "model"
     assert "scope models" in openai.json()["error"]["message"]
     kserve = await client.post(
         "/v2/models/fake/infer", json=BODIES["/v2/models/fake/infer"], headers=h
