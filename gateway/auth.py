@@ -66,6 +66,12 @@ CALLER_KEY = "prism.caller"
 #: after a failed call, the key store is not asked again for this long (requests take the
 #: fallback path at once instead of each waiting for a connection to fail)
 STORE_RETRY_S = 1.0
+#: how often cached records of keys without limits are checked against Redis (their requests
+#: make no round trip of their own); a cache not checked within FRESH_S is not trusted: the
+#: request then asks Redis itself, so a change applies everywhere within FRESH_S, even when
+#: the check loop stalls
+SYNC_S = 0.25
+FRESH_S = 1.0
 
 
 def _presented_key(scope: Scope) -> str | None:
@@ -151,6 +157,12 @@ class Access:
         #: each cached record's Caller, built once per revision (not per request)
         self._callers: dict[str, tuple[KeyRecord, Caller]] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        #: keys without limits: requests counted here, added to Redis by the sync loop
+        self._counts: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+        #: when the last successful sync started (monotonic): what the cache is vouched for
+        self._verified_at = -1e9
+        self._sync_task: asyncio.Task[None] | None = None
         self._store_down_until = 0.0
         self.store_reachable = True
 
@@ -232,6 +244,16 @@ class Access:
                     retry_after_s=1,
                 ) from exc
         record = self._verify(record, presented, admin_only)
+        if (
+            not record.limited
+            and self._sync_task is not None
+            and time.monotonic() - self._verified_at < FRESH_S
+        ):
+            # no limits to take: the sync loop vouches for the cached record, and counts
+            self._last[key_id] = time.time()
+            if metered:
+                self._counts[key_id] = self._counts.get(key_id, 0) + 1
+            return record, False
         for _ in range(3):
             try:
                 if time.monotonic() < self._store_down_until:
@@ -257,8 +279,48 @@ class Access:
             record = self._verify(await self._fetch(key_id), presented, admin_only)
         raise LimitsUnavailable("the key kept changing while it was checked", retry_after_s=1)
 
+    def start(self) -> None:
+        """Start checking cached records of keys without limits (Redis only)."""
+        if self.enabled and isinstance(self.store, RedisKeyStore) and self._sync_task is None:
+            self._sync_task = asyncio.create_task(self._sync_loop())
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:  # never let the loop die; the next round tries again
+                log.exception("key sync failed")
+            await asyncio.sleep(SYNC_S)
+
+    async def sync(self) -> None:
+        """One round: push local usage, read every cached unlimited key's live revision, and
+        drop records that changed (their next request fetches them again)."""
+        assert isinstance(self.store, RedisKeyStore)
+        started = time.monotonic()
+        ids = [k for k, r in self._records.items() if not r.limited]
+        counts, last = self._counts, self._last
+        self._counts, self._last = {}, {}
+        try:
+            revs = await self.store.sync(ids, counts, last)
+        except StoreDown:
+            self._down()
+            for k, n in counts.items():  # counted again next round
+                self._counts[k] = self._counts.get(k, 0) + n
+            self._last = {**last, **self._last}
+            return
+        for key_id, rev in revs.items():
+            record = self._records.get(key_id)
+            if record is not None and rev != record.rev:
+                self._records.pop(key_id, None)
+        self._verified_at = started
+        self.store_reachable = True
+
     async def aclose(self) -> None:
-        """Let leases being given back finish, then close the store."""
+        """Stop the sync loop, let leases being given back finish, then close the store."""
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, return_exceptions=True)
+            await self.sync()  # the last usage counts
         if self._releases:
             await asyncio.wait(list(self._releases), timeout=2.0)
         await self.store.aclose()

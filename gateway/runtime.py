@@ -121,6 +121,7 @@ class Runtime:
         self.metrics.policy_valid.set(1)
         await self.experiments.sync()  # stops kept from before a restart apply from request 1
         self.experiments.start()
+        self.access.start()
         self._watch_policy()
 
     def _watch_policy(self) -> None:

@@ -207,6 +207,7 @@ def usage_from_redis(fields: dict[Any, Any], in_flight: int) -> dict[str, Any]:
 
 __all__ = [
     "ADMIT_LUA",
+    "DAY_MS",
     "LEASE_TTL_S",
     "LimitsUnavailable",
     "LocalLimiter",

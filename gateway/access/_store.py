@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ._keys import KeyRecord
-from ._limits import ADMIT_LUA, LEASE_TTL_S, LocalLimiter, rate_limited, script_keys
+from ._limits import (
+    ADMIT_LUA,
+    DAY_MS,
+    LEASE_TTL_S,
+    LocalLimiter,
+    rate_limited,
+    script_keys,
+)
 
 Admission = Literal["ok", "stale", "revoked"]
 REGISTRY = "prism:keys"
@@ -120,6 +127,31 @@ class RedisKeyStore:
 
     async def release(self, record: KeyRecord, lease: str) -> None:
         await self._call(self._redis.zrem(script_keys(record.id)[3], lease))
+
+    async def sync(
+        self, ids: list[str], counts: dict[str, int], last: dict[str, float]
+    ) -> dict[str, int | None]:
+        """The live revision of each of ``ids`` (None: revoked or gone), after adding
+        ``counts`` requests today and ``last`` use times (keys without limits count here,
+        not per request). One non-transactional pipeline: a cluster client splits it by slot.
+        """
+        day = "d" + str(int(time.time() * 1000 // DAY_MS))
+
+        async def run() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.ping()  # nothing cached: the round still says whether Redis is there
+                for key_id in ids:
+                    pipe.get(script_keys(key_id)[0])
+                for key_id in set(counts) | set(last):
+                    use = script_keys(key_id)[2]
+                    if counts.get(key_id):
+                        pipe.hincrby(use, day, counts[key_id])
+                    if key_id in last:
+                        pipe.hset(use, "last", int(last[key_id] * 1000))
+                return await pipe.execute()
+
+        answers = (await self._call(run()))[1:]
+        return {k: int(v) if v is not None else None for k, v in zip(ids, answers, strict=False)}
 
     async def usage(self, record: KeyRecord) -> dict[str, Any]:
         from ._limits import usage_from_redis

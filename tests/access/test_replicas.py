@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from prism.gateway.auth import FRESH_S
 from tests.access.conftest import ADMIN, bearer
 from tests.doors.conftest import POLICY
 from tests.support import PRISM, ROOT, GatewayProcess, RedisProcess
@@ -162,25 +164,44 @@ def test_a_lease_comes_back_when_the_request_fails_or_the_caller_leaves(
     assert httpx.post(a.url + "/v1/infer", json=INFER, headers=key).status_code == 200
 
 
-def test_changes_on_one_replica_apply_on_the_other_at_once(
-    replicas: tuple[GatewayProcess, GatewayProcess],
+@pytest.mark.parametrize("limits", [["--rpm", "1000"], []], ids=["limited", "unlimited"])
+def test_changes_on_one_replica_apply_on_the_other_within_a_second(
+    replicas: tuple[GatewayProcess, GatewayProcess], limits: list[str]
 ) -> None:
+    """A key with limits asks Redis on every request: a change applies on the very next one.
+    A key without limits makes no round trip; its cached record is re-checked every 0.25 s
+    and never trusted longer than FRESH_S, so a change applies within that, anywhere."""
     a, b = replicas
-    made = cli_create(a.url, "leaky", "--models", "fake")
+    made = cli_create(a.url, "leaky", "--models", "fake", *limits)
     key = bearer(made["key"])
     assert httpx.post(b.url + "/v1/infer", json=INFER, headers=key).status_code == 200  # cached
+    wait = 0.0 if limits else FRESH_S
     patched = httpx.patch(
         a.url + f"/admin/keys/{made['id']}", json={"models": ["tagger"]}, headers=bearer(ADMIN)
     )
     assert patched.status_code == 200
-    scoped = httpx.post(b.url + "/v1/infer", json=INFER, headers=key)  # the very next request
+    time.sleep(wait)
+    scoped = httpx.post(b.url + "/v1/infer", json=INFER, headers=key)
     assert scoped.status_code == 403 and scoped.json()["scope"] == "models"
     assert httpx.delete(a.url + f"/admin/keys/{made['id']}", headers=bearer(ADMIN)).is_success
+    time.sleep(wait)
     revoked = httpx.post(b.url + "/v1/infer", json=INFER, headers=key)
     assert revoked.status_code == 401 and revoked.json()["detail"] == "this API key was revoked"
     audit = httpx.get(b.url + "/admin/audit?limit=3", headers=bearer(ADMIN)).json()["entries"]
     assert [e["action"] for e in audit] == ["keys.revoke", "keys.update", "keys.create"]
     assert all(e["target"] == made["id"] and e["outcome"] == "ok" for e in audit)
+
+
+def test_usage_of_keys_without_limits_is_counted_too(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    a, b = replicas
+    made = cli_create(a.url, "free")
+    for gw in (a, b, a):
+        assert httpx.post(gw.url + "/v1/infer", json=INFER, headers=bearer(made["key"])).is_success
+    time.sleep(FRESH_S)  # the replicas add their counts every 0.25 s
+    usage = httpx.get(b.url + f"/admin/keys/{made['id']}", headers=bearer(ADMIN)).json()["usage"]
+    assert usage["requests_today"] == 3 and usage["last_used_at"] is not None
 
 
 def test_no_secret_in_redis_logs_metrics_or_problems(
