@@ -12,9 +12,9 @@ One run starts, on loopback:
   with the in-process cache and with a real ``redis-server``, and with ``--workers 2``;
 - the same Redis cache hits on a gateway with keys on (``PRISM_ADMIN_KEYS``, and
   ``PRISM_REQUIRE_KEY=false`` so a row without a key runs there too): no key, a bootstrap key
-  (compared in the process), and a managed key with rpm/rpd/max_concurrent limits (one Lua
-  script in Redis per request); their "added p50" is over the Redis-hit row of the gateway
-  without keys, measured in the same run.
+  (compared in the process), a managed key without limits (no round trip of its own) and
+  one with rpm/rpd/max_concurrent limits (one Lua script in Redis per request); their "added
+  p50" is over the Redis-hit row of the gateway without keys, measured in the same run.
 
 Every row is ``wrk -t1 -cN -dSs --latency`` with a Lua script for the POST body, after a
 warm-up at the same concurrency. Each path is checked once before it is loaded (status, and
@@ -105,7 +105,7 @@ BENCH_ADMIN_KEY = "bench-admin-key"
 BENCH_LIMITS = {"rpm": 1_000_000, "rpd": 100_000_000, "max_concurrent": 10_000}
 
 
-def plan(managed_key: str = "") -> list[Row]:
+def plan(managed_key: str = "", unlimited_key: str = "") -> list[Row]:
     infer = "/v1/infer"
 
     def native(model: str) -> bytes:
@@ -153,6 +153,15 @@ def plan(managed_key: str = "") -> list[Row]:
             REDIS_HIT,
             "hit",
             (("Authorization", f"Bearer {BENCH_ADMIN_KEY}"),),
+        ),
+        Row(
+            "keys on: redis hit, managed key, no limits",
+            "prism-keys",
+            infer,
+            native("cached"),
+            REDIS_HIT,
+            "hit",
+            (("Authorization", f"Bearer {unlimited_key}"),),
         ),
         Row(
             "keys on: redis hit, managed key + limits",
@@ -312,9 +321,9 @@ HEADERS = [
 
 
 def measure(
-    args: argparse.Namespace, urls: dict[str, str], tmp: Path, managed_key: str
+    args: argparse.Namespace, urls: dict[str, str], tmp: Path, keys: tuple[str, str]
 ) -> list[list[object]]:
-    rows = selected(plan(managed_key), args.only)
+    rows = selected(plan(*keys), args.only)
     scripts = {}
     for i, row in enumerate(rows):
         check(row, urls[row.server])
@@ -389,12 +398,16 @@ def main(args: argparse.Namespace) -> int:
         }
         gw_keys = GatewayProcess(policy, redis_url=redis.url, env=keys_env).start()
         gateways.append(gw_keys)
-        made = httpx.post(
-            gw_keys.url + "/admin/keys",
-            json={"name": "bench", **BENCH_LIMITS},
-            headers={"Authorization": f"Bearer {BENCH_ADMIN_KEY}"},
-        )
-        made.raise_for_status()
+        made = [
+            httpx.post(
+                gw_keys.url + "/admin/keys",
+                json={"name": "bench", **limits},
+                headers={"Authorization": f"Bearer {BENCH_ADMIN_KEY}"},
+            )
+            for limits in (BENCH_LIMITS, {})
+        ]
+        for answer in made:
+            answer.raise_for_status()
         urls = {
             "ceiling": ceiling_url,
             "upstream": upstream_url,
@@ -403,7 +416,7 @@ def main(args: argparse.Namespace) -> int:
             "prism-workers": gw_workers.url,
             "prism-keys": gw_keys.url,
         }
-        table = measure(args, urls, tmp, made.json()["key"])
+        table = measure(args, urls, tmp, (made[0].json()["key"], made[1].json()["key"]))
     finally:
         for g in gateways:
             g.stop()

@@ -17,10 +17,13 @@ themselves with ``opt={"public": True}``; inference handlers with ``opt={"metere
 count against a key's limits.
 
 The check is an ASGI middleware around each route (it must see the response finish to give
-a concurrency lease back, also when the handler fails or is cancelled). A managed key costs
-one Redis round trip per request (one Lua script: revision check + limits); its record is
-cached here and refetched when that script says the revision changed, so a revocation or a
-new limit applies to the next request on every replica.
+a concurrency lease back, also when the handler fails or is cancelled). Records are cached
+here. A managed key with limits costs one Redis round trip per request (one Lua script:
+revision check + limits), and a changed revision makes the request fetch the record again,
+so a revocation or a new limit applies to its next request on every replica. A key without
+limits costs no round trip: a loop re-checks the cached records every :data:`SYNC_S` (and
+adds their usage), and a record the loop has not vouched for within :data:`FRESH_S` is
+checked by the request itself: a change applies everywhere within a second.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ may touch all of them): ``prism:{k:<id>}:rec`` the record (JSON, the secret's di
 ``:rev`` its live revision (absent = revoked), ``:rpm`` / ``:conc`` / ``:use`` the limit
 state (see ``_limits``). ``prism:keys`` is the set of ids, read by the admin listing only.
 
-A change writes the record, then bumps ``:rev`` (one MULTI in the key's slot): the next
-request on any replica sees its cached revision is stale and fetches the new record, so a
-revocation or a new limit takes effect on the very next request everywhere.
+A change writes the record and sets ``:rev`` (one MULTI in the key's slot); a replica whose
+cached revision differs (the per-request script, or the sync loop for keys without limits)
+fetches the record again.
 """
 
 from __future__ import annotations

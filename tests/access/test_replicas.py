@@ -78,6 +78,43 @@ def cli_create(url: str, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def cli(url: str, *args: str, admin: str | None = ADMIN) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PRISM_ADMIN_KEY"}
+    if admin is not None:
+        env["PRISM_ADMIN_KEY"] = admin
+    return subprocess.run(
+        [*PRISM, "keys", *args, "--url", url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_cli_lists_updates_and_revokes(
+    replicas: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    a, b = replicas
+    made = cli_create(
+        a.url, "cli-team", "--models", "fake", "--rpm", "50", "--expires-at", "2099-01-01T00:00:00Z"
+    )
+    assert made["expires_at"] == 4070908800.0 and made["models"] == ["fake"]
+    listed = json.loads(cli(b.url, "list").stdout)["keys"]
+    assert made["id"] in [k["id"] for k in listed] and made["key"] not in str(listed)
+    updated = json.loads(
+        cli(b.url, "update", made["id"], "--rpm", "60", "--clear", "models").stdout
+    )
+    assert updated["rpm"] == 60 and updated["models"] is None
+    revoked = json.loads(cli(a.url, "revoke", made["id"]).stdout)
+    assert revoked["revoked_at"] is not None
+    refused = cli(a.url, "update", made["id"], "--rpm", "1")
+    assert refused.returncode == 1 and json.loads(refused.stderr)["status"] == 409
+    assert cli(a.url, "list", admin=None).returncode == 2  # no PRISM_ADMIN_KEY
+    wrong = cli(a.url, "list", admin="not-the-admin-key")
+    assert wrong.returncode == 1 and json.loads(wrong.stderr)["status"] == 401
+
+
 def test_rpm_holds_across_two_replicas(replicas: tuple[GatewayProcess, GatewayProcess]) -> None:
     a, b = replicas
     made = cli_create(a.url, "rpm-job", "--rpm", "20")
