@@ -13,11 +13,15 @@ import hmac
 import re
 import secrets
 import time
-from typing import Annotated, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from prism.backends import Forbidden, Task
+
+if TYPE_CHECKING:
+    from ..policy import Decision
 
 PREFIX = "prism_"
 #: ``prism_<12 hex id>_<43 url-safe chars>``
@@ -157,6 +161,20 @@ class Caller:
                 f"key {self.id} may not use model {model!r} (scope models: {allowed})",
                 extra={"scope": "models", "allowed": sorted(self.models or ())},
             )
+
+    def scoped(self, decision: Decision, task: Task) -> Decision:
+        """``decision`` as this key may run it: 403 when its task or model is outside the
+        scope; targets and fallbacks of other models left out (a fallback must not serve a
+        model the key may not use)."""
+        self.check_task(task)
+        self.check_model(decision.model)
+        if self.admin or self.models is None:
+            return decision
+        return replace(
+            decision,
+            targets=tuple(t for t in decision.targets if t.model in self.models),
+            fallback=tuple(t for t in decision.fallback if t.model in self.models),
+        )
 
     def check_task(self, task: Task) -> None:
         if self.admin or self.tasks is None or task in self.tasks:

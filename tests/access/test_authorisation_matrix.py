@@ -155,3 +155,34 @@ async def test_task_scope(matrix: Any) -> None:
         "/v1/embeddings", json={"model": "fake", "input": "x"}, headers=bearer(classify_only)
     )
     assert emb.status_code == 403 and "scope tasks" in emb.json()["error"]["message"]
+
+
+FALLBACK_POLICY = """
+version: 1
+models:
+  broken:
+    modalities: [text]
+    versions: {"1": {backend: local, kind: fake, dim: 4, fail_every: 1}}
+  spare:
+    modalities: [text]
+    versions: {"1": {backend: local, kind: fake, dim: 4}}
+routes:
+  - name: text
+    match: {modality: [text]}
+    model: broken
+    version: "1"
+    retries: 0
+    fallback: [{model: spare, version: "1"}]
+"""
+
+
+async def test_a_fallback_never_serves_a_model_outside_the_scope(tmp_path: Path) -> None:
+    settings = keyed_settings(tmp_path)
+    settings.policy.write_text(FALLBACK_POLICY)
+    async with AsyncTestClient(create_app(settings)) as c:
+        scoped = (await make_key(c, models=["broken"]))["key"]
+        body = {"inputs": [{"text": "x"}], "cache": "bypass"}
+        served = await c.post("/v1/infer", json=body, headers=bearer(ADMIN))
+        assert served.status_code == 200 and served.json()["model"] == "spare"
+        refused = await c.post("/v1/infer", json=body, headers=bearer(scoped))
+        assert refused.status_code == 502, refused.text  # not answered by 'spare'
