@@ -75,6 +75,10 @@ STORE_RETRY_S = 1.0
 #: the check loop stalls
 SYNC_S = 0.25
 FRESH_S = 1.0
+#: an id no store knows is not looked up again for this long (keys are made with fresh random
+#: ids, so only a made-up id is ever asked for twice), and at most this many are remembered
+UNKNOWN_TTL_S = 1.0
+UNKNOWN_MAX = 10_000
 
 
 def _presented_key(scope: Scope) -> str | None:
@@ -166,6 +170,7 @@ class Access:
         #: when the last successful sync started (monotonic): what the cache is vouched for
         self._verified_at = -1e9
         self._sync_task: asyncio.Task[None] | None = None
+        self._unknown: dict[str, float] = {}
         self._store_down_until = 0.0
         self.store_reachable = True
 
@@ -200,8 +205,11 @@ class Access:
         return Caller(api[0], admin=not self.bootstrap_admin)
 
     async def _fetch(self, key_id: str) -> KeyRecord | None:
-        if time.monotonic() < self._store_down_until:
+        now = time.monotonic()
+        if now < self._store_down_until:
             raise StoreDown("key store unreachable (retrying shortly)")
+        if self._unknown.get(key_id, 0.0) > now:
+            return None  # asked a moment ago: a flood of made-up ids costs Redis nothing
         try:
             record = await self.store.fetch(key_id)
         except StoreDown:
@@ -209,6 +217,11 @@ class Access:
             raise
         if record is not None:
             self._records[key_id] = record
+            self._unknown.pop(key_id, None)
+        else:
+            if len(self._unknown) >= UNKNOWN_MAX:
+                self._unknown.clear()
+            self._unknown[key_id] = now + UNKNOWN_TTL_S
         return record
 
     def _down(self) -> None:

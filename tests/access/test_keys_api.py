@@ -120,3 +120,23 @@ async def test_without_bootstrap_keys_managed_keys_are_refused(tmp_path: Path) -
     settings = keyed_settings(tmp_path, api_keys=[], admin_keys=[])
     async with AsyncTestClient(create_app(settings)) as c:
         assert problem(await c.post("/admin/keys", json={"name": "x"}), 409)["code"] == "conflict"
+
+
+async def test_made_up_ids_are_not_looked_up_again_and_again(tmp_path: Path) -> None:
+    app = create_app(keyed_settings(tmp_path))
+    async with AsyncTestClient(app) as c:
+        access = app.state.runtime.access
+        fetched: list[str] = []
+        real_fetch = access.store.fetch
+
+        async def counting(key_id: str) -> object:
+            fetched.append(key_id)
+            return await real_fetch(key_id)
+
+        access.store.fetch = counting
+        forged = "prism_0123456789ab_" + "x" * 43
+        for _ in range(20):
+            assert (
+                await c.post("/v1/infer", json=INFER, headers=bearer(forged))
+            ).status_code == 401
+        assert fetched == ["0123456789ab"]
