@@ -140,3 +140,19 @@ async def test_made_up_ids_are_not_looked_up_again_and_again(tmp_path: Path) -> 
                 await c.post("/v1/infer", json=INFER, headers=bearer(forged))
             ).status_code == 401
         assert fetched == ["0123456789ab"]
+
+
+async def test_an_unknown_key_is_refused_while_redis_is_down(tmp_path: Path) -> None:
+    from tests.support import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    async with AsyncTestClient(create_app(keyed_settings(tmp_path, redis_url=dead))) as c:
+        forged = "prism_0123456789ab_" + "x" * 43
+        answer = await c.post("/v1/infer", json=INFER, headers=bearer(forged))
+        body = problem(answer, 503)
+        assert body["code"] == "limits_unavailable" and int(answer.headers["retry-after"]) >= 1
+        assert (await c.post("/v1/infer", json=INFER, headers=bearer(API))).status_code == 200
+        ready = (await c.get("/readyz")).json()["keys"]
+        assert ready == {"store": "redis", "reachable": False, "on_store_down": "fail_open"}
+        metrics = (await c.get("/metrics")).text
+        assert 'prism_key_store_errors_total{mode="refused"} 1.0' in metrics
