@@ -11,7 +11,12 @@ One run starts, on loopback:
 - ``prism serve`` routing to that upstream: ``/v1/infer`` with the ``openai`` and the ``kserve``
   backend, the OpenAI door (``/v1/embeddings``) and the KServe door (``/v2/models/{m}/infer``),
   all cache-off (route ``ttl_s: 0``), then ``/v1/infer`` cache hits (the same body every time)
-  with the in-process cache and with a real ``redis-server``, and with ``--workers 2``.
+  with the in-process cache and with a real ``redis-server``, and with ``--workers 2``;
+- the same Redis cache hits on a gateway with keys on (``PRISM_ADMIN_KEYS``, and
+  ``PRISM_REQUIRE_KEY=false`` so a row without a key runs there too): no key, a bootstrap key
+  (compared in the process), a managed key without limits (no round trip of its own) and
+  one with rpm/rpd/max_concurrent limits (one Lua script in Redis per request); their "added
+  p50" is over the Redis-hit row of the gateway without keys, measured in the same run.
 
 Every row is ``wrk -t1 -cN -dSs --latency`` with a Lua script for the POST body, after a
 warm-up at the same concurrency. Each path is checked once before it is loaded (status, and
@@ -19,7 +24,7 @@ warm-up at the same concurrency. Each path is checked once before it is loaded (
 of the ceiling at the same concurrency; added p50 over the direct upstream call for the
 cache-off rows) and appends rows to ``bench/results/http.csv``.
 
-    python bench/http_wrk.py [--seconds 10] [--warmup 3] [--concurrency 1 8 64]
+    python bench/http_wrk.py [--seconds 10] [--warmup 3] [--concurrency 1 8 64] [--only TEXT ...]
 """
 
 from __future__ import annotations
@@ -93,9 +98,17 @@ class Row:
     baseline: str | None = None
     #: x-prism-cache the check must see (a second identical request, for hits)
     cache: str | None = None
+    #: request headers (an API key)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
-def plan() -> list[Row]:
+REDIS_HIT = "prism /v1/infer redis hit"
+#: the bootstrap admin key of the keyed gateway, and a managed key's limits (never reached)
+BENCH_ADMIN_KEY = "bench-admin-key"
+BENCH_LIMITS = {"rpm": 1_000_000, "rpd": 100_000_000, "max_concurrent": 10_000}
+
+
+def plan(managed_key: str = "", unlimited_key: str = "") -> list[Row]:
     infer = "/v1/infer"
 
     def native(model: str) -> bytes:
@@ -126,9 +139,54 @@ def plan() -> list[Row]:
             UP_KSERVE,
         ),
         Row("prism /v1/infer memory hit", "prism", infer, native("cached"), cache="hit"),
-        Row("prism /v1/infer redis hit", "prism-redis", infer, native("cached"), cache="hit"),
+        Row(REDIS_HIT, "prism-redis", infer, native("cached"), cache="hit"),
         Row("prism --workers 2 /v1/infer memory hit", "prism-workers", infer, native("cached")),
+        Row(
+            "keys on: redis hit, no key",
+            "prism-keys",
+            infer,
+            native("cached"),
+            REDIS_HIT,
+            "hit",
+        ),
+        Row(
+            "keys on: redis hit, bootstrap key",
+            "prism-keys",
+            infer,
+            native("cached"),
+            REDIS_HIT,
+            "hit",
+            (("Authorization", f"Bearer {BENCH_ADMIN_KEY}"),),
+        ),
+        Row(
+            "keys on: redis hit, managed key, no limits",
+            "prism-keys",
+            infer,
+            native("cached"),
+            REDIS_HIT,
+            "hit",
+            (("Authorization", f"Bearer {unlimited_key}"),),
+        ),
+        Row(
+            "keys on: redis hit, managed key + limits",
+            "prism-keys",
+            infer,
+            native("cached"),
+            REDIS_HIT,
+            "hit",
+            (("Authorization", f"Bearer {managed_key}"),),
+        ),
     ]
+
+
+def selected(rows: list[Row], only: list[str] | None) -> list[Row]:
+    """The rows whose label holds one of ``only`` (all when None), with the ceiling and the
+    baselines they are compared with."""
+    if not only:
+        return rows
+    keep = {r.label for r in rows if any(o in r.label for o in only)}
+    keep |= {CEILING} | {r.baseline for r in rows if r.label in keep and r.baseline}
+    return [r for r in rows if r.label in keep]
 
 
 # --- wrk ----------------------------------------------------------------------------------
@@ -147,11 +205,13 @@ class WrkResult:
 _UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
-def _lua(body: bytes) -> str:
+def _lua(body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> str:
     # a long bracket with a level: JSON never contains "]==]"
+    extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers)
     return (
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
+        f"{extra}"
         f"wrk.body = [==[{body.decode()}]==]\n"
     )
 
@@ -236,7 +296,7 @@ def _wait_for_workers(gw: GatewayProcess, workers: int, timeout_s: float = 120) 
 
 def check(row: Row, url: str) -> None:
     """One request before the load: a benchmark of error answers is worthless."""
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **dict(row.headers)}
     r = httpx.post(url + row.path, content=row.body, headers=headers, timeout=30)
     if row.cache == "hit":  # the first one fills the cache
         r = httpx.post(url + row.path, content=row.body, headers=headers, timeout=30)
@@ -264,13 +324,15 @@ HEADERS = [
 ]
 
 
-def measure(args: argparse.Namespace, urls: dict[str, str], tmp: Path) -> list[list[object]]:
-    rows = plan()
+def measure(
+    args: argparse.Namespace, urls: dict[str, str], tmp: Path, keys: tuple[str, str]
+) -> list[list[object]]:
+    rows = selected(plan(*keys), args.only)
     scripts = {}
     for i, row in enumerate(rows):
         check(row, urls[row.server])
         scripts[row.label] = tmp / f"row-{i}.lua"
-        scripts[row.label].write_text(_lua(row.body))
+        scripts[row.label].write_text(_lua(row.body, row.headers))
     total = len(rows) * len(args.concurrency)
     minutes = total * (args.seconds + args.warmup) / 60
     print(f"{total} rows, about {minutes:.0f} min", flush=True)
@@ -322,7 +384,10 @@ def main(args: argparse.Namespace) -> int:
         policy = tmp / "policy.yaml"
         policy.write_text(POLICY.format(url=upstream_url))
         redis = RedisProcess().start()
-        print("starting prism serve (plain, with Redis, with --workers 2) ...", flush=True)
+        print(
+            "starting prism serve (plain, with Redis, with --workers 2, with keys) ...",
+            flush=True,
+        )
         gw = GatewayProcess(policy, env=QUIET).start()
         gateways.append(gw)
         gw_redis = GatewayProcess(policy, redis_url=redis.url, env=QUIET).start()
@@ -332,6 +397,23 @@ def main(args: argparse.Namespace) -> int:
         gw_workers = GatewayProcess(policy, env=env).start()
         gateways.append(gw_workers)
         _wait_for_workers(gw_workers, 2)
+        keys_env = {
+            **QUIET,
+            "PRISM_ADMIN_KEYS": json.dumps([BENCH_ADMIN_KEY]),
+            "PRISM_REQUIRE_KEY": "false",
+        }
+        gw_keys = GatewayProcess(policy, redis_url=redis.url, env=keys_env).start()
+        gateways.append(gw_keys)
+        made = [
+            httpx.post(
+                gw_keys.url + "/admin/keys",
+                json={"name": "bench", **limits},
+                headers={"Authorization": f"Bearer {BENCH_ADMIN_KEY}"},
+            )
+            for limits in (BENCH_LIMITS, {})
+        ]
+        for answer in made:
+            answer.raise_for_status()
         urls = {
             "ceiling": ceiling_url,
             "litestar": litestar_url,
@@ -339,8 +421,9 @@ def main(args: argparse.Namespace) -> int:
             "prism": gw.url,
             "prism-redis": gw_redis.url,
             "prism-workers": gw_workers.url,
+            "prism-keys": gw_keys.url,
         }
-        table = measure(args, urls, tmp)
+        table = measure(args, urls, tmp, (made[0].json()["key"], made[1].json()["key"]))
     finally:
         for g in gateways:
             g.stop()
@@ -365,6 +448,13 @@ if __name__ == "__main__":
     )
     parser.add_argument("--seconds", type=int, default=10, help="seconds measured per row")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per row")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="TEXT",
+        help="run only the rows whose label holds one of these (plus the ceiling and their "
+        "baselines), e.g. --only 'redis hit'",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     t0 = time.perf_counter()
     status = main(parser.parse_args())

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.status_codes import HTTP_200_OK
 
 from prism.backends import InvalidInput, NotFound
 
+from .auth import key_id_of
 from .doors._openapi import PROBLEM, documented
 from .experiments import control_arm
 from .policy import Experiment, PolicyLoadError
@@ -87,7 +88,7 @@ _NO_EXPERIMENT = {404: "No such experiment in the running policy"}
 class AdminController(Controller):
     path = "/admin"
     tags = ["admin"]
-    opt = {"admin": True}  # PRISM_ADMIN_KEYS guard these
+    opt = {"admin": True}  # admin keys only (gateway/auth.py); changes are audited
 
     @get(
         "/policy",
@@ -110,13 +111,31 @@ class AdminController(Controller):
             },
         ),
     )
-    async def reload(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+    async def reload(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    ) -> dict[str, Any]:
+        before = runtime.policy.digest
         try:
             await runtime.reload()
         except PolicyLoadError as exc:
             exc.extra.setdefault("issues", [str(i) for i in exc.issues])
             exc.extra.setdefault("running_digest", runtime.policy.digest)
+            await runtime.audit.record(
+                action="policy.reload",
+                target=str(runtime.settings.policy),
+                key_id=key_id_of(request),
+                outcome=f"refused: {exc.detail}",
+                before={"policy": before},
+            )
             raise
+        await runtime.audit.record(
+            action="policy.reload",
+            target=str(runtime.settings.policy),
+            key_id=key_id_of(request),
+            outcome="ok",
+            before={"policy": before},
+            after={"policy": runtime.policy.digest},
+        )
         return policy_status(runtime)
 
     @get(
@@ -153,10 +172,21 @@ class AdminController(Controller):
         **documented(PROBLEM, 401, 403, 404, wording=_NO_EXPERIMENT),
     )
     async def resume(
-        self, runtime: NamedDependency[Runtime], name: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        name: FromPath[str],
     ) -> dict[str, Any]:
         experiment = _experiment(runtime, name)
+        before = sorted(runtime.experiments.stopped(name))
         await runtime.experiments.resume(name, experiment)
+        await runtime.audit.record(
+            action="experiment.resume",
+            target=name,
+            key_id=key_id_of(request),
+            outcome="ok",
+            before={"stopped": before},
+        )
         return await runtime.experiments.report(name, experiment)
 
     @post(
@@ -174,7 +204,11 @@ class AdminController(Controller):
         ),
     )
     async def stop(
-        self, runtime: NamedDependency[Runtime], name: FromPath[str], arm: FromQuery[str]
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        name: FromPath[str],
+        arm: FromQuery[str],
     ) -> dict[str, Any]:
         experiment = _experiment(runtime, name)
         if arm not in experiment.arms:
@@ -182,6 +216,12 @@ class AdminController(Controller):
         if arm == control_arm(experiment):
             raise InvalidInput(f"{arm!r} is the control arm: it serves when the others stop")
         await runtime.experiments.stop(name, arm, "stopped by an operator")
+        await runtime.audit.record(
+            action="experiment.stop",
+            target=f"{name}/{arm}",
+            key_id=key_id_of(request),
+            outcome="ok",
+        )
         return await runtime.experiments.report(name, experiment)
 
     @get(

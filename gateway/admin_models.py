@@ -5,7 +5,7 @@ label (promote) and put it back (rollback).
 What these change is an override on top of the policy file, kept in Redis (or a file next to
 the policy) so every replica applies it and a restart keeps it; ``GET /admin/policy`` shows
 it beside the file and ``prism policy export`` writes both as one file. Every change goes
-through :func:`_changed`, the one place an audit trail hears about it.
+through :func:`_changed`, the one place the audit log hears about it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from prism.backends import Conflict, ModelNotFound, PrismError, VersionNotFound
 
+from .auth import key_id_of
 from .doors._openapi import PROBLEM, documented
 from .policy import PolicyDocument
 from .policy._document import Name
@@ -63,11 +64,21 @@ async def _changed(
     after: Any,
     outcome: str = "ok",
 ) -> None:
-    """Every model-management action ends here, done or refused (the audit log's hook)."""
+    """Every model-management action ends here, done or refused: the log and the audit log
+    (``GET /admin/audit``: ``model.load``, ``model.unload``, ``model.promote``, ...)."""
     log.info(
         "%s %s: %s (before %s, after %s)", action, target, outcome, before, after,
         extra={"path": request.url.path},
     )  # fmt: skip
+    runtime: Runtime = request.app.state.runtime
+    await runtime.audit.record(
+        action=f"model.{action}",
+        target=target,
+        key_id=key_id_of(request),
+        outcome=outcome,
+        before=before,
+        after=after,
+    )
 
 
 def _version_state_or_404(runtime: Runtime, model: str, version: str) -> dict[str, Any]:

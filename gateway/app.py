@@ -12,8 +12,9 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from .admin import AdminController
+from .admin_keys import KeysController
 from .admin_models import ModelsController
-from .auth import api_key_check
+from .auth import access_middleware
 from .cache import ResponseCache
 from .console import ConsolePages, console_static, offline_swagger, swagger_static
 from .doors._errors import error_response
@@ -59,6 +60,7 @@ def create_app(
             NativeController,
             AdminController,
             ModelsController,
+            KeysController,
             openai_router(),
             gateway_kserve_router(),
             ConsolePages,
@@ -67,12 +69,15 @@ def create_app(
         ],
         dependencies={"runtime": Provide(provide_runtime, use_cache=True)},
         lifespan=[lifespan],
-        before_request=api_key_check(settings.api_keys, settings.admin_keys),
+        # outermost first: prism_in_flight_requests (what the autoscaler scales on, deploy/)
+        # counts every request, then the key check (and its limits' lease) wraps the handler
+        middleware=[
+            rt.metrics.count_in_flight().middleware(),
+            *([m] if (m := access_middleware(rt.access)) is not None else []),
+        ],
         exception_handlers={Exception: error_response},
         # every request is recorded once, when its response starts (recording.py)
         before_send=[Recorder(rt.metrics, rt.known_models, rt.experiments)],
-        # prism_in_flight_requests: what the autoscaler scales on (deploy/)
-        middleware=[rt.metrics.count_in_flight().middleware()],
         request_max_body_size=settings.max_body_bytes,
         request_class=PrismRequest,
         plugins=[WireSchemaPlugin()],  # request bodies documented as pydantic validates them

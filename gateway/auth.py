@@ -1,67 +1,459 @@
-"""API keys: ``Authorization: Bearer KEY`` (what OpenAI clients send) or ``x-api-key: KEY``.
+"""Who may call what, and how often: API keys, scopes and per-key limits, before dispatch.
 
-Off when ``PRISM_API_KEYS`` is empty. Health, readiness and metrics stay open (probes and
-scrapers carry no keys); handlers mark themselves with ``opt={"public": True}``.
+Keys come as ``Authorization: Bearer KEY`` (what OpenAI clients send) or ``x-api-key: KEY``.
+Two kinds:
 
-``PRISM_ADMIN_KEYS`` (like LiteLLM's master key): when set, ``/admin/*`` (handlers with
-``opt={"admin": True}``) takes only those keys, and an inference key there is a 403; admin
-keys work everywhere. When unset, admin endpoints take the API keys like the rest.
+- **bootstrap keys** from ``PRISM_API_KEYS`` / ``PRISM_ADMIN_KEYS`` (no scopes, no limits);
+  with ``PRISM_ADMIN_KEYS`` set, ``/admin/*`` takes only admin keys (an inference key there
+  is a 403); without it, admin endpoints take the API keys like the rest;
+- **managed keys** (``prism_<id>_...``, made by ``POST /admin/keys``): scopes (models,
+  tasks), limits (rpm, rpd, max_concurrent), an expiry; kept in Redis or a file
+  (``access``).
+
+Keys are required once any bootstrap key is set (``PRISM_REQUIRE_KEY`` overrides: false
+leaves inference open to callers without a key; a key that is sent is still checked). Health,
+readiness and metrics stay open (probes and scrapers carry no keys): handlers mark
+themselves with ``opt={"public": True}``; inference handlers with ``opt={"metered": True}``
+count against a key's limits.
+
+The check is an ASGI middleware around each route (it must see the response finish to give
+a concurrency lease back, also when the handler fails or is cancelled). Records are cached
+here. A managed key with limits costs one Redis round trip per request (one Lua script:
+revision check + limits), and a changed revision makes the request fetch the record again,
+so a revocation or a new limit applies to its next request on every replica. A key without
+limits costs no round trip: a loop re-checks the cached records every :data:`SYNC_S` (and
+adds their usage), and a record the loop has not vouched for within :data:`FRESH_S` is
+checked by the request itself: a change applies everywhere within a second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from typing import Any
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from litestar import Request
-from litestar.connection import ASGIConnection
+from litestar.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import Counter, Gauge
 
 from prism.backends import Forbidden, Unauthorized
 
+from .access import (
+    Caller,
+    FileKeyStore,
+    KeyRecord,
+    KeyStore,
+    LimitsUnavailable,
+    LocalLimiter,
+    RateLimited,
+    RedisKeyStore,
+    StoreDown,
+    bootstrap_id,
+    id_in,
+)
+from .recording import record_of
 
-def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    auth = connection.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return connection.headers.get("x-api-key")
+if TYPE_CHECKING:
+    from litestar import Request
+
+    from .metrics import Metrics
+    from .settings import Settings
+
+log = logging.getLogger("prism.auth")
+
+#: where the caller is kept in the ASGI scope's ``state``
+CALLER_KEY = "prism.caller"
+#: after a failed call, the key store is not asked again for this long (requests take the
+#: fallback path at once instead of each waiting for a connection to fail)
+STORE_RETRY_S = 1.0
+#: how often cached records of keys without limits are checked against Redis (their requests
+#: make no round trip of their own); a cache not checked within FRESH_S is not trusted: the
+#: request then asks Redis itself, so a change applies everywhere within FRESH_S, even when
+#: the check loop stalls
+SYNC_S = 0.25
+FRESH_S = 1.0
+#: an id no store knows is not looked up again for this long (keys are made with fresh random
+#: ids, so only a made-up id is ever asked for twice), and at most this many are remembered
+UNKNOWN_TTL_S = 1.0
+UNKNOWN_MAX = 10_000
 
 
-def _matches(presented: str, keys: list[bytes]) -> bool:
-    # every key compared, in constant time each: no early exit that times which one matched
-    raw = presented.encode()
-    return sum(hmac.compare_digest(raw, k) for k in keys) > 0
+def _presented_key(scope: Scope) -> str | None:
+    api_key = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            text = value.decode("latin-1")
+            if text[:7].lower() == "bearer ":
+                return text[7:].strip()
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1")
+    return api_key
 
 
-def api_key_check(keys: list[str], admin_keys: list[str] | None = None) -> Any:
-    """A Litestar ``before_request`` hook accepting any of ``keys``, and only ``admin_keys`` on
-    admin handlers; None when no key is configured (nothing to check, nothing to run).
+def key_id_of(request: Request[Any, Any, Any]) -> str | None:
+    """The id of the key that made ``request`` (never its secret); None without auth."""
+    caller = request.scope["state"].get(CALLER_KEY)
+    return caller.id if caller is not None else None
 
-    A hook rather than a guard: Litestar copies the route handler for every guard call, and
-    runs a sync guard on a worker thread; this is one async call on the request it already has.
-    """
-    inference = [k.encode() for k in keys]
-    admin = [k.encode() for k in admin_keys or []]
-    if not inference and not admin:
+
+def caller_of(scope: Scope) -> Caller | None:
+    """The request's :class:`Caller`; None when authentication is off."""
+    return scope["state"].get(CALLER_KEY)
+
+
+def _missing() -> Unauthorized:
+    return Unauthorized(
+        "missing API key: send 'Authorization: Bearer <key>'",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _invalid(why: str = "invalid API key") -> Unauthorized:
+    return Unauthorized(why, headers={"WWW-Authenticate": "Bearer"})
+
+
+class KeyMetrics:
+    """Per-key figures (key ids only) and key store failures, in the app's registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        r = metrics.registry
+        self.requests = Counter(
+            "prism_key_requests",
+            "Requests by managed key id and outcome (admitted, or the limit that refused it)",
+            ["key", "outcome"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "prism_key_in_flight",
+            "Requests in flight per managed key (this process)",
+            ["key"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "prism_key_store_errors",
+            "Requests that found the key store unreachable, by what happened (fail_open: "
+            "served under this process's own limits; fail_closed: refused)",
+            ["mode"],
+            registry=r,
+        )
+
+
+class Access:
+    """Authentication, scopes and limits of one gateway (built by the runtime)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, keys_file: Path | None) -> None:
+        self.settings = settings
+        self.bootstrap_api = [(k.encode(), bootstrap_id(k)) for k in settings.api_keys]
+        self.bootstrap_admin = [(k.encode(), bootstrap_id(k)) for k in settings.admin_keys]
+        self.enabled = bool(self.bootstrap_api or self.bootstrap_admin or settings.require_key)
+        self.required = (
+            settings.require_key
+            if settings.require_key is not None
+            else bool(self.bootstrap_api or self.bootstrap_admin)
+        )
+        self.fail_closed = settings.limits_on_store_down == "fail_closed"
+        self.store: KeyStore = (
+            RedisKeyStore(settings.redis_url) if settings.redis_url else FileKeyStore(keys_file)
+        )
+        self.fallback = LocalLimiter()
+        self.metrics = KeyMetrics(metrics)
+        self._records: dict[str, KeyRecord] = {}
+        #: each cached record's Caller, built once per revision (not per request)
+        self._callers: dict[str, tuple[KeyRecord, Caller]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+        #: keys without limits: requests counted here, added to Redis by the sync loop
+        self._counts: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+        #: when the last successful sync started (monotonic): what the cache is vouched for
+        self._verified_at = -1e9
+        self._sync_task: asyncio.Task[None] | None = None
+        self._unknown: dict[str, float] = {}
+        self._store_down_until = 0.0
+        self.store_reachable = True
+
+    # --- the admin API's view -------------------------------------------------------------
+
+    def forget(self, key_id: str) -> None:
+        """Drop a cached record (this process changed it)."""
+        self._records.pop(key_id, None)
+
+    def status(self) -> dict[str, Any]:
+        """What ``/readyz`` says about keys and limits."""
+        return {
+            "store": self.store.kind,
+            "reachable": self.store_reachable,
+            "on_store_down": self.settings.limits_on_store_down,
+        }
+
+    # --- per request ------------------------------------------------------------------------
+
+    def _bootstrap(self, presented: str, admin_only: bool) -> Caller | None:
+        raw = presented.encode()
+        # every key compared, in constant time each: no early exit that times which one matched
+        admin = [kid for k, kid in self.bootstrap_admin if hmac.compare_digest(raw, k)]
+        if admin:
+            return Caller(admin[0], admin=True)
+        api = [kid for k, kid in self.bootstrap_api if hmac.compare_digest(raw, k)]
+        if not api:
+            return None
+        if admin_only and self.bootstrap_admin:
+            raise Forbidden("this endpoint needs an admin key (PRISM_ADMIN_KEYS)")
+        # without PRISM_ADMIN_KEYS the API keys are the admin keys (as before managed keys)
+        return Caller(api[0], admin=not self.bootstrap_admin)
+
+    async def _fetch(self, key_id: str) -> KeyRecord | None:
+        now = time.monotonic()
+        if now < self._store_down_until:
+            raise StoreDown("key store unreachable (retrying shortly)")
+        if self._unknown.get(key_id, 0.0) > now:
+            return None  # asked a moment ago: a flood of made-up ids costs Redis nothing
+        try:
+            record = await self.store.fetch(key_id)
+        except StoreDown:
+            self._down()
+            raise
+        if record is not None:
+            self._records[key_id] = record
+            self._unknown.pop(key_id, None)
+        else:
+            if len(self._unknown) >= UNKNOWN_MAX:
+                self._unknown.clear()
+            self._unknown[key_id] = now + UNKNOWN_TTL_S
+        return record
+
+    def _down(self) -> None:
+        self._store_down_until = time.monotonic() + STORE_RETRY_S
+        if self.store_reachable:
+            log.warning(
+                "the key store is unreachable; keys and limits: %s",
+                self.settings.limits_on_store_down,
+            )
+        self.store_reachable = False
+
+    def _verify(self, record: KeyRecord | None, presented: str, admin_only: bool) -> KeyRecord:
+        if record is None or not record.matches(presented):
+            raise _invalid()
+        if record.revoked_at is not None:
+            raise _invalid("this API key was revoked")
+        if record.expired():
+            raise _invalid("this API key has expired")
+        if admin_only and not record.admin:
+            raise Forbidden(f"this endpoint needs an admin key; key {record.id} is not one")
+        return record
+
+    async def _managed(
+        self, key_id: str, presented: str, admin_only: bool, lease: str, metered: bool
+    ) -> tuple[KeyRecord, bool]:
+        """The verified record, admitted against its limits; True when the lease was taken
+        from the local fallback limiter (Redis down, fail_open)."""
+        record = self._records.get(key_id)
+        if record is None:
+            try:
+                record = await self._fetch(key_id)
+            except StoreDown as exc:
+                self.metrics.store_errors.labels("refused").inc()
+                raise LimitsUnavailable(
+                    "the key store is unreachable and this key is not known here yet",
+                    retry_after_s=1,
+                ) from exc
+        record = self._verify(record, presented, admin_only)
+        if (
+            not record.limited
+            and self._sync_task is not None
+            and time.monotonic() - self._verified_at < FRESH_S
+        ):
+            # no limits to take: the sync loop vouches for the cached record, and counts
+            self._last[key_id] = time.time()
+            if metered:
+                self._counts[key_id] = self._counts.get(key_id, 0) + 1
+            return record, False
+        for _ in range(3):
+            try:
+                if time.monotonic() < self._store_down_until:
+                    raise StoreDown("key store unreachable (retrying shortly)")
+                answer = await self.store.admit(record, lease, metered=metered)
+            except StoreDown:
+                self._down()
+                mode = "fail_closed" if self.fail_closed else "fail_open"
+                self.metrics.store_errors.labels(mode).inc()
+                if self.fail_closed:
+                    raise LimitsUnavailable(
+                        "rate limits cannot be checked (key store unreachable)", retry_after_s=1
+                    ) from None
+                self.fallback.admit(record, lease, metered=metered)
+                return record, True
+            self.store_reachable = True
+            if answer == "ok":
+                return record, False
+            if answer == "revoked":
+                self._records.pop(key_id, None)
+                raise _invalid("this API key was revoked")
+            # stale: another replica changed the key; read it again and re-check
+            record = self._verify(await self._fetch(key_id), presented, admin_only)
+        raise LimitsUnavailable("the key kept changing while it was checked", retry_after_s=1)
+
+    def start(self) -> None:
+        """Start checking cached records of keys without limits (Redis only)."""
+        if self.enabled and isinstance(self.store, RedisKeyStore) and self._sync_task is None:
+            self._sync_task = asyncio.create_task(self._sync_loop())
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:  # never let the loop die; the next round tries again
+                log.exception("key sync failed")
+            await asyncio.sleep(SYNC_S)
+
+    async def sync(self) -> None:
+        """One round: push local usage, read every cached unlimited key's live revision, and
+        drop records that changed (their next request fetches them again)."""
+        assert isinstance(self.store, RedisKeyStore)
+        started = time.monotonic()
+        ids = [k for k, r in self._records.items() if not r.limited]
+        counts, last = self._counts, self._last
+        self._counts, self._last = {}, {}
+        try:
+            revs = await self.store.sync(ids, counts, last)
+        except StoreDown:
+            self._down()
+            for k, n in counts.items():  # counted again next round
+                self._counts[k] = self._counts.get(k, 0) + n
+            self._last = {**last, **self._last}
+            return
+        for key_id, rev in revs.items():
+            record = self._records.get(key_id)
+            if record is not None and rev != record.rev:
+                self._records.pop(key_id, None)
+        self._verified_at = started
+        self.store_reachable = True
+
+    async def aclose(self) -> None:
+        """Stop the sync loop, let leases being given back finish, then close the store."""
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, return_exceptions=True)
+            await self.sync()  # the last usage counts
+        if self._releases:
+            await asyncio.wait(list(self._releases), timeout=2.0)
+        await self.store.aclose()
+
+    def caller(self, record: KeyRecord) -> Caller:
+        cached = self._callers.get(record.id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        caller = record.caller()
+        self._callers[record.id] = (record, caller)
+        return caller
+
+    def release_later(self, record: KeyRecord, lease: str, local: bool) -> None:
+        """Give a lease back without holding up the connection (HTTP/1.1 keep-alive serves
+        the next request only once this one's app call returns); a task of its own, so a
+        cancelled request still gives its lease back."""
+        if not lease:
+            return
+        if local:
+            self.fallback.release(record.id, lease)
+            return
+        task = asyncio.create_task(self.release(record, lease, local))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def release(self, record: KeyRecord, lease: str, local: bool) -> None:
+        if not lease:
+            return
+        if local:
+            self.fallback.release(record.id, lease)
+            return
+        try:
+            await self.store.release(record, lease)
+        except StoreDown:
+            self._down()  # the lease expires by itself (LEASE_TTL_S)
+
+
+class AccessMiddleware:
+    """The per-route ASGI middleware that applies :class:`Access` (see the module doc)."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = scope.get("route_handler")
+        opt = handler.opt if handler is not None else {}
+        if scope["type"] != "http" or opt.get("public") or scope["path"].startswith("/schema"):
+            await self.app(scope, receive, send)
+            return
+        access = self.access
+        admin_only = bool(opt.get("admin"))
+        presented = _presented_key(scope)
+        if presented is None:
+            if admin_only or access.required:
+                raise _missing()
+            await self.app(scope, receive, send)
+            return
+        key_id = id_in(presented)
+        record: KeyRecord | None = None
+        caller = access._bootstrap(presented, admin_only) if key_id is None else None
+        lease = ""
+        local = False
+        if caller is None:
+            if key_id is None:
+                raise _invalid()
+            metered = bool(opt.get("metered"))
+            lease = secrets.token_hex(8)
+            try:
+                record, local = await access._managed(key_id, presented, admin_only, lease, metered)
+            except RateLimited as exc:
+                access.metrics.requests.labels(key_id, exc.extra["limit"]).inc()
+                raise
+            caller = access.caller(record)
+            # only a metered request of a key with max_concurrent holds a lease to give back
+            if not (metered and record.max_concurrent):
+                lease = ""
+        scope["state"][CALLER_KEY] = caller
+        record_of(scope).caller = caller
+        try:
+            model = (scope.get("path_params") or {}).get("model")
+            if isinstance(model, str):
+                caller.check_model(model.partition("@")[0])
+        except BaseException:
+            if record is not None:
+                access.release_later(record, lease, local)
+            raise
+        if record is None:
+            await self.app(scope, receive, send)
+            return
+        metrics = access.metrics
+        metrics.requests.labels(record.id, "admitted").inc()
+        gauge = metrics.in_flight.labels(record.id)
+        gauge.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            gauge.dec()
+            access.release_later(record, lease, local)
+
+
+def access_middleware(access: Access) -> Any:
+    """The middleware factory Litestar takes (``None`` when authentication is off)."""
+    if not access.enabled:
         return None
 
-    async def check(request: Request[Any, Any, Any]) -> None:
-        opt = request.route_handler.opt
-        if opt.get("public") or request.scope["path"].startswith("/schema"):
-            return
-        admin_only = bool(admin) and bool(opt.get("admin"))
-        accepted = admin if admin_only else inference + admin
-        if not inference and not admin_only:
-            return  # only admin keys are configured, and this is not an admin endpoint
-        presented = _presented_key(request)
-        if presented is None:
-            raise Unauthorized(
-                "missing API key: send 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if _matches(presented, accepted):
-            return
-        if admin_only and _matches(presented, inference):
-            raise Forbidden("this endpoint needs an admin key (PRISM_ADMIN_KEYS)")
-        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    def factory(app: ASGIApp) -> ASGIApp:
+        return AccessMiddleware(app, access)
 
-    return check
+    return factory
+
+
+__all__ = [
+    "CALLER_KEY",
+    "Access",
+    "AccessMiddleware",
+    "access_middleware",
+    "caller_of",
+    "key_id_of",
+]

@@ -310,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_experiments import register as register_experiment_commands
 
     register_experiment_commands(sub)
+
+    from .cli_keys import register as register_key_commands
+
+    register_key_commands(sub)
     return parser
 
 

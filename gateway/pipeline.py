@@ -115,6 +115,8 @@ class Pipeline:
         decision = policy.decide(facts, self.experiments.pick_arm)
         record.decided(decision, self._reason(decision))
         record.unit = facts.unit
+        if record.caller is not None:  # the key's scopes: 403 naming the scope
+            decision = record.caller.scoped(decision, inference.task)
         self._check_serves(policy, decision, facts)
         items = await self._fetch_url_images(policy, inference, decision)
 

@@ -21,6 +21,7 @@ from .experiments import unit_hash
 from .schema import RouteInfo
 
 if TYPE_CHECKING:
+    from .access import Caller
     from .experiments import ExperimentEngine
     from .metrics import Metrics
     from .policy import Decision
@@ -66,6 +67,8 @@ class RequestRecord:
     answer_id: str | None = None
     #: the failure, normalised once by the error handler
     error: PrismError | None = None
+    #: who called (set by auth when keys are on): the pipeline checks the key's scopes
+    caller: Caller | None = None
 
     def decided(self, decision: Decision, reason: str) -> None:
         """The policy's decision, as the response and the metrics report it."""

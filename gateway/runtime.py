@@ -18,6 +18,8 @@ from typing import Any
 
 from prism.backends import PrismError
 
+from .audit import AuditLog
+from .auth import Access
 from .cache import MemoryStore, RedisStore, ResponseCache
 from .deployments import DeploymentFailed, Deployments
 from .dispatch import Dispatcher
@@ -75,6 +77,18 @@ class Runtime:
             lambda: [(d.target.key, d.backend) for d in self.deployments.all()]
         )
         self.dispatcher = Dispatcher(self.deployments, metrics=self.metrics)
+        # keys and audit go next to the policy file, unless a policy object was handed in
+        # (tests, embedding: no file to keep them beside)
+        beside_policy = policy is None
+        self.access = Access(
+            settings,
+            self.metrics,
+            settings.keys_path() if beside_policy or settings.keys_file else None,
+        )
+        self.audit = AuditLog(
+            settings.redis_url,
+            settings.audit_path() if beside_policy or settings.audit_file else None,
+        )
         self.last_reload_error: str | None = None
         #: every issue of the last refused reload (``last_reload_error`` is the first)
         self.last_reload_issues: list[str] = []
@@ -154,6 +168,7 @@ class Runtime:
         self.metrics.policy_valid.set(1)
         await self.experiments.sync()  # stops kept from before a restart apply from request 1
         self.experiments.start()
+        self.access.start()
         self._watch_policy()
         self.spawn(self._follow_overrides())
 
@@ -309,3 +324,5 @@ class Runtime:
         await self.overrides_store.aclose()
         await self.deployments.aclose()
         await self.cache.aclose()
+        await self.access.aclose()
+        await self.audit.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,15 @@ class Settings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list)
     #: keys for ``/admin/*`` only (and everything else); empty = admin takes ``api_keys``
     admin_keys: list[str] = Field(default_factory=list)
+    #: callers must send a key; unset = yes once ``api_keys`` or ``admin_keys`` are set
+    require_key: bool | None = None
+    #: managed keys without Redis (default: ``.<policy file name>.keys.json``, mode 0600)
+    keys_file: Path | None = None
+    #: when Redis (keys and limits) cannot be reached: ``fail_open`` serves known keys under
+    #: each process's own limits, ``fail_closed`` refuses managed keys with 503
+    limits_on_store_down: Literal["fail_open", "fail_closed"] = "fail_open"
+    #: the admin audit log without Redis (default: ``.<policy file name>.audit.jsonl``, 0600)
+    audit_file: Path | None = None
     #: without Redis, experiment figures and guardrail stops are kept in this JSON file so a
     #: restart does not forget them (default: ``.<policy file name>.experiments.json`` next
     #: to the policy); ``experiments_persist=false`` keeps them in memory only
@@ -92,3 +102,11 @@ class Settings(BaseSettings):
         return self.experiments_file or self.policy.with_name(
             f".{self.policy.name}.experiments.json"
         )
+
+    def keys_path(self) -> Path:
+        """Where a gateway without Redis keeps its managed keys."""
+        return self.keys_file or self.policy.with_name(f".{self.policy.name}.keys.json")
+
+    def audit_path(self) -> Path:
+        """Where a gateway without Redis appends its audit log."""
+        return self.audit_file or self.policy.with_name(f".{self.policy.name}.audit.jsonl")

@@ -319,9 +319,15 @@ async def test_admin_keys_guard_the_admin_endpoints(tmp_path: Path, api_keys: li
         req = {"inputs": [{"text": "x"}]}
         answer = await c.post("/v1/infer", json=req, headers=key("admin-key"))
         assert answer.status_code == 200  # the admin key works everywhere
-        # inference follows api_keys alone: open when there are none
-        open_call = await c.post("/v1/infer", json=req)
-        assert open_call.status_code == (401 if api_keys else 200)
+        # any bootstrap key turns keys on for inference too (as LiteLLM's master key does)
+        assert (await c.post("/v1/infer", json=req)).status_code == 401
+    # PRISM_REQUIRE_KEY=false keeps inference open beside admin keys
+    settings = Settings(
+        policy=policy, policy_watch_s=0, admin_keys=["admin-key"], require_key=False
+    )
+    async with AsyncTestClient(create_app(settings)) as c:
+        assert (await c.post("/v1/infer", json=req)).status_code == 200
+        assert (await c.get("/admin/policy")).status_code == 401
 
 
 async def test_timing_reports_time_spent_queueing(tmp_path: Path) -> None:

@@ -132,13 +132,16 @@ class ErrorFormat:
 ERROR_STATUSES: dict[int, str] = {
     400: "Malformed request: the body is empty, not JSON or nested too deeply, or a "
     "parameter is missing",
-    401: "No API key or a wrong one (only when PRISM_API_KEYS or PRISM_ADMIN_KEYS are set); "
+    401: "No API key, a wrong one, a revoked or an expired one (only when keys are on); "
     "send `Authorization: Bearer <key>` or `x-api-key: <key>`",
-    403: "An inference key on an admin endpoint (only when PRISM_ADMIN_KEYS is set)",
+    403: "The key may not do this: a key that is not an admin key on an admin endpoint, or a "
+    "managed key asking for a model or task outside its scope (the detail names the scope)",
     404: "Unknown model or version (the detail names it)",
     409: "The answer has its score already (one per answer)",
     413: "The body (inflated, when it is gzip or deflate) is larger than PRISM_MAX_BODY_BYTES",
     415: "A Content-Encoding other than gzip or deflate",
+    429: "The key is over one of its limits (rpm, rpd, max_concurrent): retry after "
+    "Retry-After; RateLimit-Policy and RateLimit say which limit",
     422: "The body parsed but breaks a rule: a field (listed in `errors`), no route serves "
     "these inputs, the model does not take them or serve the task, an image that cannot be "
     "decoded or a URL that is not allowed, more inputs than PRISM_MAX_INPUTS",
@@ -181,6 +184,13 @@ RETRY_AFTER = header("seconds to wait before trying again", integer=True)
 ERROR_HEADERS: dict[int, dict[str, OpenAPIHeader]] = {
     401: {"WWW-Authenticate": header("`Bearer`: the scheme keys are sent in")},
     415: {"Accept-Encoding": header("the content codings Prism reads: gzip, deflate")},
+    429: {
+        "Retry-After": RETRY_AFTER,
+        "RateLimit-Policy": header(
+            'the key\'s limits (IETF draft), e.g. `"rpm";q=20;w=60, "rpd";q=1000;w=86400`'
+        ),
+        "RateLimit": header('the limit reached and when it resets, e.g. `"rpm";r=0;t=12`'),
+    },
     503: {"Retry-After": RETRY_AFTER},
     504: {
         "Retry-After": header(

@@ -46,6 +46,7 @@ from prism.backends._v2 import (
     write_tensors,
 )
 
+from ..auth import caller_of
 from ..inference import Inference
 from ..recording import record_of
 from ..runtime import Runtime
@@ -200,7 +201,7 @@ class KServeController(Controller):
     @get(
         ["/models/{model:str}", "/models/{model:str}/versions/{version:str}"],
         summary="Model metadata",
-        **documented(V2, 401, 404),
+        **documented(V2, 401, 403, 404),
     )
     async def metadata(
         self,
@@ -213,7 +214,7 @@ class KServeController(Controller):
     @get(
         ["/models/{model:str}/config", "/models/{model:str}/versions/{version:str}/config"],
         summary="Model configuration (Triton's view)",
-        **documented(V2, 401, 404),
+        **documented(V2, 401, 403, 404),
     )
     async def config(
         self,
@@ -252,7 +253,10 @@ class KServeController(Controller):
         summary="Every model version and its state",
         **documented(V2, 401),
     )
-    async def index(self, model_server: NamedDependency[ModelServer]) -> list[dict[str, str]]:
+    async def index(
+        self, request: Request[Any, Any, Any], model_server: NamedDependency[ModelServer]
+    ) -> list[dict[str, str]]:
+        caller = caller_of(request.scope)  # a scoped key sees the models it may use
         return [
             {
                 "name": m.name,
@@ -260,15 +264,17 @@ class KServeController(Controller):
                 "state": "READY" if await model_server.model_ready(m) else "UNAVAILABLE",
             }
             for m in model_server.models()
+            if caller is None or caller.may_use(m.name)
         ]
 
     @post(
         ["/models/{model:str}/infer", "/models/{model:str}/versions/{version:str}/infer"],
         status_code=200,
         summary="Inference (JSON tensors or Triton's binary extension)",
+        opt={"metered": True},  # counts against the key's limits (gateway/auth.py)
         **documented(
             V2,
-            *(400, 401, 404, 413, 415, 502, 503, 504),
+            *(400, 401, 403, 404, 413, 415, 429, 502, 503, 504),
             body=INFER_REQUEST,
             answers={
                 200: Answer(

@@ -91,6 +91,11 @@ class Readiness(BaseModel):
     routes_down: list[str] | SkipJsonSchema[None] = Field(
         None, description="routes whose targets are all down (status degraded)"
     )
+    keys: dict[str, Any] | SkipJsonSchema[None] = Field(
+        None,
+        description="when keys are on: where managed keys and limits live (redis or file), "
+        "whether it is reachable, and what happens while it is not (on_store_down)",
+    )
 
 
 def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
@@ -116,8 +121,13 @@ def readiness(runtime: Runtime) -> Response[dict[str, Any]]:
     status = ("degraded" if down else "ready") if ready else "not ready"
     if runtime.drain.draining:  # SIGTERM: the load balancer moves away while we still serve
         ready, status = False, "draining"
+    body: dict[str, Any] = {"status": status, "models": models}
+    if down:
+        body["routes_down"] = down
+    if runtime.access.enabled:
+        body["keys"] = runtime.access.status()
     return Response(
-        {"status": status, "models": models, **({"routes_down": down} if down else {})},
+        body,
         status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
         headers={} if ready else {"Retry-After": "5"},
     )
@@ -130,9 +140,10 @@ class NativeController(Controller):
         "/v1/infer",
         status_code=HTTP_200_OK,
         summary="Run embed / classify / recommend",
+        opt={"metered": True},  # counts against the key's limits (gateway/auth.py)
         **documented(
             PROBLEM,
-            *(400, 401, 404, 413, 415, 422, 502, 503, 504),
+            *(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
             wording={413: "The body (inflated), or an image fetched from its URL, is too large"},
         ),
     )

@@ -42,6 +42,8 @@ from prism.backends import (
     VersionNotFound,
 )
 
+from ..access import OutOfScope
+from ..auth import caller_of
 from ..inference import Inference
 from ..recording import record_of
 from ..runtime import Runtime
@@ -62,6 +64,8 @@ class OpenAIRequestError(BadRequest):
 def _error_type(status: int) -> str:
     if status == 401:
         return "authentication_error"
+    if status == 403:
+        return "permission_error"
     if status == 429:
         return "rate_limit_error"
     return "server_error" if status >= 500 else "invalid_request_error"
@@ -72,7 +76,7 @@ def openai_error(err: PrismError) -> Response[Any]:
     param: str | None = None
     if isinstance(err, OpenAIRequestError):
         param = err.param
-    elif isinstance(err, ModelNotFound | VersionNotFound):
+    elif isinstance(err, ModelNotFound | VersionNotFound | OutOfScope):  # OutOfScope: a key's
         param = "model"
     elif err.errors:  # the pipeline's field names, in OpenAI's terms
         path = err.errors[0].path
@@ -170,7 +174,10 @@ class OpenAIController(Controller):
         "/embeddings",
         status_code=200,
         summary="OpenAI-compatible embeddings",
-        **documented(OPENAI, *(400, 401, 404, 413, 415, 502, 503, 504), body=EMBEDDINGS_REQUEST),
+        opt={"metered": True},  # counts against the key's limits (gateway/auth.py)
+        **documented(
+            OPENAI, *(400, 401, 403, 404, 413, 415, 429, 502, 503, 504), body=EMBEDDINGS_REQUEST
+        ),
     )
     async def embeddings(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
@@ -236,14 +243,22 @@ class OpenAIController(Controller):
         }
         return Response(body, headers=answer.headers)
 
-    @get("/models", summary="Models that embed (OpenAI-compatible)", **documented(OPENAI, 401))
-    async def list_models(self, runtime: NamedDependency[Runtime]) -> dict[str, Any]:
+    @get(
+        "/models",
+        summary="Models that embed (OpenAI-compatible): those the key may use",
+        **documented(OPENAI, 401),
+    )
+    async def list_models(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    ) -> dict[str, Any]:
         created = int(runtime.policy.loaded_at)
         server = PipelineModelServer(runtime)
+        caller = caller_of(request.scope)
         names = [
             name
             for name in runtime.policy.models
-            if Task.EMBED in server.describe(name, None).tasks
+            if (caller is None or caller.may_use(name))
+            and Task.EMBED in server.describe(name, None).tasks
         ]
         return {"object": "list", "data": [_model_card(n, created) for n in names]}
 
@@ -251,7 +266,7 @@ class OpenAIController(Controller):
         "/models/{model:str}",
         summary="One model (OpenAI-compatible)",
         **documented(
-            OPENAI, 400, 401, 404, wording={400: "'model' is not a name or 'name@version'"}
+            OPENAI, 400, 401, 403, 404, wording={400: "'model' is not a name or 'name@version'"}
         ),
     )
     async def get_model(

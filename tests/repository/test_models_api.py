@@ -198,6 +198,17 @@ def test_promote_and_rollback_reach_the_other_replica(
     assert call("GET", a, "/admin/policy").json()["overrides"]["labels"] == {}
     again = call("POST", a, "/admin/models/m/labels/stable/rollback")
     assert again.status_code == 409 and "nothing to roll back" in again.json()["detail"]
+    # the audit log (shared through Redis) has each action, from either replica, refusal too
+    audit = call("GET", a, "/admin/audit").json()["entries"]
+    mine = [
+        (e["action"], e["before"], e["after"]) for e in audit if e["target"] == "m/labels/stable"
+    ]
+    assert mine[:3] == [
+        ("model.rollback", "1", "1"),  # refused: nothing to roll back (its outcome says so)
+        ("model.rollback", "2", "1"),
+        ("model.promote", "1", "2"),
+    ], mine
+    assert audit[0]["outcome"] != "ok"
 
 
 def test_bad_promotions_are_refused_with_problem_documents(
