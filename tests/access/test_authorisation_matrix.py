@@ -31,7 +31,15 @@ BODIES: dict[str, Any] = {
     "/admin/keys": {"name": "matrix"},
     "/admin/keys/0123456789ab": {"rpm": 5},
 }
-PARAMS = {"model": "fake", "version": "1", "name": "none", "key_id": "0123456789ab"}
+PARAMS = {
+    "model": "fake",
+    "version": "1",
+    "label": "stable",
+    "name": "none",
+    "key_id": "0123456789ab",
+    "page": "experiments",
+    "file_path": "console.js",
+}
 
 
 def endpoints(app: Litestar) -> list[tuple[str, str, dict[str, Any]]]:
