@@ -115,7 +115,9 @@ def drive(url: str, units: range, per_unit: int) -> None:
                 assert r.status_code == 200, r.text
 
     async def run() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        # keys are on (an admin key is set), so model traffic carries one too
+        headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as client:
             for start in range(units.start, units.stop, 8):
                 await asyncio.gather(
                     *(one_unit(client, u) for u in range(start, min(start + 8, units.stop)))
