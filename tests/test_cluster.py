@@ -9,8 +9,10 @@ The tests share one cluster and run in file order; each leaves it whole for the 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -86,6 +88,11 @@ BETA_ROUTE = """
 
 #: drain settings of the replicas: short, so the rolling restart stays quick
 DRAIN = {"PRISM_DRAIN_GRACE_S": "1", "PRISM_DRAIN_TIMEOUT_S": "10", "PRISM_POLICY_WATCH_S": "0.2"}
+#: an admin key for /admin/*; callers without a key may still infer (PRISM_REQUIRE_KEY=false),
+#: and a managed key's limits hold for whoever presents one
+ADMIN_KEY = "cluster-admin-secret"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+KEYS = {"PRISM_ADMIN_KEYS": json.dumps([ADMIN_KEY]), "PRISM_REQUIRE_KEY": "false"}
 
 
 @dataclass
@@ -108,7 +115,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workers = [WorkerProcess(tmp / "worker.yaml", f"fake@{v}") for v in ("1", "2")]
     policy = tmp / "policy.yaml"
     policy.write_text(GATEWAY_POLICY.format(worker1=workers[0].url, worker2=workers[1].url))
-    gateways = [GatewayProcess(policy, redis_url=redis.url, env=DRAIN) for _ in range(3)]
+    gateways = [
+        GatewayProcess(policy, redis_url=redis.url, env={**DRAIN, **KEYS}) for _ in range(3)
+    ]
     lb = HAProxy({f"g{i}": gw.port for i, gw in enumerate(gateways)}, tmp)
     everything: list[Any] = [lb, *gateways, *workers, redis]
     try:
@@ -178,9 +187,17 @@ def test_a_unit_gets_the_same_arm_from_every_replica_and_the_split_holds(
     assert all(len(answers) == 3 for answers in arms.values())
     mixed = [u for u, answers in arms.items() if len(set(answers)) != 1]
     split = Counter(answers[0] for answers in arms.values())
-    # each replica counted its own requests; the shared report (Redis) has all of them
-    report = httpx.get(cluster.gateways[2].url + "/admin/experiments/split", timeout=10).json()
-    shared = {name: arm["assigned"] for name, arm in report["arms"].items()}
+    # each replica counted its own requests; the shared report (Redis) has all of them once
+    # every replica has pushed its last deltas (each does every 0.5 s)
+    deadline = time.monotonic() + 5
+    while True:
+        report = httpx.get(
+            cluster.gateways[2].url + "/admin/experiments/split", headers=ADMIN, timeout=10
+        ).json()
+        shared = {name: arm["assigned"] for name, arm in report["arms"].items()}
+        if sum(shared.values()) >= 3 * units or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     print(
         f"\nexperiment: {units} units x 3 replicas; units with more than one arm: {len(mixed)}; "
         f"units per arm {dict(split)} (weights 50/50); shared assignments in Redis {shared}"
@@ -193,7 +210,8 @@ def test_a_unit_gets_the_same_arm_from_every_replica_and_the_split_holds(
 
 def _digests(cluster: Cluster) -> list[str]:
     return [
-        httpx.get(gw.url + "/admin/policy", timeout=5).json()["digest"] for gw in cluster.gateways
+        httpx.get(gw.url + "/admin/policy", headers=ADMIN, timeout=5).json()["digest"]
+        for gw in cluster.gateways
     ]
 
 
@@ -208,7 +226,9 @@ def test_a_policy_reloaded_on_one_replica_is_in_force_on_all_within_2_s(
         text.replace("routes:\n", "routes:\n" + BETA_ROUTE.lstrip("\n"), 1)
     )
     started = time.monotonic()
-    reloaded = httpx.post(cluster.gateways[0].url + "/admin/policy/reload", timeout=10)
+    reloaded = httpx.post(
+        cluster.gateways[0].url + "/admin/policy/reload", headers=ADMIN, timeout=10
+    )
     assert reloaded.status_code == 200, reloaded.text
     wanted = reloaded.json()["digest"]
     assert wanted != before[0]
@@ -245,11 +265,13 @@ def test_a_label_moved_on_one_replica_is_in_force_on_all_within_2_s(cluster: Clu
     assert _stable_versions(cluster) == ["1"] * 3
     started = time.monotonic()
     url = cluster.gateways[0].url + "/admin/models/embed/labels/stable"
-    moved = httpx.put(url, json={"version": "2"}, timeout=10)
+    moved = httpx.put(url, json={"version": "2"}, headers=ADMIN, timeout=10)
     assert moved.status_code == 200, moved.text
     promoted, promote_s = _until_all(cluster, "2", started)
     started = time.monotonic()
-    back = httpx.post(cluster.gateways[1].url + "/admin/models/embed/labels/stable/rollback")
+    back = httpx.post(
+        cluster.gateways[1].url + "/admin/models/embed/labels/stable/rollback", headers=ADMIN
+    )
     assert back.status_code == 200, back.text
     rolled, rollback_s = _until_all(cluster, "1", started)
     print(
@@ -258,6 +280,50 @@ def test_a_label_moved_on_one_replica_is_in_force_on_all_within_2_s(cluster: Clu
     )
     assert promoted == ["2"] * 3, f"not everywhere within 2 s: {promoted}"
     assert rolled == ["1"] * 3, f"rollback not everywhere within 2 s: {rolled}"
+
+
+def test_a_keys_limit_holds_across_replicas_and_a_revocation_reaches_them_all(
+    cluster: Cluster,
+) -> None:
+    made = httpx.post(
+        cluster.gateways[0].url + "/admin/keys",
+        json={"name": "batch-job", "rpm": 20},
+        headers=ADMIN,
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    key, key_id = made.json()["key"], made.json()["id"]
+    caller = {"authorization": f"Bearer {key}"}
+    before = {name: int(row["stot"] or 0) for name, row in cluster.lb.stats().items()}
+    statuses: Counter[int] = Counter()
+    for i in range(30):  # round robin: ten through each replica
+        r = _infer(cluster.lb.url, f"limited {i}", f"k-{i}", headers=caller)
+        statuses[r.status_code] += 1
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1 and "ratelimit-policy" in r.headers
+    spread = {
+        name: int(row["stot"] or 0) - before[name]
+        for name, row in cluster.lb.stats().items()
+        if name in cluster.names()
+    }
+    revoked = httpx.delete(cluster.gateways[2].url + f"/admin/keys/{key_id}", headers=ADMIN)
+    assert revoked.status_code in (200, 204), revoked.text
+    started = time.monotonic()
+    refused = []
+    while time.monotonic() - started < 1.0 and len(refused) < 3:
+        refused = [
+            f"g{i}"
+            for i, gw in enumerate(cluster.gateways)
+            if _infer(gw.url, "after revocation", "k-x", headers=caller).status_code == 401
+        ]
+    gone_s = time.monotonic() - started
+    print(
+        f"\nkey limit: rpm 20 through HAProxy, requests per replica {spread}: "
+        f"{dict(statuses)}; revoked on g2, refused by {len(refused)} of 3 after {gone_s:.2f} s"
+    )
+    assert statuses == {200: 20, 429: 10}, statuses
+    assert all(n > 0 for n in spread.values()), spread  # it really went through every replica
+    assert len(refused) == 3, f"revocation not everywhere within 1 s: {refused}"
 
 
 def _restart(cluster: Cluster, i: int) -> float:
@@ -300,7 +366,10 @@ def test_a_rolling_restart_of_all_replicas_under_load_loses_nothing(cluster: Clu
             assert gw.proc is not None
             signalled = time.monotonic()
             gw.proc.send_signal(signal.SIGTERM)
-            rc = gw.proc.wait(60)
+            try:
+                rc = gw.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"g{i} still running 60 s after SIGTERM: {gw.log.read_text()[-3000:]}")
             drained_s = time.monotonic() - signalled
             assert rc == 0, gw.log.read_text()[-2000:]
             steps.append(f"g{i} drained in {drained_s:.1f} s, back in {_restart(cluster, i):.1f} s")

@@ -249,11 +249,12 @@ def test_no_secret_in_redis_logs_metrics_or_problems(
     a, b = replicas
     made = cli_create(a.url, "scan-me", "--rpm", "2", "--models", "fake")
     secret = made["key"]
+    wrong = secret[:-1] + ("A" if secret[-1] != "A" else "B")  # one character off, never the key
     problems = [
         httpx.post(b.url + "/v1/infer", json=INFER, headers=bearer(secret)),
         httpx.post(a.url + "/v1/infer", json={**INFER, "model": "tagger"}, headers=bearer(secret)),
         httpx.post(b.url + "/v1/infer", json=INFER, headers=bearer(secret)),
-        httpx.post(a.url + "/v1/infer", json=INFER, headers=bearer(secret[:-1] + "A")),
+        httpx.post(a.url + "/v1/infer", json=INFER, headers=bearer(wrong)),
     ]
     assert [p.status_code for p in problems] == [200, 403, 429, 401]
     httpx.delete(a.url + f"/admin/keys/{made['id']}", headers=bearer(ADMIN))
