@@ -63,6 +63,9 @@ class TextEncoderSpec(_LocalSpec):
     #: ... or a local transformers folder
     path: str | None = None
     max_length: int = Field(256, ge=8, le=8192)
+    #: weights as loaded (fp32) or converted at load: ``fp16`` (GPU), ``bf16``, ``int8``
+    #: (torch dynamic int8 on the linear layers, CPU); ``prism optimize`` measures each
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
     @model_validator(mode="after")
     def _one_source(self) -> TextEncoderSpec:
@@ -91,6 +94,17 @@ class OpenClipSpec(_LocalSpec):
         return self
 
 
+class OnnxSpec(_LocalSpec):
+    """A text encoder exported to ONNX (``prism optimize``), run by ONNX Runtime on CPU."""
+
+    kind: Literal["onnx"]
+    #: folder written by ``prism optimize``: ``model.onnx``, ``tokenizer.json``, ``variant.json``
+    path: str
+    max_length: int = Field(256, ge=8, le=8192)
+    #: ONNX Runtime intra-op threads (0 = one per physical core)
+    threads: int = Field(0, ge=0, le=256)
+
+
 class ModalityWeights(_Spec):
     """Relative weight of each query modality in recommendation fusion."""
 
@@ -112,7 +126,8 @@ class RecommenderSpec(_LocalSpec):
 
 
 LocalSpec = Annotated[
-    FakeSpec | TextEncoderSpec | OpenClipSpec | RecommenderSpec, Field(discriminator="kind")
+    FakeSpec | TextEncoderSpec | OpenClipSpec | OnnxSpec | RecommenderSpec,
+    Field(discriminator="kind"),
 ]
 
 
@@ -159,6 +174,7 @@ OPERATIONAL_FIELDS = frozenset(
         "latency_ms",
         "fail_every",
         "fail_rate",
+        "threads",
     }
 )
 
@@ -222,6 +238,7 @@ __all__ = [
     "KServeSpec",
     "LocalSpec",
     "ModalityWeights",
+    "OnnxSpec",
     "OpenAISpec",
     "OpenClipSpec",
     "RecommenderSpec",

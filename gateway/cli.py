@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_models import register as register_model_commands
 
     register_model_commands(sub)
+
+    from .cli_optimize import register as register_optimize
+
+    register_optimize(sub)
     return parser
 
 
