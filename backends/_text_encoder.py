@@ -43,9 +43,15 @@ def convert_precision(model: Any, precision: str, device: str) -> Any:
         return model.to(torch.bfloat16)
     if device != "cpu":
         raise ValueError("precision int8 (dynamic quantisation) runs on CPU only")
+    import warnings
+
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        # torch >= 2.10 marks its quantised tensor types deprecated in favour of torchao; they
+        # still run, and torchao's CPU int8 path is not a dependency of Prism
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class TextEncoderModel(LocalModel):

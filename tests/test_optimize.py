@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,24 @@ def test_optimize_refuses_a_model_that_is_not_a_text_encoder(tmp_path: Path) -> 
         timeout=120,
     )
     assert run.returncode == 2 and "'fake'" in run.stderr and "text-encoder" in run.stderr
+
+
+@pytest.mark.slow
+def test_onnx_kind_needs_neither_torch_nor_transformers(int8_variant: tuple[Path, Any]) -> None:
+    out, _ = int8_variant
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from prism.backends import InputItem, Task\n"
+        "from prism.backends._onnx import OnnxTextEncoderModel\n"
+        f"m = OnnxTextEncoderModel(Path({str(out)!r}))\n"
+        "m.load()\n"
+        "(o,) = m.forward(Task.EMBED, [m.prepare(Task.EMBED, InputItem(text='hi'), {})], {})\n"
+        "assert o['embedding'].shape == (384,), o\n"
+        "print(sorted(n for n in ('torch', 'transformers', 'open_clip') if n in sys.modules))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"

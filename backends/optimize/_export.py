@@ -45,7 +45,9 @@ def export_text_onnx(source: Path, out_dir: Path, *, max_length: int) -> Path:
     its ``tokenizer.json`` and ``variant.json``. Returns the model file."""
     import torch
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own steps say what is happening
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     model = AutoModel.from_pretrained(source, local_files_only=True).eval()
     names: list[str] = [
