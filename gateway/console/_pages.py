@@ -11,6 +11,7 @@ from html import escape
 
 from litestar import Controller, MediaType, get
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
 #: page -> title, in the navigation's order
 PAGES = {
@@ -54,7 +55,7 @@ class ConsolePages(Controller):
         return shell("targets")
 
     @get("/{page:str}", media_type=MediaType.HTML)
-    async def page(self, page: str) -> str:
+    async def page(self, page: FromPath[str]) -> str:
         if page not in PAGES:
             raise NotFoundException(f"no console page {page!r} (pages: {', '.join(PAGES)})")
         return shell(page)
