@@ -48,8 +48,9 @@ KEEPALIVE_EXPIRY_S = 30.0
 #: Prism's calls are small JSON or tensor bodies on a local network: compression would cost
 #: more CPU than it saves, so none is asked for (an answer compressed anyway is still decoded)
 _DEFAULT_HEADERS = {"Accept": "*/*", "User-Agent": "prism-gateway"}
-#: the characters a request target may hold as they are (everything else is %-escaped)
-_SAFE_PATH = "/%:@!$&'()*+,;=-._~"
+#: the characters a request target may hold as they are (a query too, as httpx sends it);
+#: everything else is %-escaped
+_SAFE_PATH = "/%:@!$&'()*+,;=-._~?"
 
 
 def handles(url: str) -> bool:
