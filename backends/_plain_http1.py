@@ -48,6 +48,8 @@ KEEPALIVE_EXPIRY_S = 30.0
 #: Prism's calls are small JSON or tensor bodies on a local network: compression would cost
 #: more CPU than it saves, so none is asked for (an answer compressed anyway is still decoded)
 _DEFAULT_HEADERS = {"Accept": "*/*", "User-Agent": "prism-gateway"}
+#: a body from this size on is written beside its head (uvloop: one writev), not copied after it
+_COPY_LIMIT = 64 * 1024
 #: the characters a request target may hold as they are (a query too, as httpx sends it);
 #: everything else is %-escaped
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~?"
@@ -119,7 +121,12 @@ class _Exchange:
     )
 
     def __init__(
-        self, pool: Http1Pool, data: bytes, timeout_s: float, ends_by: float, now: float
+        self,
+        pool: Http1Pool,
+        data: bytes | tuple[bytes, bytes],
+        timeout_s: float,
+        ends_by: float,
+        now: float,
     ) -> None:
         self.pool = pool
         self.data = data
@@ -294,7 +301,12 @@ class _Connection(asyncio.Protocol):
         ex.conn = self
         ex.phase = "answer"
         ex.last_io = self.pool.loop.time()
-        self.transport.write(ex.data)  # head and body in one write: one segment, one wake-up
+        # head and body in one write (httpcore made two: two segments, two wake-ups of the
+        # upstream); a large body goes as a second buffer of the same write, not copied
+        if isinstance(ex.data, bytes):
+            self.transport.write(ex.data)
+        else:
+            self.transport.writelines(ex.data)
 
     def _answered(self, ex: _Exchange, *, reuse: bool = True) -> None:
         headers, body = self.headers, b"".join(self.body)
@@ -410,7 +422,7 @@ class Http1Pool:
 
     def _request_bytes(
         self, method: str, path: str, content: bytes, extra: dict[str, str] | None
-    ) -> bytes:
+    ) -> bytes | tuple[bytes, bytes]:
         target = self._targets.get(path)
         if target is None:
             if len(self._targets) > 256:  # paths are a backend's few; never grow unbounded
@@ -432,7 +444,8 @@ class Http1Pool:
             block = self._head_block
         if content or method not in ("GET", "HEAD"):
             block += b"Content-Length: %d\r\n" % len(content)
-        return b"%s %s HTTP/1.1\r\n%s\r\n%s" % (method.encode(), target, block, content)
+        head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode(), target, block)
+        return head + content if len(content) < _COPY_LIMIT else (head, content)
 
     def _dispatch(self, ex: _Exchange) -> None:
         now = self.loop.time()

@@ -170,6 +170,26 @@ async def test_a_fresh_connection_closed_without_an_answer_is_not_retried(pools)
         assert server.requests == 1 and pool.open_count == 0
 
 
+async def echo_length(
+    server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    while request := await server.read_request(reader):
+        body = request.partition(b"\r\n\r\n")[2]
+        writer.write(ok(b"%d %s" % (len(body), body[-4:])))
+
+
+async def test_a_large_body_arrives_whole(pools) -> None:  # type: ignore[no-untyped-def]
+    async with Server(lambda r, w: echo_length(server, r, w)) as server:
+        pool = pools(server.url)
+        body = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: written beside its head
+        for _ in range(2):
+            resp = await pool.exchange(
+                "POST", "/x", content=body, timeout_s=5, ends_by=time.perf_counter() + 6
+            )
+            assert resp.content == b"%d tail" % len(body)
+        assert server.connections == 1
+
+
 async def test_a_chunked_answer_is_read_whole_and_the_connection_reused(pools) -> None:  # type: ignore[no-untyped-def]
     async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await server.read_request(reader):
@@ -346,6 +366,16 @@ def test_on_uvloop_as_prism_serve_runs_it() -> None:
                 answers = await asyncio.gather(*(post(pool) for _ in range(8)))
                 assert all(a.content == ANSWER for a in answers)
                 assert server.peak <= 2
+            finally:
+                await pool.aclose()
+        async with Server(lambda r, w: echo_length(server2, r, w)) as server2:
+            pool = Http1Pool(server2.url, max_connections=2)
+            try:
+                body = b"x" * 300_000 + b"tail"
+                resp = await pool.exchange(
+                    "POST", "/x", content=body, timeout_s=5, ends_by=time.perf_counter() + 6
+                )
+                assert resp.content == b"%d tail" % len(body)
             finally:
                 await pool.aclose()
 
