@@ -320,6 +320,9 @@ class RemoteBackend(Backend):
             raise BackendUnavailable(f"{self.name} is not started")
         started = time.perf_counter()
         budget = timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S
+        if self._pool is not None and json_body is not None:
+            # encoded before a slot is taken: a body that cannot be JSON holds no connection
+            content, headers = _json_bytes(json_body), {**_JSON_HEADERS, **(headers or {})}
         # Wait for one of our max_connections here, not in httpx's pool: a deadline spent
         # waiting behind our own traffic is load (503, the upstream is fine), one spent on
         # the wire is the upstream's (504, its circuit counts it).
@@ -336,6 +339,9 @@ class RemoteBackend(Backend):
                 retry_after_s=1,
             ) from exc
         pool = self._pool
+        if pool is None and not self._clients:  # closed while this call waited for a slot
+            self._slots.release()
+            raise BackendUnavailable(f"{self.name} is closed")
         shard = (
             0
             if pool is not None
@@ -354,8 +360,6 @@ class RemoteBackend(Backend):
         # timed out by its own timer by ``ends_by``): nothing of ours can cancel it either.
         exchange: asyncio.Future[UpstreamResponse]
         if pool is not None:
-            if json_body is not None:
-                content, headers = _json_bytes(json_body), {**_JSON_HEADERS, **(headers or {})}
             exchange = pool.exchange(
                 method,
                 path,

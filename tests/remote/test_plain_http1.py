@@ -345,6 +345,18 @@ async def test_aclose_lets_running_calls_end_and_refuses_later_ones(upstream: Up
         await backend.infer(Task.EMBED, items, {}, timeout_s=5)
 
 
+async def test_a_body_that_is_not_json_holds_no_connection(upstream: Upstream) -> None:
+    spec = OpenAISpec(backend="openai", url=upstream.url, remote_model="ok", max_connections=2)
+    backend = build_backend(spec, base_dir=".", name="nan")  # type: ignore[arg-type]
+    await backend.start()
+    try:
+        with pytest.raises(ValueError):
+            await backend.call("POST", "/embeddings", json_body={"x": float("nan")}, timeout_s=1)  # type: ignore[attr-defined]
+        assert backend._slots._value == 2  # type: ignore[attr-defined]
+    finally:
+        await backend.aclose()
+
+
 def test_on_uvloop_as_prism_serve_runs_it() -> None:
     # prism serve runs on uvloop, whose transports are not asyncio's classes
     async def main() -> None:
