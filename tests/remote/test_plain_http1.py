@@ -111,6 +111,32 @@ def test_which_urls_it_takes() -> None:
     assert not handles("http://h:1/?q=1") and not handles("grpc://h:1")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": NaN, "b": Infinity}',
+        '\ufeff{"a":1}'.encode(),
+        '{"a":"x"}'.encode("utf-16"),
+        b'{"a":"\\ud800"}',
+        b'{"n": 123456789012345678901234567890}',
+        b"[1.5e300, -0.0, 1e-7]",
+        b'{"a":1,"a":2}',
+        b"not json",
+        b"",
+        b"[" * 100_000,
+    ],
+)
+def test_json_reads_a_body_exactly_as_httpx_does(body: bytes) -> None:
+    def outcome(read: Callable[[], object]) -> str:
+        try:
+            return repr(read())
+        except (ValueError, RecursionError) as exc:
+            return type(exc).__name__
+
+    ours = UpstreamResponse(200, "OK", {}, body)
+    assert outcome(ours.json) == outcome(lambda: httpx.Response(200, content=body).json())
+
+
 async def test_keep_alive_one_socket_for_sequential_calls(pools) -> None:  # type: ignore[no-untyped-def]
     async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while request := await server.read_request(reader):
