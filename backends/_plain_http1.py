@@ -326,7 +326,7 @@ class _Connection(asyncio.Protocol):
         self._reset_answer()
         if encoding in ("gzip", "deflate", "x-gzip"):
             try:
-                resp.content = zlib.decompress(body, 31 if "gzip" in encoding else 15)
+                resp.content = _decompress(body, encoding)
             except zlib.error as exc:
                 self.close()
                 ex.fail(httpx.DecodingError(f"the answer's {encoding} body is corrupt: {exc}"))
@@ -566,3 +566,13 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark a future's exception retrieved: its caller may have stopped waiting for it."""
     if not fut.cancelled():
         fut.exception()
+
+
+def _decompress(body: bytes, encoding: str) -> bytes:
+    """A gzip or deflate body (never asked for, decoded anyway, as httpx would)."""
+    if "gzip" in encoding:
+        return zlib.decompress(body, 31)
+    try:
+        return zlib.decompress(body)  # deflate as the RFC has it: zlib-wrapped
+    except zlib.error:
+        return zlib.decompress(body, -15)  # the raw deflate some servers send

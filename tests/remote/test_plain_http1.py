@@ -246,6 +246,28 @@ async def test_a_body_without_length_ends_with_the_connection(pools) -> None:  #
         assert server.connections == 2
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
+async def test_a_compressed_answer_is_decoded(pools, encoding: str) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+    import zlib
+
+    packed = {
+        "gzip": gzip.compress(ANSWER),
+        "deflate": zlib.compress(ANSWER),
+        "raw deflate": zlib.compress(ANSWER)[2:-4],
+    }[encoding]
+    name = encoding.split()[-1].encode()
+
+    async def compressed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(ok(packed, b"Content-Encoding: %s\r\n" % name))
+
+    async with Server(compressed) as server:
+        pool = pools(server.url)
+        assert (await post(pool)).content == ANSWER
+        assert (await post(pool)).content == ANSWER
+
+
 async def test_a_trickling_answer_is_cut_off_at_the_deadline_and_its_socket_closed(pools) -> None:  # type: ignore[no-untyped-def]
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
