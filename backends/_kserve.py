@@ -26,7 +26,7 @@ import numpy as np
 from ._base import Capabilities, InputItem, Modality, Output, Task
 from ._contract import ContractMismatch, Signature, TensorMeta
 from ._contract_check import ContractCheck
-from ._remote import RemoteBackend
+from ._remote import ProbeClient, RemoteBackend
 from ._specs import KServeSpec
 from ._tensor_specs import TensorContract
 from ._tensors import Tensor
@@ -161,16 +161,16 @@ class KServeBackend(RemoteBackend):
 
     async def verify(self) -> None:
         """Re-read the model's metadata now (a policy reload); raises ContractMismatch."""
-        if self.contract is None or not self._clients:
+        if self.contract is None or not self.started:
             return
         try:
-            await self._check_contract(self._clients[0])
+            await self._check_contract(self.probe_client)
         except httpx.HTTPError:
             return  # unreachable now: the probe checks again when it is back
         if self.contract.mismatch is not None:
             raise self.contract.mismatch
 
-    async def _check_contract(self, client: httpx.AsyncClient) -> bool:
+    async def _check_contract(self, client: ProbeClient) -> bool:
         assert self.contract is not None
         resp = await client.get(self.model_path, timeout=self.probe_timeout_s)
         signature = None
@@ -181,7 +181,7 @@ class KServeBackend(RemoteBackend):
                 signature = None
         return await self.contract.check(signature) is None
 
-    async def probe(self, client: httpx.AsyncClient) -> bool:
+    async def probe(self, client: ProbeClient) -> bool:
         if (await client.get(self.probe_path, timeout=self.probe_timeout_s)).status_code != 200:
             return False
         if self.contract is not None:

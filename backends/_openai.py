@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 
 from ._base import Capabilities, InputItem, Modality, Output, Task
 from ._errors import BackendUnavailable, InvalidInput
-from ._remote import RemoteBackend
+from ._remote import ProbeClient, RemoteBackend
 from ._specs import OpenAISpec
 
 #: request parameters passed on to the upstream as they are
@@ -74,7 +73,7 @@ class OpenAIBackend(RemoteBackend):
     def capabilities(self) -> Capabilities:
         return Capabilities(frozenset({Modality.TEXT}), frozenset({Task.EMBED}), self._dim)
 
-    async def probe(self, client: httpx.AsyncClient) -> bool:
+    async def probe(self, client: ProbeClient) -> bool:
         # some embedding servers have no /models: any answer but a 5xx or an auth refusal
         # means the server is up and would take our calls
         status = (await client.get(self.probe_path, timeout=self.probe_timeout_s)).status_code

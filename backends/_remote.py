@@ -1,8 +1,11 @@
 """What every remote backend shares: a pooled client, deadlines, error mapping, health probes.
 
-One :class:`httpx.AsyncClient` per upstream replica keeps connections alive (bounded by the
-spec's ``max_connections``). Every call runs under the caller's deadline (``timeout_s``), and
-every foreign failure is mapped into Prism's exception tree right here, at the boundary:
+One pooled client per upstream replica keeps connections alive (bounded by the spec's
+``max_connections``): for a plain ``http://`` upstream the lean HTTP/1.1 client of
+:mod:`backends._plain_http1` (the hot path: a fraction of httpx's CPU per call), for anything
+else (``https://``...) :class:`httpx.AsyncClient`. Both fail with httpx's exception classes.
+Every call runs under the caller's deadline (``timeout_s``), and every foreign failure is
+mapped into Prism's exception tree right here, at the boundary:
 
 ================================== ==================================================
 what happened                      raised
@@ -34,7 +37,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -50,6 +53,7 @@ from ._errors import (
     UpstreamRefused,
     UpstreamRejected,
 )
+from ._plain_http1 import Http1Pool, UpstreamResponse, handles
 
 log = logging.getLogger("prism.remote")
 
@@ -68,6 +72,29 @@ MAX_UPSTREAM_MESSAGE = 300
 SHARD_CONNECTIONS = 8
 
 
+class ProbeAnswer(Protocol):
+    """What a probe reads of an answer (:class:`httpx.Response` or :class:`UpstreamResponse`)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    def json(self) -> Any: ...
+
+
+class ProbeClient(Protocol):
+    """What a probe calls: ``httpx.AsyncClient.get`` or :meth:`Http1Pool.get`."""
+
+    async def get(self, url: str, *, timeout: float) -> ProbeAnswer: ...  # noqa: ASYNC109 (httpx's name)
+
+
+def _json_bytes(doc: Any) -> bytes:
+    """A request body as httpx's ``json=`` writes it (so both clients send the same bytes)."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 @dataclass
 class RemoteStats:
     """Counters the metrics endpoint reads at scrape time (outcome = "ok" or an error code)."""
@@ -82,7 +109,7 @@ class RemoteStats:
         self.latency_count += 1
 
 
-def _upstream_message(resp: httpx.Response) -> str:
+def _upstream_message(resp: UpstreamResponse) -> str:
     """The upstream's own error text ({"error": "..."}, OpenAI's or plain), shortened."""
     try:
         body = resp.json()
@@ -133,12 +160,15 @@ class RemoteBackend(Backend):
         self.health_interval_s = health_interval_s
         self.headers = headers or {}
         self.stats = RemoteStats()
+        #: httpx clients (upstreams the lean client does not handle: https...), or none
         self._clients: list[httpx.AsyncClient] = []
+        #: the lean client of a plain http:// upstream (calls and probes), or None
+        self._pool: Http1Pool | None = None
         self._probing: asyncio.Future[bool] | None = None
         #: each probe request's own httpx timeout (it is never cancelled: see :meth:`call`)
         self.probe_timeout_s = min(2.0, health_interval_s)
         #: exchanges still running, the ones callers stopped waiting for included
-        self._pending: set[asyncio.Future[httpx.Response]] = set()
+        self._pending: set[asyncio.Future[UpstreamResponse]] = set()
         #: when a probe last found the upstream up after it was down (time.monotonic)
         self.healthy_since: float | None = None
         #: one per connection the upstream may see (see :meth:`call`)
@@ -150,6 +180,21 @@ class RemoteBackend(Backend):
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        if handles(self.base_url):
+            # one pool of max_connections (no shards: it scans nothing per request); probes
+            # use it too, so the upstream never sees more sockets than allowed
+            self._pool = Http1Pool(
+                self.base_url, max_connections=self.max_connections, headers=self.headers
+            )
+            self._inflight = [0]
+        else:
+            self._start_httpx()
+        # one probe now so readiness is right from the start, but never hold startup long:
+        # an upstream that is down at boot may come up later, the probe loop will notice
+        await self._probe_once(timeout_s=2.0)
+        self._prober = asyncio.create_task(self._probe_loop(), name=f"{self.name}-probe")
+
+    def _start_httpx(self) -> None:
         shards = -(-self.max_connections // SHARD_CONNECTIONS)
         # split max_connections exactly: the upstream never sees more sockets than allowed
         sizes = [
@@ -173,10 +218,18 @@ class RemoteBackend(Backend):
             for size in sizes
         ]
         self._inflight = [0] * shards
-        # one probe now so readiness is right from the start, but never hold startup long:
-        # an upstream that is down at boot may come up later, the probe loop will notice
-        await self._probe_once(timeout_s=2.0)
-        self._prober = asyncio.create_task(self._probe_loop(), name=f"{self.name}-probe")
+
+    @property
+    def started(self) -> bool:
+        """Started and not closed: calls may go out."""
+        return self._pool is not None or bool(self._clients)
+
+    @property
+    def probe_client(self) -> ProbeClient:
+        """The client probes and metadata reads use (one of the call pool's connections)."""
+        if self._pool is not None:
+            return self._pool
+        return self._clients[0]
 
     async def health(self) -> bool:
         return self._healthy
@@ -199,24 +252,27 @@ class RemoteBackend(Backend):
         if running:
             await asyncio.wait(running, timeout=CLOSE_GRACE_S)
         clients, self._clients = self._clients, []  # a later call: BackendUnavailable
+        pool, self._pool = self._pool, None
         for client in clients:
             await client.aclose()
+        if pool is not None:
+            await pool.aclose()
         self._healthy = False
 
     # --- health --------------------------------------------------------------------------
 
-    async def probe(self, client: httpx.AsyncClient) -> bool:
+    async def probe(self, client: ProbeClient) -> bool:
         """One health check; subclasses may learn more (e.g. model metadata) on the way."""
         resp = await client.get(self.probe_path, timeout=self.probe_timeout_s)
         return resp.status_code == 200
 
     async def _probe_once(self, timeout_s: float) -> None:
-        assert self._clients
+        assert self.started
         was = self._healthy
         # like calls, a probe is never cancelled mid-flight (see :meth:`call`); a hung one is
         # waited for no longer than ``timeout_s`` and no second one starts while it hangs
         if self._probing is None or self._probing.done():
-            self._probing = asyncio.ensure_future(self.probe(self._clients[0]))
+            self._probing = asyncio.ensure_future(self.probe(self.probe_client))
             self._probing.add_done_callback(
                 lambda t: None if t.cancelled() else t.exception()  # retrieved, always
             )
@@ -258,17 +314,23 @@ class RemoteBackend(Backend):
         json_body: Any = None,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """One request under a deadline; returns a 2xx response or raises a mapped error."""
-        if not self._clients:
+        if not self.started:
             raise BackendUnavailable(f"{self.name} is not started")
         started = time.perf_counter()
         budget = timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S
+        if self._pool is not None and json_body is not None:
+            # encoded before a slot is taken: a body that cannot be JSON holds no connection
+            content, headers = _json_bytes(json_body), {**_JSON_HEADERS, **(headers or {})}
         # Wait for one of our max_connections here, not in httpx's pool: a deadline spent
         # waiting behind our own traffic is load (503, the upstream is fine), one spent on
         # the wire is the upstream's (504, its circuit counts it).
         try:
-            async with asyncio.timeout(budget):
+            if self._slots.locked():
+                async with asyncio.timeout(budget):
+                    await self._slots.acquire()
+            else:  # a free slot is taken at once: no timer to set up and tear down
                 await self._slots.acquire()
         except TimeoutError as exc:
             self.stats.record("queue_timeout", time.perf_counter() - started)
@@ -276,27 +338,49 @@ class RemoteBackend(Backend):
                 f"{self.name}: all {self.max_connections} connections busy for {budget:.3f} s",
                 retry_after_s=1,
             ) from exc
-        shard = min(range(len(self._clients)), key=self._inflight.__getitem__)
+        pool = self._pool
+        if pool is None and not self._clients:  # closed while this call waited for a slot
+            self._slots.release()
+            raise BackendUnavailable(f"{self.name} is closed")
+        shard = (
+            0
+            if pool is not None
+            else min(range(len(self._clients)), key=self._inflight.__getitem__)
+        )
         self._inflight[shard] += 1
         waited = time.perf_counter() - started
         remaining = max(0.001, budget - waited)
+        ends_by = time.perf_counter() + remaining + EXCHANGE_GRACE_S
         # The exchange is never cancelled mid-flight: httpcore 1.0.x can leak a pool slot for
         # good when a request is cancelled (encode/httpcore#1093), and enough of those wedge
         # the pool against a healthy upstream. When our deadline passes we stop waiting; the
         # exchange ends on httpx's own timeouts (the same deadline), and only then frees its
         # connection and our slot.
-        exchange = asyncio.ensure_future(
-            self._exchange(
-                self._clients[shard],
+        # The lean client's exchange is a future its connection settles (answered, failed, or
+        # timed out by its own timer by ``ends_by``): nothing of ours can cancel it either.
+        exchange: asyncio.Future[UpstreamResponse]
+        if pool is not None:
+            exchange = pool.exchange(
                 method,
                 path,
-                json_body,
-                content,
-                headers,
-                remaining,
-                time.perf_counter() + remaining + EXCHANGE_GRACE_S,
+                content=content or b"",
+                headers=headers,
+                timeout_s=remaining,
+                ends_by=ends_by,
             )
-        )
+        else:
+            exchange = asyncio.ensure_future(
+                self._exchange(
+                    self._clients[shard],
+                    method,
+                    path,
+                    json_body,
+                    content,
+                    headers,
+                    remaining,
+                    ends_by,
+                )
+            )
         self._pending.add(exchange)
         exchange.add_done_callback(functools.partial(self._exchange_done, shard))
         try:
@@ -329,7 +413,7 @@ class RemoteBackend(Backend):
         headers: dict[str, str] | None,
         timeout_s: float,
         ends_by: float,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """One request, read as a stream so that its whole life is bounded: httpx's timeouts
         bound each phase and each read, not the total, so an upstream trickling its body
         could otherwise hold a connection indefinitely. Past ``ends_by`` the response is
@@ -347,15 +431,17 @@ class RemoteBackend(Backend):
         finally:
             await response.aclose()
         # a plain (non-streamed) response with the body it sent, decoded as httpx would
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            content=b"".join(chunks),
-            request=request,
-            extensions=response.extensions,
+        return UpstreamResponse.from_httpx(
+            httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                content=b"".join(chunks),
+                request=request,
+                extensions=response.extensions,
+            )
         )
 
-    def _exchange_done(self, shard: int, exchange: asyncio.Future[httpx.Response]) -> None:
+    def _exchange_done(self, shard: int, exchange: asyncio.Future[UpstreamResponse]) -> None:
         """An exchange really ended (answered, failed, or timed out inside httpx)."""
         self._pending.discard(exchange)
         self._inflight[shard] -= 1
@@ -364,10 +450,10 @@ class RemoteBackend(Backend):
             exchange.exception()  # nobody may be waiting any more: mark it retrieved
 
     async def _await_exchange(
-        self, exchange: asyncio.Future[httpx.Response], deadline: float
-    ) -> httpx.Response:
-        """Wait for the exchange (shielded: see :meth:`call`), with httpx's failures mapped
-        into Prism's tree."""
+        self, exchange: asyncio.Future[UpstreamResponse], deadline: float
+    ) -> UpstreamResponse:
+        """Wait for the exchange (shielded: see :meth:`call`), with httpx's failures (both
+        clients raise them) mapped into Prism's tree."""
         try:
             async with asyncio.timeout(deadline):
                 return await asyncio.shield(exchange)
@@ -389,7 +475,7 @@ class RemoteBackend(Backend):
                 f"calling upstream {self.base_url} failed ({type(exc).__name__})"
             ) from exc
 
-    def _raise_for_status(self, resp: httpx.Response) -> None:
+    def _raise_for_status(self, resp: UpstreamResponse) -> None:
         status = resp.status_code
         if status < 300:
             return
@@ -412,7 +498,7 @@ class RemoteBackend(Backend):
             raise BackendUnavailable(f"{where} is unavailable (503): {message}", extra=extra)
         raise BackendError(f"{where} failed ({status}): {message}", extra=extra)
 
-    def parse_json(self, resp: httpx.Response) -> Any:
+    def parse_json(self, resp: UpstreamResponse) -> Any:
         """The response's JSON, or the "garbage" error."""
         try:
             return resp.json()

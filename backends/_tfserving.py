@@ -24,7 +24,7 @@ import numpy as np
 from ._base import Capabilities, InputItem, Output, Task
 from ._contract import ResolvedContract, Signature, TensorMeta
 from ._contract_check import ContractCheck
-from ._remote import RemoteBackend
+from ._remote import ProbeClient, RemoteBackend
 from ._specs import KServeSpec, TFServingSpec
 from ._tensor_specs import TensorContract
 from ._tensors import NUMPY_DTYPES, Tensor, TensorFormatError
@@ -192,16 +192,16 @@ class TFServingBackend(RemoteBackend):
 
     async def verify(self) -> None:
         """Re-read the signature now (a policy reload); raises ContractMismatch."""
-        if not self._clients:
+        if not self.started:
             return
         try:
-            await self._check_contract(self._clients[0])
+            await self._check_contract(self.probe_client)
         except httpx.HTTPError:
             return
         if self.contract.mismatch is not None:
             raise self.contract.mismatch
 
-    async def _check_contract(self, client: httpx.AsyncClient) -> bool:
+    async def _check_contract(self, client: ProbeClient) -> bool:
         # KServe's V1 server has no metadata (404): the declared contract stands
         resp = await client.get(self.model_path + "/metadata", timeout=self.probe_timeout_s)
         signature = None
@@ -212,7 +212,7 @@ class TFServingBackend(RemoteBackend):
                 signature = None
         return await self.contract.check(signature) is None
 
-    async def probe(self, client: httpx.AsyncClient) -> bool:
+    async def probe(self, client: ProbeClient) -> bool:
         resp = await client.get(self.probe_path, timeout=self.probe_timeout_s)
         try:
             ready = resp.status_code == 200 and _is_ready(resp.json())
