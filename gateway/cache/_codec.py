@@ -36,6 +36,17 @@ def encode_output(output: dict[str, Any], *, half: bool = False) -> bytes:
 _decode_header = msgspec.json.Decoder().decode
 
 
+class CachedOutput(dict[str, Any]):
+    """An output read from the cache: shared by every hit on the same entry (read-only, like
+    its arrays), so its JSON is made once (``wire``, set by ``gateway/schema.py``)."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, output: dict[str, Any]) -> None:
+        super().__init__(output)
+        self.wire: msgspec.Raw | None = None
+
+
 def decode_output(blob: bytes) -> dict[str, Any]:
     """Inverse of :func:`encode_output`; raises ValueError on anything else."""
     if blob[:3] != MAGIC:
