@@ -4,9 +4,9 @@ A hit through Redis is one MGET. redis-py's asyncio client spends several times 
 itself around each command (a blocking pool's condition and timeout, connection checks,
 per-command observability hooks), and under load a command queues for one of the pool's
 connections. :class:`PipelinedReader` keeps :data:`CONNECTIONS` connections open and sends each
-MGET on the next one at once, without waiting for the replies before it (Redis answers a
-connection's commands in order, so each reply resolves the oldest waiter); hiredis parses the
-replies. Its errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``),
+MGET on the next one without waiting for the replies before it (Redis answers a connection's
+commands in order, so each reply resolves the oldest waiter); the MGETs of one turn of the
+event loop leave in one write; hiredis parses the replies. Its errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``),
 so the store maps them as it maps any other Redis failure. A connection that fails or times
 out is closed with everything waiting on it, and the next read opens a new one.
 
@@ -46,6 +46,8 @@ class _Connection(asyncio.Protocol):
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        #: commands sent this turn of the event loop, written together by :meth:`flush`
+        self.outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -83,11 +85,20 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(error)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        assert self.transport is not None
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.waiting.append(future)
-        self.transport.write(command)
+        if not self.outgoing:  # the first command of this turn of the loop: write them soon
+            loop.call_soon(self.flush)
+        self.outgoing.append(command)
         return future
+
+    def flush(self) -> None:
+        """The commands of one turn of the event loop in one write (one syscall, and Redis
+        reads them in one go)."""
+        commands, self.outgoing = self.outgoing, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(commands))
 
 
 class PipelinedReader:
