@@ -170,6 +170,28 @@ async def test_a_miss_and_its_recording(both: Both) -> None:
     assert changed == {ok: 2.0, 'prism_cache_lookups_total{result="miss"}': 2.0}
 
 
+async def test_a_hit_answers_the_bytes_a_miss_does(both: Both) -> None:
+    """A hit's JSON is made once and kept (``CachedOutput``): the same bytes as the miss's."""
+    _outputs = re.compile(rb'"outputs":.*,"route"')
+    texts = ["a red circle", "ünïcödé 🚀", "a blue square"]
+    for path, body in (
+        ("/v1/infer", {"inputs": [{"text": t} for t in texts]}),
+        ("/v1/embeddings", {"model": "fake", "input": texts}),
+        (
+            "/v2/models/fake/infer",
+            {**V2_TEXT, "inputs": [{**V2_TEXT["inputs"][0], "shape": [3], "data": texts}]},
+        ),
+    ):
+        await _empty_cache(both.client)
+        miss = await both.send(True, "POST", path, json=body)
+        hit = await both.send(True, "POST", path, json=body)
+        assert (miss.headers["x-prism-cache"], hit.headers["x-prism-cache"]) == ("miss", "hit")
+        if path == "/v1/infer":
+            assert _outputs.search(miss.content)[0] == _outputs.search(hit.content)[0]  # type: ignore[index]
+        else:
+            assert miss.content == hit.content
+
+
 async def test_errors_recorded_alike(both: Both) -> None:
     before = _counted((await both.client.get("/metrics")).text)
     await both.same("/v1/infer", json={"model": "nope", **TEXT})
@@ -253,6 +275,16 @@ async def test_compressed_bodies_go_to_litestar(both: Both) -> None:
     body = gzip.compress(json.dumps(TEXT).encode())
     headers = {"content-encoding": "gzip", "content-type": "application/json"}
     answer = await both.same("/v1/infer", content=body, headers=headers, answered_on_lane=False)
+    assert answer.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/json"]
+)
+async def test_whatever_the_content_type(both: Both, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    await both.send(True, "POST", "/v1/infer", content=json.dumps(TEXT), headers=headers)
+    answer = await both.same("/v1/infer", content=json.dumps(TEXT), headers=headers)
     assert answer.status_code == 200
 
 

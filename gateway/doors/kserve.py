@@ -47,6 +47,7 @@ from prism.backends._v2 import (
 )
 
 from ..auth import caller_of
+from ..cache import CachedOutput
 from ..inference import Inference
 from ..recording import record_of
 from ..runtime import Runtime
@@ -170,6 +171,17 @@ def _requested(doc: dict[str, Any], task: Task, default_binary: bool) -> dict[st
     return wanted
 
 
+def _cached_data(entries: list[dict[str, Any]], outputs: list[Any]) -> None:
+    """The JSON ``data`` of an ``embedding`` tensor of cache hits from the hits' own JSON,
+    made once per entry: the rows' lists joined (the flattened matrix, the same bytes)."""
+    if not outputs or not all(isinstance(o, CachedOutput) for o in outputs):
+        return
+    for entry in entries:
+        if entry["name"] == "embedding" and "data" in entry:
+            rows = [bytes(o.list_json("embedding"))[1:-1] for o in outputs]
+            entry["data"] = msgspec.Raw(b"[" + b",".join(r for r in rows if r) + b"]")
+
+
 async def infer_answer(
     request: BodyRequest, model_server: ModelServer, model: str, version: str | None
 ) -> tuple[bytes, str, dict[str, str]]:
@@ -203,6 +215,8 @@ async def infer_answer(
     answer = await model_server.infer(inference, record_of(request.scope))
     tensors = [t for t in outputs_to_tensors(task, answer.outputs) if t.name in wanted]
     entries, blob = write_tensors(tensors, wanted)
+    if task is Task.EMBED and not wanted.get("embedding", True):
+        _cached_data(entries, answer.outputs)
     body: dict[str, Any] = {
         "model_name": answer.model,
         "model_version": answer.version,

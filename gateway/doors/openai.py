@@ -44,6 +44,7 @@ from prism.backends import (
 
 from ..access import OutOfScope
 from ..auth import caller_of
+from ..cache import CachedOutput
 from ..inference import Inference
 from ..recording import record_of
 from ..runtime import Runtime
@@ -216,11 +217,13 @@ async def embeddings_answer(
         vec = np.asarray(out["embedding"], dtype=np.float32)
         if dims is not None and vec.shape[0] != dims:  # the upstream ignored the request
             raise BackendError(f"model {name!r} answered {vec.shape[0]} dimensions, not {dims}")
-        emb: Any = (
-            base64.b64encode(vec.astype("<f4").tobytes()).decode()
-            if fmt == "base64"
-            else vec.tolist()
-        )
+        emb: Any
+        if fmt == "base64":
+            emb = base64.b64encode(vec.astype("<f4").tobytes()).decode()
+        elif isinstance(out, CachedOutput):  # a cache hit: its JSON is made once
+            emb = out.list_json("embedding")
+        else:
+            emb = vec.tolist()
         data.append({"object": "embedding", "index": i, "embedding": emb})
     tokens = sum(len(t.split()) for t in texts)
     body = {
