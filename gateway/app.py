@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,9 +49,15 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await rt.start()
         rt.drain.install()  # from now on SIGTERM drains (the server's own handler until then)
+        # what start-up made (modules, models, the policy: ~100k objects) moves out of the
+        # collector's way: a full collection then scans what requests made, a ~10 ms pause
+        # on the event loop instead of ~60 ms (the p99 of every request waiting behind it)
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # collectable again (tests build many apps in one process)
             rt.drain.uninstall()
             await rt.aclose()  # pushes the last experiment counters to Redis
 
