@@ -11,7 +11,8 @@ One run starts, on loopback:
 - ``prism serve`` routing to that upstream: ``/v1/infer`` with the ``openai`` and the ``kserve``
   backend, the OpenAI door (``/v1/embeddings``) and the KServe door (``/v2/models/{m}/infer``),
   all cache-off (route ``ttl_s: 0``), then ``/v1/infer`` cache hits (the same body every time)
-  with the in-process cache and with a real ``redis-server``, and with ``--workers 2``;
+  with the in-process cache (and the same hits through the OpenAI and KServe doors) and with
+  a real ``redis-server``, and with ``--workers 2``;
 - the same Redis cache hits on a gateway with keys on (``PRISM_ADMIN_KEYS``, and
   ``PRISM_REQUIRE_KEY=false`` so a row without a key runs there too): no key, a bootstrap key
   (compared in the process), a managed key without limits (no round trip of its own) and
@@ -25,6 +26,11 @@ of the ceiling at the same concurrency; added p50 over the direct upstream call 
 cache-off rows) and appends rows to ``bench/results/http.csv``.
 
     python bench/http_wrk.py [--seconds 10] [--warmup 3] [--concurrency 1 8 64] [--only TEXT ...]
+                             [--baseline DIR]
+
+``--baseline DIR`` runs each row of the plain and the Redis gateway a second time, right after,
+on the code of another checkout (``git worktree add ../main main``): a change and what it
+changes, measured side by side.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -139,6 +145,20 @@ def plan(managed_key: str = "", unlimited_key: str = "") -> list[Row]:
             UP_KSERVE,
         ),
         Row("prism /v1/infer memory hit", "prism", infer, native("cached"), cache="hit"),
+        Row(
+            "prism /v1/embeddings (openai door) memory hit",
+            "prism",
+            "/v1/embeddings",
+            _json({"model": "cached", "input": [TEXT]}),
+            cache="hit",
+        ),
+        Row(
+            "prism /v2 infer (kserve door) memory hit",
+            "prism",
+            "/v2/models/cached/infer",
+            kserve_door,
+            cache="hit",
+        ),
         Row(REDIS_HIT, "prism-redis", infer, native("cached"), cache="hit"),
         Row("prism --workers 2 /v1/infer memory hit", "prism-workers", infer, native("cached")),
         Row(
@@ -177,6 +197,22 @@ def plan(managed_key: str = "", unlimited_key: str = "") -> list[Row]:
             (("Authorization", f"Bearer {managed_key}"),),
         ),
     ]
+
+
+#: the servers whose rows are run again on the baseline checkout (``--baseline``)
+BASELINE_SERVERS = {"prism": "baseline", "prism-redis": "baseline-redis"}
+
+
+def with_baseline(rows: list[Row]) -> list[Row]:
+    """Each plain and Redis gateway row, followed by the same row on the baseline checkout
+    (measured right after it, so both see the same machine)."""
+    out: list[Row] = []
+    for row in rows:
+        out.append(row)
+        if row.server in BASELINE_SERVERS:
+            server = BASELINE_SERVERS[row.server]
+            out.append(replace(row, label=f"baseline: {row.label}", server=server))
+    return out
 
 
 def selected(rows: list[Row], only: list[str] | None) -> list[Row]:
@@ -328,6 +364,8 @@ def measure(
     args: argparse.Namespace, urls: dict[str, str], tmp: Path, keys: tuple[str, str]
 ) -> list[list[object]]:
     rows = selected(plan(*keys), args.only)
+    if args.baseline:
+        rows = with_baseline(rows)
     scripts = {}
     for i, row in enumerate(rows):
         check(row, urls[row.server])
@@ -392,6 +430,14 @@ def main(args: argparse.Namespace) -> int:
         gateways.append(gw)
         gw_redis = GatewayProcess(policy, redis_url=redis.url, env=QUIET).start()
         gateways.append(gw_redis)
+        baseline: dict[str, str] = {}
+        if args.baseline:
+            print(f"starting the baseline's prism serve (plain, with Redis): {args.baseline}")
+            for name, url in (("baseline", None), ("baseline-redis", redis.url)):
+                # its own cache prefix is not needed: the same bodies give the same entries
+                gw_base = GatewayProcess(policy, redis_url=url, env=QUIET, root=args.baseline)
+                gateways.append(gw_base.start())
+                baseline[name] = gw_base.url
         # INFO: the workers' "startup complete" lines say when both serve
         env = {**QUIET, "PRISM_WORKERS": "2", "PRISM_LOG_LEVEL": "INFO"}
         gw_workers = GatewayProcess(policy, env=env).start()
@@ -422,6 +468,7 @@ def main(args: argparse.Namespace) -> int:
             "prism-redis": gw_redis.url,
             "prism-workers": gw_workers.url,
             "prism-keys": gw_keys.url,
+            **baseline,
         }
         table = measure(args, urls, tmp, (made[0].json()["key"], made[1].json()["key"]))
     finally:
@@ -456,6 +503,14 @@ if __name__ == "__main__":
         "baselines), e.g. --only 'redis hit'",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout of Prism (a worktree of the main branch, say): each row of the "
+        "plain and the Redis gateway is run again right after on that checkout's code, "
+        "labelled 'baseline: ...', so the two are compared on the same machine at the same time",
+    )
     t0 = time.perf_counter()
     status = main(parser.parse_args())
     print(f"done in {time.perf_counter() - t0:.0f} s")

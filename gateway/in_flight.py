@@ -25,6 +25,10 @@ class InFlight:
         """Litestar middleware that counts every request while the app handles it."""
         return DefineMiddleware(_CountInFlight, counter=self)
 
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """The same middleware around a plain ASGI app (the fast lane's answers)."""
+        return _CountInFlight(app, self)
+
 
 class _CountInFlight:
     def __init__(self, app: ASGIApp, counter: InFlight) -> None:

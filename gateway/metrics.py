@@ -8,6 +8,7 @@ hot path never touches Prometheus objects and ``backends`` never imports ``gatew
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -23,6 +24,30 @@ from prism.backends import Backend, LocalBackend, RemoteStats
 
 from .cache import CacheStats
 from .in_flight import InFlight
+
+#: label sets one :class:`Children` remembers before it starts over
+CHILDREN_MAX = 4096
+
+_M = TypeVar("_M", Counter, Histogram)
+
+
+class Children(Generic[_M]):
+    """A labelled metric's children by label values, each looked up in Prometheus once:
+    ``labels()`` (str() of every value, a lock, a dict) costs more than the increment
+    itself, and the data path counts a few of them per request."""
+
+    def __init__(self, metric: _M) -> None:
+        self.metric: _M = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            if len(self._children) >= CHILDREN_MAX:  # label values are bounded; this is a guard
+                self._children.clear()
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -58,6 +83,11 @@ class Metrics:
         self.upstream_errors = Counter(
             "prism_upstream_errors", "Failed calls to a target", ["target", "code"], registry=r
         )
+        #: the children the data path counts on, looked up once per label set
+        self.requests_of = Children(self.requests)
+        self.latency_of = Children(self.latency)
+        self.cache_of = Children(self.cache)
+        self.errors_of = Children(self.errors)
         self.policy_reloads = Counter(
             "prism_policy_reloads", "Policy reload attempts by result", ["result"], registry=r
         )

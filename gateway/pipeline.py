@@ -265,14 +265,14 @@ class Pipeline:
         if mode == "refresh":
             return "refresh"
         cached = await self.cache.get_many(work.keys)
-        counter = self.metrics.cache
+        counter = self.metrics.cache_of
         if cached is None:
-            counter.labels("off").inc(len(work.keys))
+            counter("off").inc(len(work.keys))
             return "off"
         work.outputs[:] = cached
         hits = sum(v is not None for v in cached)
-        counter.labels("hit").inc(hits)
-        counter.labels("miss").inc(len(cached) - hits)
+        counter("hit").inc(hits)
+        counter("miss").inc(len(cached) - hits)
         return "hit" if hits == len(cached) else "miss"
 
     async def _dispatch(self, work: _Work, indices: list[int], record: RequestRecord) -> None:

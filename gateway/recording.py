@@ -140,14 +140,14 @@ class Recorder:
         total_ms = record.elapsed_ms
         error = record.error
         if error is None and status < 400:
-            m.requests.labels(*labels, record.target, "ok").inc()
-            m.latency.labels(*labels, record.target).observe(total_ms / 1000)
+            m.requests_of(*labels, record.target, "ok").inc()
+            m.latency_of(*labels, record.target).observe(total_ms / 1000)
         else:
             # no target label: a failure after retries and fallbacks is the route's, and
             # each target's own failures are in prism_upstream_errors_total
             code = error.code if error is not None else str(status)
-            m.requests.labels(*labels, "", code).inc()
-            m.errors.labels(code).inc()
+            m.requests_of(*labels, "", code).inc()
+            m.errors_of(code).inc()
         engine = self.experiments
         if engine is None or record.experiment is None or record.arm is None:
             return

@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prism.backends import Task
+
+from .cache import CachedOutput
 
 # the same bounds every door is held to (check_limits), here with the native schema's paths
 from .inference import MAX_HISTORY_IDS, MAX_HISTORY_PER_INPUT, MAX_ID_CHARS, MAX_TEXT_CHARS
@@ -230,8 +233,21 @@ class RouteInfo:
 _ROUTE_FIELDS = tuple(f.name for f in fields(RouteInfo))
 
 
-def wire_output(output: dict[str, Any]) -> dict[str, Any]:
-    """Arrays (embeddings) as JSON lists; everything else is already JSON-ready."""
+def wire_output(output: dict[str, Any]) -> dict[str, Any] | msgspec.Raw:
+    """Arrays (embeddings) as JSON lists; everything else is already JSON-ready. An output
+    from the cache is shared by every hit on its entry: its JSON is made once and kept
+    (``msgspec.Raw``: the encoder writes those bytes as they are, the same bytes)."""
+    if isinstance(output, CachedOutput):
+        if output.wire is None:
+            try:
+                output.wire = msgspec.Raw(msgspec.json.encode(_plain(output)))
+            except TypeError:  # not plain JSON: leave it to the response's encoder
+                return _plain(output)
+        return output.wire
+    return _plain(output)
+
+
+def _plain(output: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in output.items()}
 
 
@@ -247,6 +263,7 @@ class InferResponse:
     timing_ms: dict[str, float]
 
     def to_wire(self) -> dict[str, Any]:
+        """The JSON document (an output may be ``msgspec.Raw``: JSON already made)."""
         return {
             "id": self.id,
             "model": self.model,

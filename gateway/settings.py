@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(DEFAULT_GRACE_S, ge=0)
     #: then the longest wait for in-flight requests before they are cancelled
     drain_timeout_s: float = Field(DEFAULT_TIMEOUT_S, ge=0)
+    #: answer ``POST /v1/infer``, ``/v1/embeddings`` and ``/v2/models/{m}/infer`` on the fast
+    #: lane, in front of the framework (``gateway/lane.py``); false: every request through it
+    fast_lane: bool = True
     #: load local models in the lifespan (tests of pure routing can switch it off)
     load_models: bool = True
     log_level: str = "INFO"

@@ -86,11 +86,14 @@ class GatewayProcess:
         redis_url: str | None = None,
         env: dict[str, str] | None = None,
         data_dir: Path | None = None,
+        root: Path = ROOT,
     ) -> None:
         self.port = free_port()
         self.policy = policy
         self.redis_url = redis_url
         self.data_dir = data_dir or ROOT
+        #: the checkout whose code runs (``python -m`` imports from the working directory)
+        self.root = root
         # stopped at once unless a test drains on purpose (PRISM_DRAIN_GRACE_S in ``env``)
         base = {"PRISM_POLICY_WATCH_S": "0.2", "PRISM_DRAIN_GRACE_S": "0"}
         self.env = {**os.environ, **base, **(env or {})}
@@ -115,7 +118,7 @@ class GatewayProcess:
         if self.redis_url:
             cmd += ["--redis-url", self.redis_url]
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+            cmd, cwd=self.root, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:

@@ -22,10 +22,13 @@ import msgspec
 
 from prism.backends import CacheUnavailable, InputItem, Output, Task
 
-from ._codec import decode_output, encode_output
+from ._codec import CachedOutput, decode_output, encode_output
 from ._stores import CacheStore
 
 log = logging.getLogger("prism.cache")
+
+#: decoded entries kept by their bytes: a hot entry is decoded, and its JSON made, once
+DECODED_MAX = 4096
 
 
 def cache_key(
@@ -71,6 +74,8 @@ class ResponseCache:
         self._retry_after_s = retry_after_s
         self._down_until = 0.0
         self._inflight: dict[str, asyncio.Future[Output | None]] = {}
+        #: entry bytes -> their output (the same bytes always decode the same)
+        self._decoded: dict[bytes, CachedOutput] = {}
 
     @property
     def available(self) -> bool:
@@ -96,16 +101,26 @@ class ResponseCache:
             self._down_until = 0.0
         out: list[Output | None] = []
         for blob in blobs:
-            try:
-                out.append(decode_output(blob) if blob is not None else None)
-            except (ValueError, KeyError, TypeError, IndexError, struct.error):
-                # a foreign or corrupt entry (someone else's key, a truncated write, another
-                # codec version) is a miss, never an error
-                out.append(None)
+            out.append(None if blob is None else self._decode(blob))
         hits = sum(o is not None for o in out)
         self.stats.hits += hits
         self.stats.misses += len(out) - hits
         return out
+
+    def _decode(self, blob: bytes) -> CachedOutput | None:
+        output = self._decoded.get(blob)
+        if output is not None:
+            return output
+        try:
+            output = CachedOutput(decode_output(blob))
+        except (ValueError, KeyError, TypeError, IndexError, struct.error):
+            # a foreign or corrupt entry (someone else's key, a truncated write, another
+            # codec version) is a miss, never an error
+            return None
+        if len(self._decoded) >= DECODED_MAX:
+            self._decoded.clear()
+        self._decoded[blob] = output
+        return output
 
     async def set_many(self, entries: Mapping[str, Output], ttl_s: float) -> bool:
         if ttl_s <= 0 or not entries or not self.available:

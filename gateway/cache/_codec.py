@@ -36,6 +36,27 @@ def encode_output(output: dict[str, Any], *, half: bool = False) -> bytes:
 _decode_header = msgspec.json.Decoder().decode
 
 
+class CachedOutput(dict[str, Any]):
+    """An output read from the cache: shared by every hit on the same entry (read-only, like
+    its arrays), so its JSON is made once (``wire``, set by ``gateway/schema.py``)."""
+
+    __slots__ = ("lists", "wire")
+
+    def __init__(self, output: dict[str, Any]) -> None:
+        super().__init__(output)
+        self.wire: msgspec.Raw | None = None
+        #: the JSON list of an array (float32 values), by key: what the other doors send
+        self.lists: dict[str, msgspec.Raw] = {}
+
+    def list_json(self, key: str) -> msgspec.Raw:
+        """``self[key]`` (an array) as the JSON list ``.tolist()`` encodes to, made once."""
+        raw = self.lists.get(key)
+        if raw is None:
+            values = np.asarray(self[key], dtype=np.float32).tolist()
+            raw = self.lists[key] = msgspec.Raw(msgspec.json.encode(values))
+        return raw
+
+
 def decode_output(blob: bytes) -> dict[str, Any]:
     """Inverse of :func:`encode_output`; raises ValueError on anything else."""
     if blob[:3] != MAGIC:

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from prism.backends import CacheUnavailable
 
-from ..shared_redis import close_redis, connect_redis, get_by_slot, redis_errors
+from ..shared_redis import close_redis, connect_redis, get_by_slot, is_cluster_url, redis_errors
+from ._reader import PipelinedReader, readable
 
 
 class CacheStore(Protocol):
@@ -101,9 +102,17 @@ class RedisStore:
         self.prefix = prefix
         self._redis = bounded_redis(url, timeout_s=timeout_s)
         self._errors = redis_errors()
+        #: reads from one server: pipelined MGETs, no pool to wait on (``_reader.py``)
+        self._reader = (
+            PipelinedReader(url, timeout_s=timeout_s)
+            if readable(url) and not is_cluster_url(url)
+            else None
+        )
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         try:
+            if self._reader is not None:  # one MGET, one round trip
+                return await self._reader.mget([self.prefix + k for k in keys])
             # entries are independent: on a cluster they spread over every shard (per slot)
             return await get_by_slot(self._redis, [self.prefix + k for k in keys])
         except self._errors as exc:
@@ -126,4 +135,6 @@ class RedisStore:
             return False
 
     async def aclose(self) -> None:
+        if self._reader is not None:
+            await self._reader.aclose()
         await close_redis(self._redis)

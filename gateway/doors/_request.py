@@ -14,7 +14,8 @@ The decoded body is kept on the connection, like Litestar's own ``Request.body``
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import anyio.to_thread
 from litestar import Request
@@ -32,7 +33,7 @@ _CHUNK = 1 << 16
 #: gzip members one body may concatenate (cat a.gz b.gz makes two; thousands are an attack)
 MAX_GZIP_MEMBERS = 64
 #: bodies larger than this are parsed off the event loop
-_PARSE_ON_THREAD = 256 * 1024
+PARSE_ON_THREAD = 256 * 1024
 
 
 def inflate(body: bytes, coding: str, limit: int) -> bytes:
@@ -99,6 +100,21 @@ def parse_json(body: bytes) -> Any:
         raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
 
 
+class BodyRequest(Protocol):
+    """What a door's answer reads of a request: Litestar's :class:`PrismRequest`, or the
+    fast lane's (``gateway/lane.py``), which holds a body it already read the same way."""
+
+    @property
+    def scope(self) -> Any: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def body(self) -> bytes: ...
+
+    async def json(self) -> Any: ...
+
+
 class PrismRequest(Request[Any, Any, Any]):
     """Litestar's request with content codings and strict JSON parsing (see the module)."""
 
@@ -140,7 +156,7 @@ class PrismRequest(Request[Any, Any, Any]):
                 body = await self.body()
                 # a big document parses on a worker thread: 14 MiB of JSON is ~50 ms of
                 # work the event loop (and every other request's health probe) should not wait on
-                big = len(body) > _PARSE_ON_THREAD
+                big = len(body) > PARSE_ON_THREAD
                 state.json = (
                     await anyio.to_thread.run_sync(parse_json, body) if big else parse_json(body)
                 )
@@ -148,4 +164,4 @@ class PrismRequest(Request[Any, Any, Any]):
         return self._json
 
 
-__all__ = ["ACCEPTED_CODINGS", "PrismRequest", "inflate", "parse_json"]
+__all__ = ["ACCEPTED_CODINGS", "BodyRequest", "PrismRequest", "inflate", "parse_json"]

@@ -47,16 +47,20 @@ from prism.backends._v2 import (
 )
 
 from ..auth import caller_of
+from ..cache import CachedOutput
 from ..inference import Inference
 from ..recording import record_of
 from ..runtime import Runtime
 from ._model_server import ModelServer, PipelineModelServer, model_config, model_metadata
 from ._openapi import BINARY, V2, Answer, documented, header
+from ._request import BodyRequest
 from ._v2_schema import INFER_REQUEST, V2InferResponse, V2ModelReady, V2Ready
 
 log = logging.getLogger("prism.kserve")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: how it is looked up (request headers: lower-case names, as ASGI has them)
+_HEADER_LENGTH = HEADER_LENGTH.lower()
 
 
 def v2_error(err: PrismError) -> Response[Any]:
@@ -165,6 +169,68 @@ def _requested(doc: dict[str, Any], task: Task, default_binary: bool) -> dict[st
             )
         wanted[out["name"]] = binary
     return wanted
+
+
+def _cached_data(entries: list[dict[str, Any]], outputs: list[Any]) -> None:
+    """The JSON ``data`` of an ``embedding`` tensor of cache hits from the hits' own JSON,
+    made once per entry: the rows' lists joined (the flattened matrix, the same bytes)."""
+    if not outputs or not all(isinstance(o, CachedOutput) for o in outputs):
+        return
+    for entry in entries:
+        if entry["name"] == "embedding" and "data" in entry:
+            rows = [bytes(o.list_json("embedding"))[1:-1] for o in outputs]
+            entry["data"] = msgspec.Raw(b"[" + b",".join(r for r in rows if r) + b"]")
+
+
+async def infer_answer(
+    request: BodyRequest, model_server: ModelServer, model: str, version: str | None
+) -> tuple[bytes, str, dict[str, str]]:
+    """``POST /v2/models/{m}[/versions/{v}]/infer``: the response body, its media type and
+    headers (the handler and the fast lane, ``gateway/lane.py``, both answer with this)."""
+    served = model_server.describe(model, version)  # unknown: 404 before parsing
+    try:
+        doc, tail = split_body(await request.body(), request.headers.get(_HEADER_LENGTH))
+        inputs = read_tensors(doc.get("inputs"), tail)
+        binary_inputs = frozenset(
+            e["name"]
+            for e in doc["inputs"]
+            if isinstance(e.get("parameters"), dict) and "binary_data_size" in e["parameters"]
+        )
+        items = tensors_to_items(inputs, binary_inputs)
+        control, params = _parameters(doc)
+        task = control.task or _choose_task(doc, served.tasks, params)
+        wanted = _requested(doc, task, control.binary_output)
+    except TensorFormatError as exc:
+        raise BadRequest(str(exc)) from exc
+    inference = Inference(
+        items=list(items),
+        task=task,
+        model=model,
+        version=version,
+        parameters=params,
+        unit=control.unit,
+        cache=control.cache,
+        headers=request.headers,
+    )
+    answer = await model_server.infer(inference, record_of(request.scope))
+    tensors = [t for t in outputs_to_tensors(task, answer.outputs) if t.name in wanted]
+    entries, blob = write_tensors(tensors, wanted)
+    if task is Task.EMBED and not wanted.get("embedding", True):
+        _cached_data(entries, answer.outputs)
+    body: dict[str, Any] = {
+        "model_name": answer.model,
+        "model_version": answer.version,
+        "outputs": entries,
+    }
+    if isinstance(doc.get("id"), str):
+        body["id"] = doc["id"]
+    # msgspec: the stdlib encoder was a quarter of this door's CPU on a 384-float answer
+    head = msgspec.json.encode(body)
+    headers = dict(answer.headers)
+    if not blob:
+        return head, "application/json", headers
+    headers[HEADER_LENGTH] = str(len(head))
+    return head + blob, "application/octet-stream", headers
 
 
 class KServeController(Controller):
@@ -300,48 +366,8 @@ class KServeController(Controller):
         model: FromPath[str],
         version: FromPath[str | None] = None,
     ) -> Response[bytes]:
-        served = model_server.describe(model, version)  # unknown: 404 before parsing
-        try:
-            doc, tail = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-            inputs = read_tensors(doc.get("inputs"), tail)
-            binary_inputs = frozenset(
-                e["name"]
-                for e in doc["inputs"]
-                if isinstance(e.get("parameters"), dict) and "binary_data_size" in e["parameters"]
-            )
-            items = tensors_to_items(inputs, binary_inputs)
-            control, params = _parameters(doc)
-            task = control.task or _choose_task(doc, served.tasks, params)
-            wanted = _requested(doc, task, control.binary_output)
-        except TensorFormatError as exc:
-            raise BadRequest(str(exc)) from exc
-        inference = Inference(
-            items=list(items),
-            task=task,
-            model=model,
-            version=version,
-            parameters=params,
-            unit=control.unit,
-            cache=control.cache,
-            headers=request.headers,
-        )
-        answer = await model_server.infer(inference, record_of(request.scope))
-        tensors = [t for t in outputs_to_tensors(task, answer.outputs) if t.name in wanted]
-        entries, blob = write_tensors(tensors, wanted)
-        body: dict[str, Any] = {
-            "model_name": answer.model,
-            "model_version": answer.version,
-            "outputs": entries,
-        }
-        if isinstance(doc.get("id"), str):
-            body["id"] = doc["id"]
-        # msgspec: the stdlib encoder was a quarter of this door's CPU on a 384-float answer
-        head = msgspec.json.encode(body)
-        headers = dict(answer.headers)
-        if not blob:
-            return Response(head, media_type="application/json", headers=headers)
-        headers[HEADER_LENGTH] = str(len(head))
-        return Response(head + blob, media_type="application/octet-stream", headers=headers)
+        body, media_type, headers = await infer_answer(request, model_server, model, version)
+        return Response(body, media_type=media_type, headers=headers)
 
 
 def kserve_router(model_server: Provide) -> Router:
@@ -365,6 +391,7 @@ def gateway_kserve_router() -> Router:
 __all__ = [
     "KServeController",
     "gateway_kserve_router",
+    "infer_answer",
     "kserve_router",
     "model_metadata",
     "v2_error",

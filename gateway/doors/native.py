@@ -80,6 +80,16 @@ def route_headers(resp: InferResponse) -> dict[str, str]:
     return headers
 
 
+async def infer_answer(
+    data: InferRequest, runtime: Runtime, headers: Mapping[str, str], scope: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``POST /v1/infer`` once its body is validated: the response body and headers (the
+    handler below and the fast lane, ``gateway/lane.py``, both answer with this)."""
+    inference = inference_from_wire(data, runtime.settings.max_body_bytes, headers)
+    resp = await runtime.pipeline.infer(inference, record_of(scope))
+    return resp.to_wire(), route_headers(resp)
+
+
 class Readiness(BaseModel):
     """What ``/readyz`` answers (documentation: :func:`readiness` builds it)."""
 
@@ -153,10 +163,8 @@ class NativeController(Controller):
         data: JSONBody[InferRequest],
         runtime: NamedDependency[Runtime],
     ) -> Response[dict[str, Any]]:
-        record = record_of(request.scope)
-        inference = inference_from_wire(data, runtime.settings.max_body_bytes, request.headers)
-        resp = await runtime.pipeline.infer(inference, record)
-        return Response(resp.to_wire(), headers=route_headers(resp))
+        body, headers = await infer_answer(data, runtime, request.headers, request.scope)
+        return Response(body, headers=headers)
 
     @post(
         "/v1/feedback",

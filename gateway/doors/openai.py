@@ -44,11 +44,13 @@ from prism.backends import (
 
 from ..access import OutOfScope
 from ..auth import caller_of
+from ..cache import CachedOutput
 from ..inference import Inference
 from ..recording import record_of
 from ..runtime import Runtime
 from ._model_server import PipelineModelServer
 from ._openapi import OPENAI, documented
+from ._request import BodyRequest
 
 log = logging.getLogger("prism.openai")
 
@@ -166,6 +168,73 @@ def _model_card(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "prism"}
 
 
+async def embeddings_answer(
+    request: BodyRequest, runtime: Runtime
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``POST /v1/embeddings``: the response body and headers (the handler and the fast lane,
+    ``gateway/lane.py``, both answer with this)."""
+    try:
+        doc = await request.json()
+    except MalformedBody as exc:
+        raise OpenAIRequestError(exc.detail, None) from exc
+    if not isinstance(doc, dict):
+        raise OpenAIRequestError("the body must be a JSON object", None)
+    name, version = _split_model(doc.get("model"))
+    texts = _texts(doc.get("input"))
+    fmt = doc.get("encoding_format")
+    fmt = "float" if fmt is None else fmt
+    if not isinstance(fmt, str) or fmt not in ("float", "base64"):
+        raise OpenAIRequestError("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    user = doc.get("user")
+    if user is not None and not isinstance(user, str):
+        raise OpenAIRequestError("'user' must be a string", "user")
+    server = PipelineModelServer(runtime)
+    served = server.describe(name, version)  # unknown model or version: 404
+    dims = doc.get("dimensions")
+    params: dict[str, Any] = {}
+    if dims is not None and isinstance(runtime.policy.spec(name, served.version), OpenAISpec):
+        params["dimensions"] = dims  # an OpenAI upstream decides (text-embedding-3 can)
+    elif dims is not None and (
+        not isinstance(dims, int) or served.dim is None or dims != served.dim
+    ):
+        width = f"{served.dim} dimensions" if served.dim else "a fixed width"
+        raise OpenAIRequestError(
+            f"model {name!r} does not support 'dimensions' other than its own ({width})",
+            "dimensions",
+        )
+    inference = Inference(
+        items=[InputItem(text=t) for t in texts],
+        task=Task.EMBED,
+        model=name,
+        version=version,
+        parameters=params,
+        unit=user,
+        headers=request.headers,
+    )
+    answer = await server.infer(inference, record_of(request.scope))
+    data = []
+    for i, out in enumerate(answer.outputs):
+        vec = np.asarray(out["embedding"], dtype=np.float32)
+        if dims is not None and vec.shape[0] != dims:  # the upstream ignored the request
+            raise BackendError(f"model {name!r} answered {vec.shape[0]} dimensions, not {dims}")
+        emb: Any
+        if fmt == "base64":
+            emb = base64.b64encode(vec.astype("<f4").tobytes()).decode()
+        elif isinstance(out, CachedOutput):  # a cache hit: its JSON is made once
+            emb = out.list_json("embedding")
+        else:
+            emb = vec.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    tokens = sum(len(t.split()) for t in texts)
+    body = {
+        "object": "list",
+        "data": data,
+        "model": name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return body, answer.headers
+
+
 class OpenAIController(Controller):
     path = "/v1"
     tags = ["openai"]
@@ -182,66 +251,8 @@ class OpenAIController(Controller):
     async def embeddings(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
     ) -> Response[Any]:
-        try:
-            doc = await request.json()
-        except MalformedBody as exc:
-            raise OpenAIRequestError(exc.detail, None) from exc
-        if not isinstance(doc, dict):
-            raise OpenAIRequestError("the body must be a JSON object", None)
-        name, version = _split_model(doc.get("model"))
-        texts = _texts(doc.get("input"))
-        fmt = doc.get("encoding_format")
-        fmt = "float" if fmt is None else fmt
-        if not isinstance(fmt, str) or fmt not in ("float", "base64"):
-            raise OpenAIRequestError(
-                "'encoding_format' must be 'float' or 'base64'", "encoding_format"
-            )
-        user = doc.get("user")
-        if user is not None and not isinstance(user, str):
-            raise OpenAIRequestError("'user' must be a string", "user")
-        server = PipelineModelServer(runtime)
-        served = server.describe(name, version)  # unknown model or version: 404
-        dims = doc.get("dimensions")
-        params: dict[str, Any] = {}
-        if dims is not None and isinstance(runtime.policy.spec(name, served.version), OpenAISpec):
-            params["dimensions"] = dims  # an OpenAI upstream decides (text-embedding-3 can)
-        elif dims is not None and (
-            not isinstance(dims, int) or served.dim is None or dims != served.dim
-        ):
-            width = f"{served.dim} dimensions" if served.dim else "a fixed width"
-            raise OpenAIRequestError(
-                f"model {name!r} does not support 'dimensions' other than its own ({width})",
-                "dimensions",
-            )
-        inference = Inference(
-            items=[InputItem(text=t) for t in texts],
-            task=Task.EMBED,
-            model=name,
-            version=version,
-            parameters=params,
-            unit=user,
-            headers=request.headers,
-        )
-        answer = await server.infer(inference, record_of(request.scope))
-        data = []
-        for i, out in enumerate(answer.outputs):
-            vec = np.asarray(out["embedding"], dtype=np.float32)
-            if dims is not None and vec.shape[0] != dims:  # the upstream ignored the request
-                raise BackendError(f"model {name!r} answered {vec.shape[0]} dimensions, not {dims}")
-            emb: Any = (
-                base64.b64encode(vec.astype("<f4").tobytes()).decode()
-                if fmt == "base64"
-                else vec.tolist()
-            )
-            data.append({"object": "embedding", "index": i, "embedding": emb})
-        tokens = sum(len(t.split()) for t in texts)
-        body = {
-            "object": "list",
-            "data": data,
-            "model": name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-        return Response(body, headers=answer.headers)
+        body, headers = await embeddings_answer(request, runtime)
+        return Response(body, headers=headers)
 
     @get(
         "/models",
@@ -287,4 +298,4 @@ def openai_router() -> Router:
     return Router(path="/", route_handlers=[OpenAIController])
 
 
-__all__ = ["OpenAIController", "openai_error", "openai_router"]
+__all__ = ["OpenAIController", "embeddings_answer", "openai_error", "openai_router"]

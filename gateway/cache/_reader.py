@@ -1,0 +1,192 @@
+"""Cache reads from one Redis server: MGET on a few pipelined connections, replies by hiredis.
+
+A hit through Redis is one MGET. redis-py's asyncio client spends several times the round trip
+itself around each command (a blocking pool's condition and timeout, connection checks,
+per-command observability hooks), and under load a command queues for one of the pool's
+connections. :class:`PipelinedReader` keeps :data:`CONNECTIONS` connections open and sends each
+MGET on the next one without waiting for the replies before it (Redis answers a connection's
+commands in order, so each reply resolves the oldest waiter); the MGETs of one turn of the
+event loop leave in one write; hiredis parses the replies. Its errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``),
+so the store maps them as it maps any other Redis failure. A connection that fails or times
+out is closed with everything waiting on it, and the next read opens a new one.
+
+Only reads, and only ``redis://`` (one server, TCP, optional user, password and database): the
+writes, TLS, unix sockets and clusters stay on redis-py (``shared_redis.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+#: connections one reader keeps to its server; their commands are pipelined
+CONNECTIONS = 4
+
+
+def readable(url: str) -> bool:
+    """Whether :class:`PipelinedReader` can read from ``url`` (else redis-py does)."""
+    return urlsplit(url).scheme == "redis"
+
+
+def _command(*args: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        import hiredis
+
+        self.reader = hiredis.Reader()
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        #: commands sent this turn of the event loop, written together by :meth:`flush`
+        self.outgoing: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        import hiredis
+        from redis.exceptions import ResponseError
+
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if not self.waiting:  # a reply nobody asked for: the stream is out of step
+                self.fail(ConnectionError("unexpected reply from Redis"))
+                return
+            future = self.waiting.popleft()
+            if future.done():
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(ResponseError(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or ConnectionError("Redis closed the connection"))
+
+    def fail(self, exc: BaseException) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                error = RedisConnectionError(f"{type(exc).__name__}: {exc}")
+                future.set_exception(error)
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiting.append(future)
+        if not self.outgoing:  # the first command of this turn of the loop: write them soon
+            loop.call_soon(self.flush)
+        self.outgoing.append(command)
+        return future
+
+    def flush(self) -> None:
+        """The commands of one turn of the event loop in one write (one syscall, and Redis
+        reads them in one go)."""
+        commands, self.outgoing = self.outgoing, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(commands))
+
+
+class PipelinedReader:
+    """MGET from one Redis server (see the module)."""
+
+    def __init__(self, url: str, *, timeout_s: float, connections: int = CONNECTIONS) -> None:
+        from redis.asyncio.connection import parse_url
+
+        if not readable(url):
+            raise ValueError(f"not a redis:// url: {url!r}")
+        self.timeout_s = timeout_s
+        options = parse_url(url)
+        self.host = str(options.get("host", "localhost"))
+        self.port = int(options.get("port", 6379))
+        hello: list[bytes] = []
+        if options.get("password") is not None:
+            user = options.get("username")
+            auth = [b"AUTH", *([str(user).encode()] if user else []), options["password"].encode()]
+            hello.append(_command(*auth))
+        if options.get("db"):
+            hello.append(_command(b"SELECT", str(options["db"]).encode()))
+        self._hello = hello
+        self._slots: list[_Connection | None] = [None] * connections
+        self._opening: list[asyncio.Future[_Connection] | None] = [None] * connections
+        self._next = 0
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        slot = self._next
+        self._next = (slot + 1) % len(self._slots)
+        conn = self._slots[slot]
+        if conn is None or conn.closed:
+            conn = await self._connect(slot)
+        future = conn.send(_command(b"MGET", *(k.encode() for k in keys)))
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, self._late, conn, future)
+        try:
+            reply = await future
+        finally:
+            timer.cancel()
+        return reply
+
+    @staticmethod
+    def _late(conn: _Connection, future: asyncio.Future[Any]) -> None:
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if not future.done():
+            # the reply may still come, after others' replies: nothing on this connection
+            # can be trusted now
+            future.set_exception(RedisTimeoutError("Redis did not answer in time"))
+            conn.fail(RedisTimeoutError("a read timed out"))
+
+    async def _connect(self, slot: int) -> _Connection:
+        opening = self._opening[slot]
+        if opening is None:  # the first to find the slot empty opens it; others wait for it
+            opening = self._opening[slot] = asyncio.ensure_future(self._open())
+        try:
+            conn = await asyncio.shield(opening)
+        finally:
+            if self._opening[slot] is opening and opening.done():
+                self._opening[slot] = None
+        self._slots[slot] = conn
+        return conn
+
+    async def _open(self) -> _Connection:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        loop = asyncio.get_running_loop()
+        conn: _Connection | None = None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                _, conn = await loop.create_connection(_Connection, self.host, self.port)
+                for command in self._hello:  # AUTH, SELECT: their answers must be OK
+                    await conn.send(command)
+        except BaseException as exc:
+            if conn is not None:
+                conn.fail(exc)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError("connecting to Redis timed out") from exc
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            raise
+        return conn
+
+    async def aclose(self) -> None:
+        for i, conn in enumerate(self._slots):
+            if conn is not None:
+                conn.fail(ConnectionError("closed"))
+            self._slots[i] = None
+
+
+__all__ = ["CONNECTIONS", "PipelinedReader", "readable"]
