@@ -24,7 +24,7 @@ from . import _items, _train
 MANIFEST = "demo.json"
 LOCK_FILE = ".demo.lock"
 #: bump when the data set, model or layout changes: older artefacts are rebuilt
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 #: items in the demo catalogue
 CATALOG_ITEMS = 10_000
 
@@ -116,7 +116,7 @@ def build_demo(
 ) -> DemoArtefacts:
     """Build (or find current) demo artefacts in ``out_dir``; deterministic for a ``seed``.
 
-    Phases, each with a progress bar: train ``demo-clip`` (about 2-3 minutes on 2 cores) and
+    Phases, each with a progress bar: train ``demo-clip`` (about 4 minutes on 2 cores) and
     measure its zero-shot accuracy on 500 fresh images; draw ``catalog_items`` catalogue
     items; embed them into ``demo-catalog/``. Without ``force``, artefacts already built with
     the same seed are returned as they are.

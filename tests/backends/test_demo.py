@@ -75,3 +75,26 @@ def test_demo_tokenizer_is_open_clips_standard_one() -> None:
     assert isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer)
     tokens = tokenizer(["a red circle"])
     assert tokens.shape == (1, 16) and int(tokens[0, 0]) == 49406  # <start_of_text>
+
+
+def test_varied_drawings_are_deterministic_and_vary_in_size_and_background() -> None:
+    from prism.backends.demo._shapes import sample_varied
+
+    a = [sample_varied(random.Random(9), i).image for i in range(len(CLASSES))]
+    b = [sample_varied(random.Random(9), i).image for i in range(len(CLASSES))]
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
+    rng = random.Random(9)
+    many = [sample_varied(rng, i % len(CLASSES)).image for i in range(200)]
+    assert len({im.size for im in many}) > 4 and all(im.mode == "RGB" for im in many)
+    corners = {tuple(np.asarray(im)[0, 0] // 64) for im in many}
+    assert len(corners) > 4  # white, black, greys and tints
+
+
+def test_training_can_mix_in_varied_drawings(tmp_path: Path) -> None:
+    plain = TrainConfig(steps=2, groups=1, eval_images=24)
+    mixed = TrainConfig(steps=2, groups=1, eval_images=24, varied_first=1.0, varied_last=1.0)
+    losses = [
+        train_demo_clip(tmp_path / f"{i}.pt", seed=3, config=c, progress=False).final_loss
+        for i, c in enumerate((plain, mixed))
+    ]
+    assert losses[0] != losses[1]
