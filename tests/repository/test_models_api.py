@@ -113,7 +113,8 @@ def test_unload_waits_for_calls_in_flight_then_frees_and_load_brings_it_back(
     ]
     for t in callers:
         t.start()
-    eventually(lambda: version_of(a, "slow")["in_flight"] > 0, "calls in flight on m@slow")
+    # all three in flight before the unload: a caller that arrives after it is rightly refused
+    eventually(lambda: version_of(a, "slow")["in_flight"] == 3, "3 calls in flight on m@slow")
 
     seen: list[str] = []
     watcher = threading.Thread(target=lambda: seen.append(version_of(a, "slow")["state"]))
