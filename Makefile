@@ -99,7 +99,7 @@ haproxy:  ## make sure haproxy (the load balancer of make test-cluster) exists (
 	fi
 
 $(DEMO): | $(BIN)/.serve-installed
-	@echo "==> building the demo CLIP and catalogue (once; 4 to 6 minutes on 2 cores)"
+	@echo "==> building the demo CLIP and catalogue (once; about 4.5 minutes on 2 cores)"
 	$(BIN)/prism demo build --out models
 
 demo: $(DEMO)  ## train the demo CLIP and build the demo catalogue (once)

@@ -54,8 +54,8 @@ def _report(results: list[tuple[Drawing, str]]) -> tuple[float, str]:
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="the issue's bar is 95%; demo-clip gets about 72% of these (filled about 90%, "
-    "outlined about 55%; README)",
+    reason="the issue's bar is 95%; the demo-clip `make serve` builds gets about 57% of these "
+    "(filled about 80%, outlined about 35%; README)",
     strict=False,
 )
 async def test_demo_clip_classifies_plain_drawings_from_another_renderer(gw: Client) -> None:

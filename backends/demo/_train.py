@@ -38,7 +38,7 @@ class TrainConfig:
     House style alone (``varied_*`` 0): 2 x 24 images x 600 steps reach ~97-98% on the house
     style, but only ~36% on plain drawings from another renderer (outlines ~10%). Varied
     drawings mixed in from 10% to 100% of the images: 600 steps learn colour but barely
-    shape (~46% on plain drawings, ~62% on the house style); 1000 steps ~64% and ~96%;
+    shape (~46% on plain drawings, ~62% on the house style); 1000 steps ~57-72% and ~94-96% (two threads or one);
     1200 ~74% and ~97%. All varied from the first step: shape is not learnt in 600 steps.
     """
 
