@@ -13,12 +13,15 @@ fetches the record again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ..cache._reader import PipelinedReader, readable
+from ..shared_redis import is_cluster_url
 from ._keys import KeyRecord
 from ._limits import (
     ADMIT_LUA,
@@ -64,7 +67,16 @@ class RedisKeyStore:
 
         self._redis = bounded_redis(url, timeout_s=timeout_s)
         self._script = self._redis.register_script(ADMIT_LUA)
+        #: the limit script per request on a pipelined connection: redis-py's own cost per
+        #: command (pool, checks, hooks) was most of the check (``cache/_reader.py``)
+        self._pipelined = (
+            PipelinedReader(url, timeout_s=timeout_s)
+            if readable(url) and not is_cluster_url(url)
+            else None
+        )
+        self._sha = hashlib.sha1(ADMIT_LUA.encode()).hexdigest().encode()
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._response_error = redis.ResponseError
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -114,7 +126,11 @@ class RedisKeyStore:
             LEASE_TTL_S * 1000,
             1 if metered else 0,
         ]
-        answer = await self._call(self._script(keys=script_keys(record.id), args=args))
+        keys = script_keys(record.id)
+        if self._pipelined is not None:
+            answer = await self._call(self._admit_pipelined(keys, args))
+        else:
+            answer = await self._call(self._script(keys=keys, args=args))
         status = int(answer[0])
         if status == 1:
             return "ok"
@@ -125,8 +141,23 @@ class RedisKeyStore:
         limit = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
         raise rate_limited(record, limit, float(answer[2]))
 
+    async def _admit_pipelined(self, keys: list[str], args: list[Any]) -> Any:
+        words = [str(len(keys)).encode(), *(k.encode() for k in keys)]
+        words += [str(a).encode() for a in args]
+        try:
+            return await self._pipelined.execute(b"EVALSHA", self._sha, *words)  # type: ignore[union-attr]
+        except self._response_error as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # a restarted or flushed Redis forgot the script: EVAL runs it and caches it again
+            return await self._pipelined.execute(b"EVAL", ADMIT_LUA.encode(), *words)  # type: ignore[union-attr]
+
     async def release(self, record: KeyRecord, lease: str) -> None:
-        await self._call(self._redis.zrem(script_keys(record.id)[3], lease))
+        leases = script_keys(record.id)[3]
+        if self._pipelined is not None:
+            await self._call(self._pipelined.execute(b"ZREM", leases.encode(), lease.encode()))
+        else:
+            await self._call(self._redis.zrem(leases, lease))
 
     async def sync(
         self, ids: list[str], counts: dict[str, int], last: dict[str, float]
@@ -169,6 +200,8 @@ class RedisKeyStore:
             return False
 
     async def aclose(self) -> None:
+        if self._pipelined is not None:
+            await self._pipelined.aclose()
         await self._redis.aclose(close_connection_pool=True)
 
 

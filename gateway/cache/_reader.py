@@ -1,4 +1,5 @@
-"""Cache reads from one Redis server: MGET on a few pipelined connections, replies by hiredis.
+"""Hot-path reads from one Redis server on a few pipelined connections, replies by hiredis:
+the cache's MGET, and the key store's limit script (EVALSHA).
 
 A hit through Redis is one MGET. redis-py's asyncio client spends several times the round trip
 itself around each command (a blocking pool's condition and timeout, connection checks,
@@ -10,8 +11,9 @@ event loop leave in one write; hiredis parses the replies. Its errors are redis-
 so the store maps them as it maps any other Redis failure. A connection that fails or times
 out is closed with everything waiting on it, and the next read opens a new one.
 
-Only reads, and only ``redis://`` (one server, TCP, optional user, password and database): the
-writes, TLS, unix sockets and clusters stay on redis-py (``shared_redis.py``).
+Only the per-request commands, and only ``redis://`` (one server, TCP, optional user, password
+and database): other writes, TLS, unix sockets and clusters stay on redis-py
+(``shared_redis.py``).
 """
 
 from __future__ import annotations
@@ -126,12 +128,18 @@ class PipelinedReader:
         self._next = 0
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        reply: list[bytes | None] = await self.execute(b"MGET", *(k.encode() for k in keys))
+        return reply
+
+    async def execute(self, *args: bytes) -> Any:
+        """One command (its arguments as bytes), its reply as hiredis gives it (what redis-py
+        returns with hiredis installed); a Redis error reply raises ``ResponseError``."""
         slot = self._next
         self._next = (slot + 1) % len(self._slots)
         conn = self._slots[slot]
         if conn is None or conn.closed:
             conn = await self._connect(slot)
-        future = conn.send(_command(b"MGET", *(k.encode() for k in keys)))
+        future = conn.send(_command(*args))
         timer = asyncio.get_running_loop().call_later(self.timeout_s, self._late, conn, future)
         try:
             reply = await future

@@ -109,3 +109,25 @@ def test_every_redis_key_of_a_key_is_in_one_cluster_slot() -> None:
     names = [*script_keys(key_id), key_prefix(key_id) + "rec"]
     assert all(f"{{k:{key_id}}}" in n for n in names)
     assert len({key_slot(n.encode()) for n in names}) == 1
+
+
+async def test_the_limit_script_survives_a_flushed_script_cache(redis_url: str) -> None:
+    """Per request the script goes as EVALSHA on a pipelined connection; a Redis that forgot
+    it (restarted, SCRIPT FLUSH) gets it again with EVAL, and the count carries on."""
+    import redis.asyncio as redis
+
+    store = RedisKeyStore(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        record = await saved(store, rpm=3)
+        assert await store.admit(record, "a", metered=True) == "ok"
+        await admin.script_flush()
+        assert await store.admit(record, "b", metered=True) == "ok"
+        assert await store.admit(record, "c", metered=True) == "ok"
+        with pytest.raises(RateLimited):
+            await store.admit(record, "d", metered=True)
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] >= 3  # the pipelined path ran
+    finally:
+        await admin.aclose()
+        await store.aclose()
