@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..cache._reader import PipelinedReader, readable
-from ..shared_redis import is_cluster_url
+from ..cache._reader import pipelined_for
 from ._keys import KeyRecord
 from ._limits import (
     ADMIT_LUA,
@@ -69,11 +68,7 @@ class RedisKeyStore:
         self._script = self._redis.register_script(ADMIT_LUA)
         #: the limit script per request on a pipelined connection: redis-py's own cost per
         #: command (pool, checks, hooks) was most of the check (``cache/_reader.py``)
-        self._pipelined = (
-            PipelinedReader(url, timeout_s=timeout_s)
-            if readable(url) and not is_cluster_url(url)
-            else None
-        )
+        self._pipelined = pipelined_for(url, timeout_s=timeout_s)
         self._sha = hashlib.sha1(ADMIT_LUA.encode()).hexdigest().encode()
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._response_error = redis.ResponseError

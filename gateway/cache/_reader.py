@@ -29,8 +29,14 @@ CONNECTIONS = 4
 
 
 def readable(url: str) -> bool:
-    """Whether :class:`PipelinedReader` can read from ``url`` (else redis-py does)."""
+    """Whether :class:`PipelinedReader` can read from ``url`` (else redis-py does): one server
+    over TCP, so never a cluster (``redis+cluster://``), TLS or a unix socket."""
     return urlsplit(url).scheme == "redis"
+
+
+def pipelined_for(url: str, *, timeout_s: float) -> PipelinedReader | None:
+    """A :class:`PipelinedReader` for ``url``, or None where redis-py must do it all."""
+    return PipelinedReader(url, timeout_s=timeout_s) if readable(url) else None
 
 
 def _command(*args: bytes) -> bytes:
@@ -197,4 +203,4 @@ class PipelinedReader:
             self._slots[i] = None
 
 
-__all__ = ["CONNECTIONS", "PipelinedReader", "readable"]
+__all__ = ["CONNECTIONS", "PipelinedReader", "pipelined_for", "readable"]

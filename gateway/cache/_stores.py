@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from prism.backends import CacheUnavailable
 
-from ..shared_redis import close_redis, connect_redis, get_by_slot, is_cluster_url, redis_errors
-from ._reader import PipelinedReader, readable
+from ..shared_redis import close_redis, connect_redis, get_by_slot, redis_errors
+from ._reader import pipelined_for
 
 
 class CacheStore(Protocol):
@@ -103,11 +103,7 @@ class RedisStore:
         self._redis = bounded_redis(url, timeout_s=timeout_s)
         self._errors = redis_errors()
         #: reads from one server: pipelined MGETs, no pool to wait on (``_reader.py``)
-        self._reader = (
-            PipelinedReader(url, timeout_s=timeout_s)
-            if readable(url) and not is_cluster_url(url)
-            else None
-        )
+        self._reader = pipelined_for(url, timeout_s=timeout_s)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         try:
