@@ -9,7 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -142,3 +145,20 @@ class GatewayProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+@contextmanager
+def gateway_pair(policy: Path, **kwargs: Any) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two replicas of one policy with the same settings (``GatewayProcess``'s keywords),
+    started one after the other, both stopped at the end (or if the second does not start)."""
+    a = GatewayProcess(policy, **kwargs).start()
+    try:
+        b = GatewayProcess(policy, **kwargs).start()
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()

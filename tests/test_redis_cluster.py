@@ -35,7 +35,7 @@ from prism.gateway.shared_redis import (
 )
 from tests.redis_cluster import RedisClusterProcesses
 from tests.repository.test_overrides import _race
-from tests.support import PRISM, ROOT, GatewayProcess
+from tests.support import PRISM, ROOT, GatewayProcess, gateway_pair
 
 pytestmark = pytest.mark.slow
 
@@ -87,19 +87,8 @@ def gateways(
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     path = tmp_path_factory.mktemp("gateways") / "policy.yaml"
     path.write_text(POLICY)
-    a = GatewayProcess(path, redis_url=cluster.url)
-    b = GatewayProcess(path, redis_url=cluster.url)
-    a.start()
-    try:
-        b.start()
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with gateway_pair(path, redis_url=cluster.url) as pair:
+        yield pair
 
 
 def infer(

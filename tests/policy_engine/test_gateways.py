@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import GatewayProcess
+from tests.support import GatewayProcess, gateway_pair
 
 pytestmark = pytest.mark.slow
 
@@ -63,19 +63,8 @@ def gateways(
     path.write_text(POLICY)
     # a database of their own: the counters of earlier runs in this Redis do not leak in
     url = redis_url.rsplit("/", 1)[0] + "/3"
-    a = GatewayProcess(path, redis_url=url)
-    b = GatewayProcess(path, redis_url=url)
-    a.start()
-    try:
-        b.start()
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with gateway_pair(path, redis_url=url) as pair:
+        yield pair
 
 
 def infer(gw: GatewayProcess, text: str, unit: str | None = None, **headers: str) -> httpx.Response:

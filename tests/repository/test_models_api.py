@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support import GatewayProcess
+from tests.support import GatewayProcess, gateway_pair
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +44,8 @@ def gateways(
     # a database of their own, emptied: overrides of earlier runs must not leak in
     url = redis_url.rsplit("/", 1)[0] + "/5"
     redis.Redis.from_url(url).flushdb()
-    a = GatewayProcess(path, redis_url=url)
-    b = GatewayProcess(path, redis_url=url)
-    a.start()
-    try:
-        b.start()
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with gateway_pair(path, redis_url=url) as pair:
+        yield pair
 
 
 def call(method: str, gw: GatewayProcess, path: str, **kwargs: Any) -> httpx.Response:
