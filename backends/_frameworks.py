@@ -30,6 +30,8 @@ FRAMEWORKS_OF: dict[str, tuple[str, ...]] = {
     "text-encoder": ("torch", "transformers"),
     "open-clip": ("torch", "open_clip"),
     "onnx": ("onnxruntime", "tokenizers"),
+    # open_clip's own transform and tokenizer prepare the inputs (see _onnx_clip)
+    "onnx-clip": ("onnxruntime", "torch", "open_clip"),
     "recommender": ("torch",),
 }
 

@@ -8,6 +8,12 @@ open_clip ``pretrained`` tag. An architecture open_clip does not ship is registe
 
 Images are preprocessed by the very transform ``open_clip.create_model_and_transforms``
 returns for the model (resize, crop, RGB, normalise), so embeddings match open_clip's own.
+
+``precision`` converts both towers at load (``prism optimize`` measures each): ``bf16``,
+``fp16`` (GPU), or ``int8``, torch's dynamic int8 quantisation of the linear layers (CPU).
+A convolutional image tower (ModifiedResNet) keeps its convolutions in fp32 (dynamic
+quantisation has no Conv kernel) and its attention pool too: that pool hands its projections'
+``.weight`` tensors to ``F.multi_head_attention_forward``, which a quantised layer no longer has.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from ._errors import InvalidImage, InvalidInput
 from ._images import load_image
 from ._parameters import classify_top_k, label_list
 from ._specs import OpenClipSpec
+from ._text_encoder import convert_precision
 
 #: open_clip configs shipped with Prism (``demo-clip``)
 PACKAGED_CONFIGS = Path(__file__).parent / "demo" / "model_configs"
@@ -93,6 +100,7 @@ class OpenClipModel(LocalModel):
         pretrained: str | None = None,
         device: str = "cpu",
         max_image_pixels: int = 40_000_000,
+        precision: str = "fp32",
     ) -> None:
         if (weights is None) == (pretrained is None):
             raise ValueError("give exactly one of weights or pretrained")
@@ -101,6 +109,8 @@ class OpenClipModel(LocalModel):
         self.pretrained = pretrained
         self.device = device
         self.max_image_pixels = max_image_pixels
+        self.precision = precision
+        self._dtype = torch.float32
         self._model: Any = None
         self._preprocess: Any = None
         self._tokenizer: Any = None
@@ -118,6 +128,7 @@ class OpenClipModel(LocalModel):
             pretrained=spec.pretrained,
             device=device,
             max_image_pixels=spec.max_image_pixels,
+            precision=spec.precision,
         )
 
     # --- LocalModel -----------------------------------------------------------------------
@@ -149,7 +160,17 @@ class OpenClipModel(LocalModel):
         except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
             raise ValueError(f"cannot load {self.arch} from {source}: {exc}") from exc
         # channels_last: oneDNN / cuDNN convolutions run faster on NHWC tensors
-        self._model = model.to(memory_format=torch.channels_last).eval()
+        model = model.to(memory_format=torch.channels_last).eval()
+        self._model = convert_precision(
+            model, self.precision, self.device, linears=_quantisable_linears(model)
+        )
+        if self.precision == "int8":
+            # open_clip asks a block's first MLP layer for the dtype to cast activations to;
+            # a quantised layer answers through this attribute (open_clip's int8 hook)
+            for module in self._model.modules():
+                if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+                    module.int8_original_dtype = torch.float32  # type: ignore[assignment]
+        self._dtype = _float_dtype(self.precision)
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model_name)
         self._dim = int(self.encode_texts(["a"]).shape[1])
@@ -215,7 +236,7 @@ class OpenClipModel(LocalModel):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-length float32 embeddings ``[B, D]`` (on ``device``) of preprocessed images."""
-        batch = images.to(self.device).contiguous(memory_format=torch.channels_last)
+        batch = images.to(self.device, self._dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out: torch.Tensor = self._model.encode_image(batch, normalize=True)
         return out.float()
@@ -232,11 +253,13 @@ class OpenClipModel(LocalModel):
 
     def logit_scale(self) -> float:
         """The model's learned inverse temperature (``exp(logit_scale)``, capped at 100)."""
-        return float(self._model.logit_scale.exp().clamp(max=100))
+        return float(self._model.logit_scale.detach().float().exp().clamp(max=100))
 
     def describe(self) -> dict[str, Any]:
         """What identifies this encoder: arch, weights (+ SHA-256) or pretrained tag."""
         info: dict[str, Any] = {"arch": self.arch, "pretrained": self.pretrained}
+        if self.precision != "fp32":
+            info["precision"] = self.precision
         if self.weights is not None:
             info["weights"] = str(self.weights)
             if self.weights.is_file():
@@ -288,3 +311,21 @@ class OpenClipModel(LocalModel):
             while len(self._labels) > _LABEL_CACHE_SIZE:
                 self._labels.popitem(last=False)
         return embedded
+
+
+def _float_dtype(precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
+def _quantisable_linears(model: torch.nn.Module) -> set[str]:
+    """Names of the linear layers dynamic int8 can replace: not the output projection of
+    ``nn.MultiheadAttention`` (a subclass torch keeps in float), nor those of an attention
+    pool, whose forward reads the layers' ``.weight`` tensors itself."""
+    from open_clip.modified_resnet import AttentionPool2d
+
+    pools = [name for name, m in model.named_modules() if isinstance(m, AttentionPool2d)]
+    return {
+        name
+        for name, m in model.named_modules()
+        if type(m) is torch.nn.Linear and not any(name.startswith(p + ".") for p in pools)
+    }

@@ -27,6 +27,7 @@ LOCAL_KINDS: dict[str, str] = {
     "text-encoder": "prism.backends._text_encoder:TextEncoderModel",
     "open-clip": "prism.backends._open_clip:OpenClipModel",
     "onnx": "prism.backends._onnx:OnnxTextEncoderModel",
+    "onnx-clip": "prism.backends._onnx_clip:OnnxClipModel",
     "recommender": "prism.backends._recommender:RecommenderModel",
 }
 

@@ -88,6 +88,9 @@ class OpenClipSpec(_LocalSpec):
     max_image_pixels: int = Field(40_000_000, ge=1)
     #: allow ``{"image": {"url": ...}}`` only from these hosts (empty = URL inputs refused)
     allow_url_hosts: list[str] = Field(default_factory=list)
+    #: both towers as loaded (fp32) or converted at load: ``fp16`` (GPU), ``bf16``, ``int8``
+    #: (torch dynamic int8 on the linear layers, CPU); ``prism optimize`` measures each
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
     @model_validator(mode="after")
     def _one_source(self) -> OpenClipSpec:
@@ -105,6 +108,21 @@ class OnnxSpec(_LocalSpec):
     max_length: int = Field(256, ge=8, le=8192)
     #: ONNX Runtime intra-op threads (0 = one per physical core)
     threads: int = Field(0, ge=0, le=256)
+
+
+class OnnxClipSpec(_LocalSpec):
+    """Both towers of an open_clip model exported to ONNX (``prism optimize``), run by ONNX
+    Runtime on CPU; serves what ``kind: open-clip`` serves."""
+
+    kind: Literal["onnx-clip"]
+    #: folder written by ``prism optimize``: ``image.onnx``, ``text.onnx``, ``variant.json``
+    path: str
+    #: ONNX Runtime intra-op threads (0 = one per physical core)
+    threads: int = Field(0, ge=0, le=256)
+    #: largest accepted image, in pixels (decompression-bomb guard)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    #: allow ``{"image": {"url": ...}}`` only from these hosts (empty = URL inputs refused)
+    allow_url_hosts: list[str] = Field(default_factory=list)
 
 
 class ModalityWeights(_Spec):
@@ -128,7 +146,7 @@ class RecommenderSpec(_LocalSpec):
 
 
 LocalSpec = Annotated[
-    FakeSpec | TextEncoderSpec | OpenClipSpec | OnnxSpec | RecommenderSpec,
+    FakeSpec | TextEncoderSpec | OpenClipSpec | OnnxSpec | OnnxClipSpec | RecommenderSpec,
     Field(discriminator="kind"),
 ]
 
@@ -297,6 +315,7 @@ __all__ = [
     "KServeSpec",
     "LocalSpec",
     "ModalityWeights",
+    "OnnxClipSpec",
     "OnnxSpec",
     "OpenAISpec",
     "OpenClipSpec",

@@ -28,9 +28,12 @@ def packaged_model_path(source: str) -> Path:
     raise ValueError(f"unknown packaged model {source!r}")
 
 
-def convert_precision(model: Any, precision: str, device: str) -> Any:
+def convert_precision(
+    model: Any, precision: str, device: str, *, linears: set[str] | None = None
+) -> Any:
     """The model in ``precision``: fp32 as is, fp16/bf16 cast, int8 = torch's dynamic int8
-    quantisation of the linear layers (weights int8, activations quantised per batch; CPU)."""
+    quantisation of the linear layers (weights int8, activations quantised per batch; CPU);
+    ``linears`` names the ones to quantise when not all of them can be (default: all)."""
     import torch
 
     if precision == "fp32":
@@ -51,7 +54,9 @@ def convert_precision(model: Any, precision: str, device: str) -> Any:
         # torch >= 2.10 marks its quantised tensor types deprecated in favour of torchao; they
         # still run, and torchao's CPU int8 path is not a dependency of Prism
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(
+            model, {torch.nn.Linear} if linears is None else linears, dtype=torch.qint8
+        )
 
 
 class TextEncoderModel(LocalModel):

@@ -77,8 +77,7 @@ def _route_match(document: Any, name: str) -> dict[str, Any]:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from prism.backends import TextEncoderSpec
-    from prism.backends.optimize import OptimizeError, optimize_text_encoder, write_report
+    from prism.backends.optimize import OptimizeError, optimize_version, write_report
 
     from .policy import PolicyLoadError, compile_policy_file
 
@@ -94,18 +93,10 @@ def _optimize(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     spec = policy.spec(model, version)
-    if not isinstance(spec, TextEncoderSpec):
-        kind = getattr(spec, "kind", getattr(spec, "backend", "?"))
-        print(
-            f"{model}@{version} is {kind!r}: prism optimize builds variants of local "
-            "text-encoder versions",
-            file=sys.stderr,
-        )
-        return 2
     out = Path(args.out)
     base = Path(args.data_dir) if args.data_dir else Path.cwd()
     try:
-        report = optimize_text_encoder(
+        report = optimize_version(
             spec,
             source=f"{model}@{version}",
             variant=args.variant,
@@ -118,6 +109,9 @@ def _optimize(args: argparse.Namespace) -> int:
         )
     except OptimizeError as exc:
         print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # e.g. an unknown architecture or unreadable weights
+        print(f"cannot load {model}@{version}: {exc}", file=sys.stderr)
         return 2
     snippet = ""
     if report["accepted"]:
@@ -132,10 +126,22 @@ def _optimize(args: argparse.Namespace) -> int:
         f"({report['speedup_batch1']:.2f}x), batch 32 {speed['source']['batch32']:.1f} -> "
         f"{speed['variant']['batch32']:.1f}/s ({report['speedup_batch32']:.2f}x), "
         f"size {size['source'] / 1e6:.1f} -> {size['variant'] / 1e6:.1f} MB\n"
-        f"agreement: cosine mean {report['cosine_mean']:.4f}, min {report['cosine_min']:.4f}, "
-        f"Spearman {report['spearman']:.4f}\n"
-        f"report: {out / 'report.md'} (+ report.json, report.png)"
+        f"agreement{' (images)' if 'zero_shot' in report else ''}: cosine mean "
+        f"{report['cosine_mean']:.4f}, min {report['cosine_min']:.4f}, "
+        f"Spearman {report['spearman']:.4f}"
     )
+    if "zero_shot" in report:
+        text, zs = report["text_agreement"], report["zero_shot"]
+        print(
+            f"texts: {speed['source']['text_batch32']:.1f} -> "
+            f"{speed['variant']['text_batch32']:.1f}/s at batch 32 "
+            f"({report['speedup_text_batch32']:.2f}x), cosine mean {text['cosine_mean']:.4f}, "
+            f"min {text['cosine_min']:.4f}\n"
+            f"zero-shot accuracy ({zs['images']} images, {zs['classes']} classes): "
+            f"{zs['source']:.1%} -> {zs['variant']:.1%} ({100 * zs['change']:+.1f} pts), "
+            f"same top class {zs['top1_agreement']:.1%}"
+        )
+    print(f"report: {out / 'report.md'} (+ report.json, report.png)")
     if not report["accepted"]:
         print(
             f"refused: cosine mean {report['cosine_mean']:.4f} is below the floor "
@@ -149,20 +155,30 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from prism.backends.optimize import DEFAULT_FLOOR, TEXT_VARIANTS
+    from prism.backends.optimize import CLIP_VARIANTS, DEFAULT_FLOOR, TEXT_VARIANTS
 
     cmd = sub.add_parser(
         "optimize",
         help="build a faster variant of a model version and measure it",
-        description="Build a variant of a local text-encoder version (onnx: ONNX Runtime fp32; "
+        description="Build a variant of a local text-encoder version or of both towers of a "
+        "local open-clip version (onnx: ONNX Runtime fp32, served by kind onnx or onnx-clip; "
         "onnx-int8: ONNX Runtime dynamic int8; int8: torch dynamic int8 on CPU; bf16; fp16 on a "
         "GPU), measure it against the source on this machine (items/s at batch 1 and 32 side "
-        "by side, size, cosine agreement, Spearman of pairwise similarities), write "
-        "DIR/report.json, report.md and report.png, and print a policy snippet that runs it as "
-        "a canary or an A/B arm. A variant below the agreement floor is refused (exit 1).",
+        "by side, images for CLIP, preprocessing included; size; cosine agreement; Spearman of "
+        "pairwise similarities; for CLIP also text agreement and zero-shot accuracy before and "
+        "after on the demo's labelled shapes), write DIR/report.json, report.md and report.png, "
+        "and print a policy snippet that runs it as a canary or an A/B arm. A variant below "
+        "the agreement floor is refused (exit 1).",
     )
-    cmd.add_argument("source", metavar="MODEL@VERSION", help="e.g. text-embed@1 (or a label)")
-    cmd.add_argument("--variant", required=True, choices=TEXT_VARIANTS, help="what to build")
+    cmd.add_argument(
+        "source", metavar="MODEL@VERSION", help="e.g. text-embed@1 or clip@1 (or a label)"
+    )
+    cmd.add_argument(
+        "--variant",
+        required=True,
+        choices=list(dict.fromkeys((*TEXT_VARIANTS, *CLIP_VARIANTS))),
+        help="what to build",
+    )
     cmd.add_argument("--out", required=True, help="folder for the variant and its report")
     cmd.add_argument(
         "--policy", type=Path, default=Path("policies/default.yaml"), help="policy naming the model"

@@ -1,7 +1,7 @@
 """Measuring a variant against its source: agreement of outputs, and speed side by side.
 
-Speed is items per second through each model's own ``prepare`` + ``forward`` (tokenising
-included: that is what serving pays), at a fixed batch size. The two models run in alternating
+Speed is items per second through each model's own ``prepare`` + ``forward`` (tokenising,
+or decoding and preprocessing an image, included: that is what serving pays), at a fixed batch size. The two models run in alternating
 rounds and each reports its median round, so a neighbour's burst of CPU on a shared machine
 hits both alike and the ratio stays honest even when the absolute numbers wander.
 """
@@ -20,10 +20,19 @@ from .._base import InputItem, LocalModel, Task
 
 def embed_texts(model: LocalModel, texts: Sequence[str], batch: int = 32) -> np.ndarray:
     """``[len(texts), dim]`` float32 embeddings, ``batch`` texts per forward."""
+    return embed_inputs(model, texts, batch)
+
+
+def embed_inputs(
+    model: LocalModel, inputs: Sequence[str | InputItem], batch: int = 32
+) -> np.ndarray:
+    """``[len(inputs), dim]`` float32 embeddings of texts or input items (an image's bytes are
+    decoded and preprocessed in ``prepare``, as served), ``batch`` inputs per forward."""
+    items = [InputItem(text=x) if isinstance(x, str) else x for x in inputs]
     rows: list[np.ndarray] = []
-    for start in range(0, len(texts), batch):
-        chunk = texts[start : start + batch]
-        prepared = [model.prepare(Task.EMBED, InputItem(text=t), {}) for t in chunk]
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        prepared = [model.prepare(Task.EMBED, item, {}) for item in chunk]
         rows += [
             np.asarray(o["embedding"], dtype=np.float32)
             for o in model.forward(Task.EMBED, prepared, {})
@@ -75,7 +84,7 @@ def agreement(source: np.ndarray, variant: np.ndarray) -> Agreement:
 
 def throughput(
     models: Mapping[str, LocalModel],
-    texts: Sequence[str],
+    texts: Sequence[str | InputItem],
     *,
     batch: int,
     seconds: float,
@@ -86,13 +95,13 @@ def throughput(
     ``seconds / rounds`` each per model, median round; one warm-up forward first."""
     chunks = [list(texts[i : i + batch]) for i in range(0, len(texts) - batch + 1, batch)]
     for model in models.values():
-        embed_texts(model, chunks[0], batch)
+        embed_inputs(model, chunks[0], batch)
     per_round: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
             done, started = 0, time.perf_counter()
             while True:
-                embed_texts(model, chunks[done // batch % len(chunks)], batch)
+                embed_inputs(model, chunks[done // batch % len(chunks)], batch)
                 done += batch
                 elapsed = time.perf_counter() - started
                 if elapsed >= seconds / rounds:

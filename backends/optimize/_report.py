@@ -35,6 +35,7 @@ def markdown(report: dict[str, Any], snippet: str = "") -> str:
     verdict = "accepted" if report["accepted"] else "REFUSED (below the agreement floor)"
     if report["accepted"] and report.get("forced"):
         verdict = "accepted with --force, below the agreement floor"
+    unit = "images" if "zero_shot" in report else "items"
     lines = [
         f"# {report['source']} as `{report['variant']}`: {verdict}",
         "",
@@ -46,17 +47,37 @@ def markdown(report: dict[str, Any], snippet: str = "") -> str:
         "",
         "| | source | variant | ratio |",
         "| --- | ---: | ---: | ---: |",
-        f"| items/s, batch 1 | {speed['source']['batch1']:.1f} | {speed['variant']['batch1']:.1f} "
+        f"| {unit}/s, batch 1 | {speed['source']['batch1']:.1f} | {speed['variant']['batch1']:.1f} "
         f"| {report['speedup_batch1']:.2f}x |",
-        f"| items/s, batch 32 | {speed['source']['batch32']:.1f} "
+        f"| {unit}/s, batch 32 | {speed['source']['batch32']:.1f} "
         f"| {speed['variant']['batch32']:.1f} | {report['speedup_batch32']:.2f}x |",
+    ]
+    if "text_batch32" in speed["source"]:  # CLIP: the rows above are images, this one texts
+        lines += [
+            f"| texts/s, batch 32 | {speed['source']['text_batch32']:.1f} "
+            f"| {speed['variant']['text_batch32']:.1f} | {report['speedup_text_batch32']:.2f}x |"
+        ]
+    lines += [
         f"| size on disk | {_mb(size['source'])} | {_mb(size['variant'])} "
         f"| {size['variant'] / max(size['source'], 1):.2f} |",
         "",
-        f"Agreement with the source: cosine mean **{report['cosine_mean']:.4f}**, "
+        f"Agreement with the source{' (images)' if 'zero_shot' in report else ''}: cosine mean "
+        f"**{report['cosine_mean']:.4f}**, "
         f"min {report['cosine_min']:.4f}; Spearman of pairwise similarities "
         f"**{report['spearman']:.4f}** (floor: cosine mean >= {report['floor']['cosine_mean']}).",
     ]
+    if "zero_shot" in report:
+        text, zs = report["text_agreement"], report["zero_shot"]
+        lines += [
+            f"Texts ({report['sample']['texts']} captions): cosine mean "
+            f"**{text['cosine_mean']:.4f}**, min {text['cosine_min']:.4f}; Spearman "
+            f"**{text['spearman']:.4f}** (the floor applies to both towers).",
+            "",
+            f"Zero-shot accuracy on {zs['images']} labelled images ({zs['classes']} classes): "
+            f"source **{zs['source']:.1%}**, variant **{zs['variant']:.1%}** "
+            f"(change **{100 * zs['change']:+.1f} points**); the variant's top class is the "
+            f"source's for {zs['top1_agreement']:.1%} of the images. Sample: {zs['sample']}.",
+        ]
     if report.get("notes"):
         lines += ["", *[f"- {note}" for note in report["notes"]]]
     lines += [
@@ -99,12 +120,14 @@ def _reports_beside(out_dir: Path, report: dict[str, Any]) -> list[dict[str, Any
 
 def plot(out_dir: Path, report: dict[str, Any], width: int = 640, height: int = 420) -> Path:
     """Speed-up at batch 32 against cosine agreement, one labelled point per variant."""
-    points = [("source", 1.0, 1.0, (90, 90, 90))] + [
+    points = [("source", 1.0, 1.0, (90, 90, 90), "")] + [
         (
             r["variant"],
             float(r["cosine_mean"]),
             float(r["speedup_batch32"]),
             (30, 110, 200) if r["accepted"] else (200, 50, 50),
+            # CLIP: each point carries its zero-shot accuracy change
+            f", {100 * r['zero_shot']['change']:+.1f} pts" if "zero_shot" in r else "",
         )
         for r in _reports_beside(out_dir, report)
     ]
@@ -121,6 +144,13 @@ def plot(out_dir: Path, report: dict[str, Any], width: int = 640, height: int = 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     draw.text((left, 12), f"{report['source']}: speed-up vs agreement (batch 32)", fill="black")
+    if "zero_shot" in report:
+        zs = report["zero_shot"]
+        line = (
+            f"{report['variant']}: zero-shot accuracy {zs['source']:.1%} -> {zs['variant']:.1%} "
+            f"({100 * zs['change']:+.1f} pts)"
+        )
+        draw.text((left, 24), line, fill="black")
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
     for k in range(5):  # grid and tick labels
         y = y_hi * k / 4
@@ -135,10 +165,10 @@ def plot(out_dir: Path, report: dict[str, Any], width: int = 640, height: int = 
         draw.line([(floor_x, top), (floor_x, bottom)], fill=(200, 50, 50), width=1)
         draw.text((floor_x + 3, top), "floor", fill=(200, 50, 50))
     draw.text((left + (right - left) // 2 - 80, bottom + 24), "cosine mean vs source", fill="black")
-    for name, x, y, color in points:
+    for name, x, y, color, extra in points:
         px, py = xy(x, y)
         draw.ellipse((px - 5, py - 5, px + 5, py + 5), fill=color)
-        label = f"{name} ({y:.2f}x)"
+        label = f"{name} ({y:.2f}x{extra})"
         # labels near the right edge go to the left of their point
         lx = px + 8 if px + 8 + draw.textlength(label) < width else px - 8 - draw.textlength(label)
         draw.text((lx, py - 6), label, fill=color)

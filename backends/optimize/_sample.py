@@ -1,4 +1,5 @@
-"""The fixed text sample every text variant is measured on.
+"""The fixed samples variants are measured on: sentences (text encoders), labelled images
+and captions (CLIP).
 
 Agreement needs sentences that spread over many topics and lengths (pairwise similarities from
 near 0 to near 1), or a Spearman correlation only ranks noise; speed needs realistic lengths
@@ -6,6 +7,9 @@ near 0 to near 1), or a Spearman correlation only ranks noise; speed needs reali
 """
 
 from __future__ import annotations
+
+import io
+import random
 
 _SENTENCES = (
     "How do I reset my password?",
@@ -71,3 +75,45 @@ _FRAMINGS = (
 def text_sample() -> list[str]:
     """192 sentences: 48 topics in 4 framings (short to about 60 tokens), in a fixed order."""
     return [framing.format(s=s) for framing in _FRAMINGS for s in _SENTENCES]
+
+
+#: seed of the labelled image sample (fixed: reports compare across runs)
+IMAGE_SEED = 20_240_613
+
+
+def image_sample(per_class: int = 8, seed: int = IMAGE_SEED) -> tuple[list[bytes], list[int]]:
+    """``24 * per_class`` PNG images of the demo's classes (coloured shapes) and their class
+    indices, in a fixed order: every other round in the demo's house style (a filled shape on
+    grey, 64 px), the others any plain drawing (outlines, any background, 40 to 256 px), so
+    both easy and hard images count and resizing is part of what is timed."""
+    from prism.backends.demo import _shapes  # torch comes with it: only when CLIP is measured
+
+    rng = random.Random(seed)
+    images: list[bytes] = []
+    labels: list[int] = []
+    for k in range(per_class):
+        draw = _shapes.sample if k % 2 == 0 else _shapes.sample_varied
+        for index in range(len(_shapes.CLASSES)):
+            buf = io.BytesIO()
+            draw(rng, index).image.save(buf, format="PNG")
+            images.append(buf.getvalue())
+            labels.append(index)
+    return images, labels
+
+
+def clip_prompts() -> list[str]:
+    """The demo's zero-shot prompt of each class (``a red circle``, ...), in class order."""
+    from prism.backends.demo import _shapes
+
+    return _shapes.prompts()
+
+
+def caption_sample() -> list[str]:
+    """168 captions: each demo class in each of the demo's caption templates."""
+    from prism.backends.demo import _shapes
+
+    return [
+        template.format(c=c, s=s, n=index + 1)
+        for template in _shapes.CAPTION_TEMPLATES
+        for index, (c, s) in enumerate(_shapes.CLASSES)
+    ]
