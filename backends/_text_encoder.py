@@ -54,6 +54,7 @@ def convert_precision(
         # torch >= 2.10 marks its quantised tensor types deprecated in favour of torchao; they
         # still run, and torchao's CPU int8 path is not a dependency of Prism
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         return quantize_dynamic(
             model, {torch.nn.Linear} if linears is None else linears, dtype=torch.qint8
         )
