@@ -17,7 +17,6 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .._onnx_clip import IMAGE_FILE, TEXT_FILE, VARIANT_FILE
 from ._export import OPSET
 
 
@@ -60,6 +59,9 @@ def export_clip_onnx(source: Any, out_dir: Path, *, variant: str) -> list[Path]:
     (``image.onnx``, ``text.onnx``, ``variant.json``). Returns the two graph files."""
     import open_clip
     import torch
+
+    # the serving module imports open_clip at the top: only now, not when this one loads
+    from .._onnx_clip import IMAGE_FILE, TEXT_FILE, VARIANT_FILE
 
     # exported as loaded (channels_last, which ONNX does not see): converting the source's
     # memory format in place would slow its convolutions for the measurement that follows
