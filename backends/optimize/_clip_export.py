@@ -79,21 +79,15 @@ def export_clip_onnx(source: Any, out_dir: Path, *, variant: str) -> list[Path]:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"image": out_dir / IMAGE_FILE, "text": out_dir / TEXT_FILE}
-    for which, path in files.items():
-        name = "pixels" if which == "image" else "tokens"
-        with warnings.catch_warnings(), torch.inference_mode():
-            # the tracer's notes on Python-side shape checks in open_clip are expected
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _tower(model, which),
-                (examples[which],),
-                str(path),
-                input_names=[name],
-                output_names=["embedding"],
-                dynamic_axes={name: {0: "batch"}, "embedding": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # without grad, nn.MultiheadAttention (a ViT tower) takes a fused kernel that has no ONNX
+    # export; the plain path traces to ordinary MatMuls, which the int8 step then quantises
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        for which, path in files.items():
+            _export(_tower(model, which), examples[which], path, which)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     if tokenizer_name in open_clip.list_models() and not _builtin(tokenizer_name):
         # an architecture registered from a file (Prism's demo-clip, <arch>.json beside the
         # weights) travels with the variant, so the tokenizer can be rebuilt anywhere
@@ -111,6 +105,25 @@ def export_clip_onnx(source: Any, out_dir: Path, *, variant: str) -> list[Path]:
     }
     (out_dir / VARIANT_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     return list(files.values())
+
+
+def _export(tower: Any, example: Any, path: Path, which: str) -> None:
+    import torch
+
+    name = "pixels" if which == "image" else "tokens"
+    with warnings.catch_warnings(), torch.inference_mode():
+        # the tracer's notes on Python-side shape checks in open_clip are expected
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            tower,
+            (example,),
+            str(path),
+            input_names=[name],
+            output_names=["embedding"],
+            dynamic_axes={name: {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
 
 
 def _builtin(arch: str) -> bool:
