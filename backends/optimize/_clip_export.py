@@ -11,13 +11,12 @@ and tokenizer, the embedding width and the logit scale.
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ._export import OPSET
+from ._export import OPSET, quantize_in_place
 
 
 def _tower(model: Any, which: str) -> Any:
@@ -147,28 +146,4 @@ def quantize_clip_onnx_int8(image: Path, text: Path, *, conv: bool = False) -> N
         (image, ["MatMul", "Gemm", *(["Conv"] if conv else [])]),
         (text, ["MatMul", "Gemm", "Gather"]),
     ):
-        _quantize(path, ops)
-
-
-def _quantize(path: Path, ops: list[str]) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    fp32 = path.with_suffix(".fp32.onnx")
-    path.replace(fp32)
-    root = logging.getLogger()
-    level = root.level
-    # the quantiser logs a generic "consider pre-processing" warning on the root logger
-    root.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(
-            fp32,
-            path,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=ops,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    finally:
-        root.setLevel(level)
-        fp32.unlink(missing_ok=True)
+        quantize_in_place(path, ops)
