@@ -24,6 +24,19 @@ so a revocation or a new limit applies to its next request on every replica. A k
 limits costs no round trip: a loop re-checks the cached records every :data:`SYNC_S` (and
 adds their usage), and a record the loop has not vouched for within :data:`FRESH_S` is
 checked by the request itself: a change applies everywhere within a second.
+
+On the fast lane (``lane.py``) the round trip of a key with limits is not waited for idle.
+When the record is cached (and Redis is one server on ``redis://``), the middleware sends
+the script (:meth:`Access.admit_later`) and the request goes on with a
+:class:`PendingAdmission` on its record: it decides and reads the cache meanwhile, and waits
+for Redis's answer before anything leaves the process or is counted (``pipeline.py``), before
+its response starts, and on every way out of the middleware. A Redis cache hit then costs
+about one round trip for the cache read and the check together. The limits stay exact:
+nothing is computed, fetched or answered for a request before it is admitted; a refusal
+(429, 401 revoked, 503 ``fail_closed``) wins over the request's own error and leaves no trace
+of the request's run on its record; a record the script finds stale drops the run, and the
+request is checked again from the start with the record read again. Litestar's routes, and
+keys whose record is not cached, wait for the check first.
 """
 
 from __future__ import annotations
