@@ -35,8 +35,10 @@ about one round trip for the cache read and the check together. The limits stay 
 nothing is computed, fetched or answered for a request before it is admitted; a refusal
 (429, 401 revoked, 503 ``fail_closed``) wins over the request's own error and leaves no trace
 of the request's run on its record; a record the script finds stale drops the run, and the
-request is checked again from the start with the record read again. Litestar's routes, and
-keys whose record is not cached, wait for the check first.
+request is checked again from the start with the record read again. Litestar's routes,
+keys whose record is not cached, and keys refused a moment ago (:data:`REFUSED_HOLD_S`: a
+refused request then costs what it did before, not a decision and a cache read) wait for
+the check first.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ FRESH_S = 1.0
 #: ids, so only a made-up id is ever asked for twice), and at most this many are remembered
 UNKNOWN_TTL_S = 1.0
 UNKNOWN_MAX = 10_000
+#: after a refusal (429), a key's requests wait for their limit check first again for this
+#: long: a caller hammering past its limit costs the gateway a refusal's price of before the
+#: overlap (the script alone: no decision, no cache read), and each refusal renews it
+REFUSED_HOLD_S = 1.0
 
 
 def _presented_key(scope: Scope) -> str | None:
@@ -162,9 +168,6 @@ class KeyMetrics:
         gauge.inc()
         return gauge
 
-    def refused(self, key_id: str, exc: RateLimited) -> None:
-        self.requests.labels(key_id, exc.extra["limit"]).inc()
-
 
 class Access:
     """Authentication, scopes and limits of one gateway (built by the runtime)."""
@@ -197,6 +200,9 @@ class Access:
         self._sync_task: asyncio.Task[None] | None = None
         self._unknown: dict[str, float] = {}
         self._store_down_until = 0.0
+        #: key id -> until when its checks are not overlapped (:data:`REFUSED_HOLD_S`)
+        self._refused: dict[str, float] = {}
+        self.refused_hold_s = REFUSED_HOLD_S
         self.store_reachable = True
 
     # --- the admin API's view -------------------------------------------------------------
@@ -308,6 +314,13 @@ class Access:
             record = self._verify(await self._fetch(key_id), presented, admin_only)
         raise LimitsUnavailable("the key kept changing while it was checked", retry_after_s=1)
 
+    def _refusal(self, key_id: str, exc: RateLimited) -> None:
+        """A request of ``key_id`` refused by its limits: counted, and the key's next checks
+        are waited for (:data:`REFUSED_HOLD_S`)."""
+        self.metrics.requests.labels(key_id, exc.extra["limit"]).inc()
+        if self.refused_hold_s > 0:
+            self._refused[key_id] = time.monotonic() + self.refused_hold_s
+
     def _judged(self, record: KeyRecord, answer: Admission) -> bool:
         """Redis's word on an admission: True admitted, False stale (the record changed:
         read it again, check again); revoked raises 401. (A refusal was raised already.)"""
@@ -345,16 +358,22 @@ class Access:
         answer (the fast lane's overlap, see the module); the record is verified here, as
         :meth:`_managed` does. None where the request waits for the answer first: the record
         is not cached or has no limits, the store is a file or a cluster, Redis failed a
-        moment ago, or the key may not use the path's ``model`` (the 429 comes before that
-        403)."""
+        moment ago, the key was refused a moment ago (:data:`REFUSED_HOLD_S`), or the key
+        may not use the path's ``model`` (the 429 comes before that 403)."""
         record = self._records.get(key_id)
+        now = time.monotonic()
         if (
             record is None
             or not record.limited
             or not isinstance(self.store, RedisKeyStore)
-            or time.monotonic() < self._store_down_until
+            or now < self._store_down_until
         ):
             return None
+        held = self._refused.get(key_id)
+        if held is not None:
+            if now < held:
+                return None
+            del self._refused[key_id]
         record = self._verify(record, presented, admin_only)
         if model is not None and not self.caller(record).may_use(model):
             return None
@@ -504,7 +523,7 @@ class PendingAdmission:
                 if not access._judged(record, answer):
                     return _Stale()
         except RateLimited as exc:
-            access.metrics.refused(record.id, exc)
+            access._refusal(record.id, exc)
             return exc
         except PrismError as exc:  # revoked (401), or fail_closed (503)
             return exc
@@ -599,7 +618,7 @@ class AccessMiddleware:
         try:
             record, local = await access._managed(key_id, presented, admin_only, lease, metered)
         except RateLimited as exc:
-            access.metrics.refused(key_id, exc)
+            access._refusal(key_id, exc)
             raise
         caller = access.caller(record)
         # only a metered request of a key with max_concurrent holds a lease to give back

@@ -71,6 +71,7 @@ class Overlaps:
 @dataclass
 class Gateway:
     url: str
+    access: Access
     overlaps: Overlaps
     server: UvicornThread
 
@@ -112,9 +113,12 @@ def _gateway(tmp: Path, redis_url: str, upstream: Upstream, **settings: Any) -> 
             **settings,
         )
     )
-    overlaps = Overlaps(app.state.runtime.access)
+    access = app.state.runtime.access
+    # every check overlapped, refusals too (the hold after a refusal has a test of its own)
+    access.refused_hold_s = 0.0
+    overlaps = Overlaps(access)
     server = UvicornThread(app).start()
-    gateway = Gateway(server.url, overlaps, server)
+    gateway = Gateway(server.url, access, overlaps, server)
     gateway.warm()
     return gateway
 
@@ -298,6 +302,28 @@ def test_a_refused_request_is_recorded_as_before(gateway: Gateway) -> None:
         'target="",version=""}'
     )
     assert changed == {refused: 1.0}
+
+
+def test_a_key_refused_a_moment_ago_waits_for_its_checks(gateway: Gateway) -> None:
+    """A caller hammering past its limit: after a refusal its checks are waited for again
+    for a moment (a refusal costs what it did before: no decision, no cache read)."""
+    key = gateway.make_key(rpm=1)
+    native = DOORS["native"]
+    assert gateway.post(*native, key).status_code == 200
+    gateway.access.refused_hold_s = 0.5
+    try:
+        before = gateway.overlaps.count
+        assert gateway.post(*native, key).status_code == 429  # overlapped: the hold starts
+        held = [gateway.post(*native, key) for _ in range(3)]
+        assert gateway.overlaps.count - before == 1
+        assert [r.status_code for r in held] == [429] * 3
+        assert all(r.headers["ratelimit-policy"] == '"rpm";q=1;w=60' for r in held)
+        time.sleep(0.6)
+        assert gateway.post(*native, key).status_code == 429
+        assert gateway.overlaps.count - before == 2  # the hold is over: overlapped again
+    finally:
+        gateway.access.refused_hold_s = 0.0
+    assert gateway.usage(key)["requests_today"] == 1
 
 
 @pytest.fixture(scope="module")
