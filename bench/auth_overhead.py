@@ -2,22 +2,31 @@
 
 wrk rows (``bench/http_wrk.py``, "keys on: ...") measure the whole server, where a 0.1 ms
 difference drowns in the noise of a shared machine. This times the check alone: the real
-:class:`AccessMiddleware` around an ASGI app that returns at once, against a real
+:class:`AccessMiddleware` around an app shaped like a Redis cache hit, against a real
 ``redis-server`` on loopback, on uvloop (what ``prism serve`` runs), rounds interleaved so
-the cases see the same machine:
+the cases see the same machine.
+
+The app is what a cache hit does after the middleware, in the order the pipeline does it:
+``--work-us`` of Python (half before the cache read: decision and cache keys; half after:
+the answer), one pipelined ``MGET`` of a real entry in between, and the wait for the key's
+admission (``RequestRecord.admitted``) before the second half. An app that returned at once
+would hide what the fast lane's overlap saves: the check's round trip runs while the request
+does its own work.
 
 - ``no keys``: the app alone (keys off: no middleware is installed at all);
 - ``bootstrap key``: a ``PRISM_ADMIN_KEYS`` key, compared in the process;
 - ``managed key``: no limits: the cached record, re-checked by a loop every 0.25 s (no
   round trip of its own);
-- ``managed key + limits``: the same script taking rpm, rpd and a concurrency lease (the
-  lease is given back after the response, off the request's path);
-- ``redis PING``: one bare redis-py round trip, the floor of any Redis check.
+- ``managed key + limits, waited for``: the same script taking rpm, rpd and a concurrency
+  lease, its answer awaited before the app runs (Litestar's routes);
+- ``managed key + limits, overlapped``: the same, sent while the app runs (the fast lane);
+  the lease is given back after the response, off the request's path, in both;
+- ``redis PING``: one bare redis-py round trip, the floor of any redis-py check.
 
 Prints per-call p50/p90 in µs and what each adds over ``no keys`` at p50; appends rows to
 ``bench/results/auth_overhead.csv``.
 
-    python bench/auth_overhead.py [--rounds 40] [--calls 250]
+    python bench/auth_overhead.py [--rounds 40] [--calls 250] [--work-us 80]
 """
 
 from __future__ import annotations
@@ -42,8 +51,11 @@ class _Handler:
     opt = {"metered": True}
 
 
-async def _inner(scope: Any, receive: Any, send: Any) -> None:
-    return None
+def _spin(us: float) -> None:
+    """``us`` of the event loop's time, as Python work takes it."""
+    until = time.perf_counter_ns() + int(us * 1000)
+    while time.perf_counter_ns() < until:
+        pass
 
 
 def _scope(key: str | None) -> dict[str, Any]:
@@ -65,14 +77,27 @@ async def run(args: argparse.Namespace, redis_url: str, tmp: Path) -> list[list[
 
     from prism.gateway.access import KeyRecord, digest, new_secret
     from prism.gateway.auth import Access, AccessMiddleware
+    from prism.gateway.cache._reader import PipelinedReader
     from prism.gateway.metrics import Metrics
+    from prism.gateway.recording import record_of
     from prism.gateway.settings import Settings
 
     policy = tmp / "policy.yaml"
     policy.write_text("version: 1\nmodels: {}\nroutes: []\n")
     settings = Settings(policy=policy, admin_keys=[ADMIN], redis_url=redis_url)
     access = Access(settings, Metrics(), None)
-    middleware = AccessMiddleware(_inner, access)
+    cache = PipelinedReader(redis_url, timeout_s=1.0)
+    entry = "prism:c:bench"
+    half = args.work_us / 2
+
+    async def hit(scope: Any, receive: Any, send: Any) -> None:
+        _spin(half)  # facts, decision, cache keys
+        await cache.mget([entry])
+        await record_of(scope).admitted()  # as the pipeline waits, before any work leaves
+        _spin(half)  # decode, answer, serialise
+
+    middleware = AccessMiddleware(hit, access)
+    overlapped = AccessMiddleware(hit, access, overlap=True)
     keys = {}
     for name, limits in (
         ("plain", {}),
@@ -83,15 +108,17 @@ async def run(args: argparse.Namespace, redis_url: str, tmp: Path) -> list[list[
         keys[name] = secret
     access.start()  # the loop that vouches for cached keys without limits
     client = redis.Redis.from_url(redis_url)
+    await client.set(entry, b"x" * 1500)  # about one cached embedding
 
     async def ping(scope: Any, receive: Any, send: Any) -> None:
         await client.ping()
 
     cases: dict[str, tuple[Any, str | None]] = {
-        "no keys": (_inner, None),
+        "no keys": (hit, None),
         "bootstrap key": (middleware, ADMIN),
         "managed key": (middleware, keys["plain"]),
-        "managed key + limits": (middleware, keys["limited"]),
+        "managed key + limits, waited for": (middleware, keys["limited"]),
+        "managed key + limits, overlapped": (overlapped, keys["limited"]),
         "redis PING": (ping, None),
     }
     samples: dict[str, list[float]] = {name: [] for name in cases}
@@ -107,6 +134,7 @@ async def run(args: argparse.Namespace, redis_url: str, tmp: Path) -> list[list[
                 if access._releases:  # leases go back between calls, outside the timing
                     await asyncio.gather(*access._releases)
     await client.aclose()
+    await cache.aclose()
     await access.aclose()
     base = statistics.median(samples["no keys"])
     rows: list[list[object]] = []
@@ -143,4 +171,10 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=250, help="calls per case and round")
+    parser.add_argument(
+        "--work-us",
+        type=float,
+        default=80,
+        help="the app's own Python per call (about a cache hit's: bench/README.md)",
+    )
     sys.exit(main(parser.parse_args()))

@@ -16,8 +16,9 @@ One run starts, on loopback:
 - the same Redis cache hits on a gateway with keys on (``PRISM_ADMIN_KEYS``, and
   ``PRISM_REQUIRE_KEY=false`` so a row without a key runs there too): no key, a bootstrap key
   (compared in the process), a managed key without limits (no round trip of its own) and
-  one with rpm/rpd/max_concurrent limits (one Lua script in Redis per request); their "added
-  p50" is over the Redis-hit row of the gateway without keys, measured in the same run.
+  one with rpm/rpd/max_concurrent limits (one Lua script in Redis per request, its round
+  trip overlapped with the request's own work on the fast lane); their "added p50" is over
+  the Redis-hit row of the gateway without keys, measured in the same run.
 
 Every row is ``wrk -t1 -cN -dSs --latency`` with a Lua script for the POST body, after a
 warm-up at the same concurrency. Each path is checked once before it is loaded (status, and
@@ -28,9 +29,9 @@ cache-off rows) and appends rows to ``bench/results/http.csv``.
     python bench/http_wrk.py [--seconds 10] [--warmup 3] [--concurrency 1 8 64] [--only TEXT ...]
                              [--baseline DIR]
 
-``--baseline DIR`` runs each row of the plain and the Redis gateway a second time, right after,
-on the code of another checkout (``git worktree add ../main main``): a change and what it
-changes, measured side by side.
+``--baseline DIR`` runs each row of the plain, the Redis and the keyed gateway a second time,
+right after, on the code of another checkout (``git worktree add ../main main``): a change and
+what it changes, measured side by side. Only the servers the chosen rows need are started.
 """
 
 from __future__ import annotations
@@ -200,18 +201,27 @@ def plan(managed_key: str = "", unlimited_key: str = "") -> list[Row]:
 
 
 #: the servers whose rows are run again on the baseline checkout (``--baseline``)
-BASELINE_SERVERS = {"prism": "baseline", "prism-redis": "baseline-redis"}
+BASELINE_SERVERS = {
+    "prism": "baseline",
+    "prism-redis": "baseline-redis",
+    "prism-keys": "baseline-keys",
+}
 
 
 def with_baseline(rows: list[Row]) -> list[Row]:
-    """Each plain and Redis gateway row, followed by the same row on the baseline checkout
-    (measured right after it, so both see the same machine)."""
+    """Each plain, Redis and keyed gateway row, followed by the same row on the baseline
+    checkout (measured right after it, so both see the same machine); a baseline row's
+    "added p50" is over the baseline's own row where it has one (keys on: its Redis hit)."""
+    servers = {r.label: r.server for r in rows}
     out: list[Row] = []
     for row in rows:
         out.append(row)
         if row.server in BASELINE_SERVERS:
             server = BASELINE_SERVERS[row.server]
-            out.append(replace(row, label=f"baseline: {row.label}", server=server))
+            over = row.baseline
+            if over is not None and servers.get(over) in BASELINE_SERVERS:
+                over = f"baseline: {over}"
+            out.append(replace(row, label=f"baseline: {row.label}", server=server, baseline=over))
     return out
 
 
@@ -412,65 +422,67 @@ def main(args: argparse.Namespace) -> int:
     started: list[subprocess.Popen[bytes]] = []
     gateways: list[GatewayProcess] = []
     redis = None
+    # only the servers the chosen rows ask (a gateway idling still takes a share of 2 cores)
+    rows = selected(plan(), args.only)
+    needed = {r.server for r in (with_baseline(rows) if args.baseline else rows)}
     try:
         static, ceiling_url = _raw_asgi("static")
         started.append(static)
-        bare, litestar_url = _raw_asgi("litestar")
-        started.append(bare)
-        upstream, upstream_url = _raw_asgi("upstream")
+        urls = {"ceiling": ceiling_url}
+        if "litestar" in needed:
+            bare, urls["litestar"] = _raw_asgi("litestar")
+            started.append(bare)
+        upstream, urls["upstream"] = _raw_asgi("upstream")  # every gateway's models call it
         started.append(upstream)
         policy = tmp / "policy.yaml"
-        policy.write_text(POLICY.format(url=upstream_url))
-        redis = RedisProcess().start()
-        print(
-            "starting prism serve (plain, with Redis, with --workers 2, with keys) ...",
-            flush=True,
-        )
-        gw = GatewayProcess(policy, env=QUIET).start()
-        gateways.append(gw)
-        gw_redis = GatewayProcess(policy, redis_url=redis.url, env=QUIET).start()
-        gateways.append(gw_redis)
-        baseline: dict[str, str] = {}
-        if args.baseline:
-            print(f"starting the baseline's prism serve (plain, with Redis): {args.baseline}")
-            for name, url in (("baseline", None), ("baseline-redis", redis.url)):
-                # its own cache prefix is not needed: the same bodies give the same entries
-                gw_base = GatewayProcess(policy, redis_url=url, env=QUIET, root=args.baseline)
-                gateways.append(gw_base.start())
-                baseline[name] = gw_base.url
-        # INFO: the workers' "startup complete" lines say when both serve
-        env = {**QUIET, "PRISM_WORKERS": "2", "PRISM_LOG_LEVEL": "INFO"}
-        gw_workers = GatewayProcess(policy, env=env).start()
-        gateways.append(gw_workers)
-        _wait_for_workers(gw_workers, 2)
+        policy.write_text(POLICY.format(url=urls["upstream"]))
+        if needed & {"prism-redis", "prism-keys", "baseline-redis", "baseline-keys"}:
+            redis = RedisProcess().start()
         keys_env = {
             **QUIET,
             "PRISM_ADMIN_KEYS": json.dumps([BENCH_ADMIN_KEY]),
             "PRISM_REQUIRE_KEY": "false",
         }
-        gw_keys = GatewayProcess(policy, redis_url=redis.url, env=keys_env).start()
-        gateways.append(gw_keys)
-        made = [
-            httpx.post(
-                gw_keys.url + "/admin/keys",
-                json={"name": "bench", **limits},
-                headers={"Authorization": f"Bearer {BENCH_ADMIN_KEY}"},
-            )
-            for limits in (BENCH_LIMITS, {})
-        ]
-        for answer in made:
-            answer.raise_for_status()
-        urls = {
-            "ceiling": ceiling_url,
-            "litestar": litestar_url,
-            "upstream": upstream_url,
-            "prism": gw.url,
-            "prism-redis": gw_redis.url,
-            "prism-workers": gw_workers.url,
-            "prism-keys": gw_keys.url,
-            **baseline,
+        redis_url = redis.url if redis is not None else None
+        # INFO: the workers' "startup complete" lines say when both serve
+        workers_env = {**QUIET, "PRISM_WORKERS": "2", "PRISM_LOG_LEVEL": "INFO"}
+        servers: dict[str, tuple[str | None, dict[str, str], Path]] = {
+            "prism": (None, QUIET, ROOT),
+            "prism-redis": (redis_url, QUIET, ROOT),
+            "prism-workers": (None, workers_env, ROOT),
+            "prism-keys": (redis_url, keys_env, ROOT),
         }
-        table = measure(args, urls, tmp, (made[0].json()["key"], made[1].json()["key"]))
+        if args.baseline:
+            # its own cache prefix is not needed: the same bodies give the same entries; the
+            # keyed one reads the same managed keys from the same Redis
+            servers |= {
+                "baseline": (None, QUIET, args.baseline),
+                "baseline-redis": (redis_url, QUIET, args.baseline),
+                "baseline-keys": (redis_url, keys_env, args.baseline),
+            }
+        for name, (url, env, root) in servers.items():
+            if name not in needed:
+                continue
+            print(f"starting prism serve: {name} ({root})", flush=True)
+            gateway = GatewayProcess(policy, redis_url=url, env=env, root=root).start()
+            gateways.append(gateway)
+            urls[name] = gateway.url
+            if name == "prism-workers":
+                _wait_for_workers(gateway, 2)
+        keys = ("", "")
+        if "prism-keys" in urls:
+            made = [
+                httpx.post(
+                    urls["prism-keys"] + "/admin/keys",
+                    json={"name": "bench", **limits},
+                    headers={"Authorization": f"Bearer {BENCH_ADMIN_KEY}"},
+                )
+                for limits in (BENCH_LIMITS, {})
+            ]
+            for answer in made:
+                answer.raise_for_status()
+            keys = (made[0].json()["key"], made[1].json()["key"])
+        table = measure(args, urls, tmp, keys)
     finally:
         for g in gateways:
             g.stop()
@@ -508,7 +520,7 @@ if __name__ == "__main__":
         type=Path,
         metavar="DIR",
         help="another checkout of Prism (a worktree of the main branch, say): each row of the "
-        "plain and the Redis gateway is run again right after on that checkout's code, "
+        "plain, the Redis and the keyed gateway is run again right after on that checkout's code, "
         "labelled 'baseline: ...', so the two are compared on the same machine at the same time",
     )
     t0 = time.perf_counter()

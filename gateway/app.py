@@ -103,9 +103,12 @@ def create_app(
     app.state.runtime = rt
     if settings.fast_lane:
         # the inference routes answered in front of the framework, by the same code
-        # (gateway/lane.py): the same middleware, in the same order, around the answers
+        # (gateway/lane.py): the same middleware, in the same order, around the answers,
+        # the key's limit check overlapping the request's own work (auth.py)
+        lane_access = access_middleware(rt.access, overlap=True)
+
         def middleware(answer: ASGIApp) -> ASGIApp:
-            return in_flight.wrap(access(answer) if access is not None else answer)
+            return in_flight.wrap(lane_access(answer) if lane_access is not None else answer)
 
         app.install_lane(rt, recorder, middleware)
     return app

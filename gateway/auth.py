@@ -24,6 +24,21 @@ so a revocation or a new limit applies to its next request on every replica. A k
 limits costs no round trip: a loop re-checks the cached records every :data:`SYNC_S` (and
 adds their usage), and a record the loop has not vouched for within :data:`FRESH_S` is
 checked by the request itself: a change applies everywhere within a second.
+
+On the fast lane (``lane.py``) the round trip of a key with limits is not waited for idle.
+When the record is cached (and Redis is one server on ``redis://``), the middleware sends
+the script (:meth:`Access.admit_later`) and the request goes on with a
+:class:`PendingAdmission` on its record: it decides and reads the cache meanwhile, and waits
+for Redis's answer before anything leaves the process or is counted (``pipeline.py``), before
+its response starts, and on every way out of the middleware. A Redis cache hit then costs
+about one round trip for the cache read and the check together. The limits stay exact:
+nothing is computed, fetched or answered for a request before it is admitted; a refusal
+(429, 401 revoked, 503 ``fail_closed``) wins over the request's own error and leaves no trace
+of the request's run on its record; a record the script finds stale drops the run, and the
+request is checked again from the start with the record read again. Litestar's routes,
+keys whose record is not cached, and keys refused a moment ago (:data:`REFUSED_HOLD_S`: a
+refused request then costs what it did before, not a decision and a cache read) wait for
+the check first.
 """
 
 from __future__ import annotations
@@ -36,12 +51,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge
 
-from prism.backends import Forbidden, Unauthorized
+from prism.backends import Forbidden, PrismError, Unauthorized
 
 from .access import (
+    Admission,
     Caller,
     FileKeyStore,
     KeyRecord,
@@ -50,11 +66,12 @@ from .access import (
     LocalLimiter,
     RateLimited,
     RedisKeyStore,
+    SentAdmit,
     StoreDown,
     bootstrap_id,
     id_in,
 )
-from .recording import record_of
+from .recording import record_of, restart_record
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -79,6 +96,10 @@ FRESH_S = 1.0
 #: ids, so only a made-up id is ever asked for twice), and at most this many are remembered
 UNKNOWN_TTL_S = 1.0
 UNKNOWN_MAX = 10_000
+#: after a refusal (429), a key's requests wait for their limit check first again for this
+#: long: a caller hammering past its limit costs the gateway a refusal's price of before the
+#: overlap (the script alone: no decision, no cache read), and each refusal renews it
+REFUSED_HOLD_S = 1.0
 
 
 def _presented_key(scope: Scope) -> str | None:
@@ -140,6 +161,13 @@ class KeyMetrics:
             registry=r,
         )
 
+    def admitted(self, key_id: str) -> Gauge:
+        """Count an admitted request of ``key_id``: its in-flight gauge, to take down after."""
+        self.requests.labels(key_id, "admitted").inc()
+        gauge = self.in_flight.labels(key_id)
+        gauge.inc()
+        return gauge
+
 
 class Access:
     """Authentication, scopes and limits of one gateway (built by the runtime)."""
@@ -172,6 +200,9 @@ class Access:
         self._sync_task: asyncio.Task[None] | None = None
         self._unknown: dict[str, float] = {}
         self._store_down_until = 0.0
+        #: key id -> until when its checks are not overlapped (:data:`REFUSED_HOLD_S`)
+        self._refused: dict[str, float] = {}
+        self.refused_hold_s = REFUSED_HOLD_S
         self.store_reachable = True
 
     # --- the admin API's view -------------------------------------------------------------
@@ -276,24 +307,78 @@ class Access:
                     raise StoreDown("key store unreachable (retrying shortly)")
                 answer = await self.store.admit(record, lease, metered=metered)
             except StoreDown:
-                self._down()
-                mode = "fail_closed" if self.fail_closed else "fail_open"
-                self.metrics.store_errors.labels(mode).inc()
-                if self.fail_closed:
-                    raise LimitsUnavailable(
-                        "rate limits cannot be checked (key store unreachable)", retry_after_s=1
-                    ) from None
-                self.fallback.admit(record, lease, metered=metered)
-                return record, True
-            self.store_reachable = True
-            if answer == "ok":
+                return record, self._unreachable(record, lease, metered)
+            if self._judged(record, answer):
                 return record, False
-            if answer == "revoked":
-                self._records.pop(key_id, None)
-                raise _invalid("this API key was revoked")
             # stale: another replica changed the key; read it again and re-check
             record = self._verify(await self._fetch(key_id), presented, admin_only)
         raise LimitsUnavailable("the key kept changing while it was checked", retry_after_s=1)
+
+    def _refusal(self, key_id: str, exc: RateLimited) -> None:
+        """A request of ``key_id`` refused by its limits: counted, and the key's next checks
+        are waited for (:data:`REFUSED_HOLD_S`)."""
+        self.metrics.requests.labels(key_id, exc.extra["limit"]).inc()
+        if self.refused_hold_s > 0:
+            self._refused[key_id] = time.monotonic() + self.refused_hold_s
+
+    def _judged(self, record: KeyRecord, answer: Admission) -> bool:
+        """Redis's word on an admission: True admitted, False stale (the record changed:
+        read it again, check again); revoked raises 401. (A refusal was raised already.)"""
+        self.store_reachable = True
+        if answer == "ok":
+            return True
+        if answer == "revoked":
+            self._records.pop(record.id, None)
+            raise _invalid("this API key was revoked")
+        return False
+
+    def _unreachable(self, record: KeyRecord, lease: str, metered: bool) -> bool:
+        """Redis did not answer an admission: ``fail_closed`` refuses (503), ``fail_open``
+        admits under this process's own count (True: the lease is the local limiter's)."""
+        self._down()
+        mode = "fail_closed" if self.fail_closed else "fail_open"
+        self.metrics.store_errors.labels(mode).inc()
+        if self.fail_closed:
+            raise LimitsUnavailable(
+                "rate limits cannot be checked (key store unreachable)", retry_after_s=1
+            ) from None
+        self.fallback.admit(record, lease, metered=metered)
+        return True
+
+    def admit_later(
+        self,
+        key_id: str,
+        presented: str,
+        admin_only: bool,
+        lease: str,
+        metered: bool,
+        model: str | None,
+    ) -> PendingAdmission | None:
+        """The admission of a cached key with limits, sent to Redis without waiting for its
+        answer (the fast lane's overlap, see the module); the record is verified here, as
+        :meth:`_managed` does. None where the request waits for the answer first: the record
+        is not cached or has no limits, the store is a file or a cluster, Redis failed a
+        moment ago, the key was refused a moment ago (:data:`REFUSED_HOLD_S`), or the key
+        may not use the path's ``model`` (the 429 comes before that 403)."""
+        record = self._records.get(key_id)
+        now = time.monotonic()
+        if (
+            record is None
+            or not record.limited
+            or not isinstance(self.store, RedisKeyStore)
+            or now < self._store_down_until
+        ):
+            return None
+        held = self._refused.get(key_id)
+        if held is not None:
+            if now < held:
+                return None
+            del self._refused[key_id]
+        record = self._verify(record, presented, admin_only)
+        if model is not None and not self.caller(record).may_use(model):
+            return None
+        sent = self.store.admit_later(record, lease, metered=metered)
+        return PendingAdmission(self, sent, lease, metered) if sent is not None else None
 
     def start(self) -> None:
         """Start checking cached records of keys without limits (Redis only)."""
@@ -374,12 +459,110 @@ class Access:
             self._down()  # the lease expires by itself (LEASE_TTL_S)
 
 
-class AccessMiddleware:
-    """The per-route ASGI middleware that applies :class:`Access` (see the module doc)."""
+class _Stale(Exception):
+    """The key's record changed elsewhere while its overlapped check was on its way: what the
+    request did with the old record is dropped, and the request is checked again from the
+    start (the record read again). Never leaves :class:`AccessMiddleware`."""
 
-    def __init__(self, app: ASGIApp, access: Access) -> None:
+
+class PendingAdmission:
+    """A managed key's limit check on its way to Redis while the request goes on (the fast
+    lane's overlap, see the module). :meth:`wait` reads Redis's answer once and says it to
+    every later caller: it returns once the key is admitted, or raises the refusal (429,
+    401 revoked, 503 ``fail_closed``) or :class:`_Stale`. Read from the request's own task
+    (the pipeline before any work leaves the process, the first response message, the
+    middleware on every way out)."""
+
+    __slots__ = (
+        "_access",
+        "_error",
+        "_sent",
+        "_token",
+        "gauge",
+        "lease",
+        "local",
+        "metered",
+        "settled",
+    )
+
+    def __init__(self, access: Access, sent: SentAdmit, lease: str, metered: bool) -> None:
+        self._access = access
+        self._sent = sent
+        self._token = lease
+        self.metered = metered
+        #: only a metered request of a key with max_concurrent holds a lease to give back
+        self.lease = lease if metered and sent.record.max_concurrent else ""
+        self.settled = False
+        self._error: BaseException | None = None
+        #: True: admitted under this process's own count (Redis down, ``fail_open``)
+        self.local = False
+        #: the key's in-flight gauge, once admitted
+        self.gauge: Gauge | None = None
+
+    @property
+    def record(self) -> KeyRecord:
+        return self._sent.record
+
+    async def wait(self) -> None:
+        if not self.settled:
+            self._error = await self._settle()
+            self.settled = True
+        if self._error is not None:
+            raise self._error
+
+    async def _settle(self) -> BaseException | None:
+        access, record = self._access, self._sent.record
+        store = access.store
+        assert isinstance(store, RedisKeyStore)
+        try:
+            try:
+                answer = await store.answer(self._sent)
+            except StoreDown:
+                self.local = access._unreachable(record, self._token, self.metered)
+            else:
+                if not access._judged(record, answer):
+                    return _Stale()
+        except RateLimited as exc:
+            access._refusal(record.id, exc)
+            return exc
+        except PrismError as exc:  # revoked (401), or fail_closed (503)
+            return exc
+        self.gauge = access.metrics.admitted(record.id)
+        return None
+
+    def finish(self) -> None:
+        """After the response (or the failure): the gauge down, the lease back, if admitted."""
+        if self.gauge is not None:
+            self.gauge.dec()
+            self.gauge = None
+            self._access.release_later(self.record, self.lease, self.local)
+
+    def abandon(self) -> None:
+        """The request was cancelled (the caller left): :meth:`finish` if the answer was read;
+        else once Redis answers, the lease goes back unless the answer says none was taken."""
+        if self.settled:
+            self.finish()
+            return
+        self._sent.reply.add_done_callback(self._answered_late)
+
+    def _answered_late(self, reply: asyncio.Future[Any]) -> None:
+        taken = True  # a reply lost to the cancellation says nothing: give back (ZREM is safe)
+        if not reply.cancelled():
+            # read even when no lease is held: an error nobody reads is logged as lost
+            taken = reply.exception() is not None or int(reply.result()[0]) == 1
+        if taken and self.lease:
+            self._access.release_later(self.record, self.lease, False)
+
+
+class AccessMiddleware:
+    """The per-route ASGI middleware that applies :class:`Access` (see the module doc).
+    ``overlap``: the fast lane's stack, where a cached key's limit check overlaps the
+    request's own work (:class:`PendingAdmission`); Litestar's routes wait for it first."""
+
+    def __init__(self, app: ASGIApp, access: Access, *, overlap: bool = False) -> None:
         self.app = app
         self.access = access
+        self.overlap = overlap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = scope.get("route_handler")
@@ -396,24 +579,51 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         key_id = id_in(presented)
-        record: KeyRecord | None = None
-        caller = access._bootstrap(presented, admin_only) if key_id is None else None
-        lease = ""
-        local = False
-        if caller is None:
-            if key_id is None:
+        model = (scope.get("path_params") or {}).get("model")
+        model = model.partition("@")[0] if isinstance(model, str) else None
+        if key_id is None:
+            caller = access._bootstrap(presented, admin_only)
+            if caller is None:
                 raise _invalid()
-            metered = bool(opt.get("metered"))
-            lease = secrets.token_hex(8)
-            try:
-                record, local = await access._managed(key_id, presented, admin_only, lease, metered)
-            except RateLimited as exc:
-                access.metrics.requests.labels(key_id, exc.extra["limit"]).inc()
-                raise
-            caller = access.caller(record)
-            # only a metered request of a key with max_concurrent holds a lease to give back
-            if not (metered and record.max_concurrent):
-                lease = ""
+            scope["state"][CALLER_KEY] = caller
+            record_of(scope).caller = caller
+            if model is not None:
+                caller.check_model(model)
+            await self.app(scope, receive, send)
+            return
+        metered = bool(opt.get("metered"))
+        lease = secrets.token_hex(8)
+        if self.overlap:
+            pending = access.admit_later(key_id, presented, admin_only, lease, metered, model)
+            if pending is not None:
+                await self._overlapped(pending, presented, admin_only, scope, receive, send)
+                return
+        await self._admitted_first(
+            key_id, presented, admin_only, lease, metered, scope, receive, send
+        )
+
+    async def _admitted_first(
+        self,
+        key_id: str,
+        presented: str,
+        admin_only: bool,
+        lease: str,
+        metered: bool,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """A managed key checked (one round trip when it has limits), then the app."""
+        access = self.access
+        try:
+            record, local = await access._managed(key_id, presented, admin_only, lease, metered)
+        except RateLimited as exc:
+            access._refusal(key_id, exc)
+            raise
+        caller = access.caller(record)
+        # only a metered request of a key with max_concurrent holds a lease to give back
+        if not (metered and record.max_concurrent):
+            lease = ""
         scope["state"][CALLER_KEY] = caller
         record_of(scope).caller = caller
         try:
@@ -421,30 +631,81 @@ class AccessMiddleware:
             if isinstance(model, str):
                 caller.check_model(model.partition("@")[0])
         except BaseException:
-            if record is not None:
-                access.release_later(record, lease, local)
+            access.release_later(record, lease, local)
             raise
-        if record is None:
-            await self.app(scope, receive, send)
-            return
-        metrics = access.metrics
-        metrics.requests.labels(record.id, "admitted").inc()
-        gauge = metrics.in_flight.labels(record.id)
-        gauge.inc()
+        gauge = access.metrics.admitted(record.id)
         try:
             await self.app(scope, receive, send)
         finally:
             gauge.dec()
             access.release_later(record, lease, local)
 
+    async def _overlapped(
+        self,
+        pending: PendingAdmission,
+        presented: str,
+        admin_only: bool,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """The app runs while the key's check is on its way; the pipeline waits for it before
+        any work leaves the process, the response before it starts, and every way out of
+        here reads it first: a refusal wins over whatever the app raised, and leaves no trace
+        of the app's run on the request's record."""
+        caller = self.access.caller(pending.record)
+        scope["state"][CALLER_KEY] = caller
+        request = record_of(scope)
+        request.caller = caller
+        request.admission = pending
 
-def access_middleware(access: Access) -> Any:
-    """The middleware factory Litestar takes (``None`` when authentication is off)."""
+        async def answered(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await pending.wait()
+            await send(message)
+
+        failure: Exception | None = None
+        try:
+            await self.app(scope, receive, answered)
+        except Exception as exc:
+            failure = exc
+        except BaseException:  # cancelled: the caller left
+            pending.abandon()
+            raise
+        try:
+            await pending.wait()
+        except _Stale:
+            restart_record(scope)
+            del scope["state"][CALLER_KEY]
+            key_id = pending.record.id
+            self.access.forget(key_id)  # read the record again, check it again
+            lease = secrets.token_hex(8)
+            await self._admitted_first(
+                key_id, presented, admin_only, lease, pending.metered, scope, receive, send
+            )
+            return
+        except Exception:  # refused: the request did nothing
+            restart_record(scope)
+            del scope["state"][CALLER_KEY]
+            raise
+        except BaseException:
+            pending.abandon()
+            raise
+        try:
+            if failure is not None:
+                raise failure
+        finally:
+            pending.finish()
+
+
+def access_middleware(access: Access, *, overlap: bool = False) -> Any:
+    """The middleware factory Litestar takes (``None`` when authentication is off);
+    ``overlap`` for the fast lane's stack (:class:`AccessMiddleware`)."""
     if not access.enabled:
         return None
 
     def factory(app: ASGIApp) -> ASGIApp:
-        return AccessMiddleware(app, access)
+        return AccessMiddleware(app, access, overlap=overlap)
 
     return factory
 
@@ -453,6 +714,7 @@ __all__ = [
     "CALLER_KEY",
     "Access",
     "AccessMiddleware",
+    "PendingAdmission",
     "access_middleware",
     "caller_of",
     "key_id_of",

@@ -14,9 +14,10 @@ Litestar handlers run, so both paths answer alike to the byte (``tests/test_lane
   Litestar does (``model_validate(strict=False)``); a body that fails either is handed to
   Litestar as it came (the ASGI messages replayed), so every 400 and 422 document is the
   framework's own;
-* around the answer, the same middleware objects in the same order
-  (``prism_in_flight_requests``, then the key, scope and limits of ``auth.py``), with
-  Litestar's own route handler in the scope, so its ``opt`` (``metered``) reads the same;
+* around the answer, the same middleware in the same order (``prism_in_flight_requests``,
+  then the key, scope and limits of ``auth.py``, whose limit check for a cached key
+  overlaps the request's own work here, answering alike), with Litestar's own route handler
+  in the scope, so its ``opt`` (``metered``) reads the same;
 * the answer: the doors' functions (``native.infer_answer``, ``openai.embeddings_answer``,
   ``kserve.infer_answer``), serialised by Litestar's JSON encoder, headers in its order;
 * errors: the app's one exception handler (``doors/_errors.py``: normalised once, in the

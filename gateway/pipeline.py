@@ -1,10 +1,17 @@
-"""The data path, top to bottom: inference -> facts -> decision -> cache -> backend -> response.
+"""The data path, top to bottom: inference -> facts -> decision -> cache -> admission ->
+backend -> response.
 
 Every door (native, OpenAI, KServe v2) builds an :class:`Inference` (decoded inputs, what the
 caller asked for) and calls :meth:`Pipeline.infer` with the request's
 :class:`RequestRecord`, the one object that holds what this request did (the decision,
 cache status, target, attempts, timings); the response's ``route`` is built from it once, at
 the end, and the recorder counts it once. Nothing here knows HTTP or a wire format.
+
+The caller's key may still be being checked against its limits when the request gets here
+(the fast lane sends the check and goes on, ``auth.py``): up to the cache read the pipeline
+only reads and decides; :meth:`RequestRecord.admitted` is awaited before anything leaves the
+process (a backend call, an image URL fetch, a shadow copy) or is counted (cache lookups, an
+experiment's assignment), so a refused request did nothing.
 """
 
 from __future__ import annotations
@@ -110,17 +117,19 @@ class Pipeline:
         check_limits(inference, self.settings.max_inputs)
         facts = request_facts(inference)
 
-        # 2. the policy decision (this request keeps this policy even if a reload swaps it)
+        # 2. the policy decision (this request keeps this policy even if a reload swaps it;
+        # an experiment's assignment is counted in step 4)
         policy = self.policy()
-        decision = policy.decide(facts, self.experiments.pick_arm)
+        pick = self.experiments.later_pick()
+        decision = policy.decide(facts, pick)
         record.decided(decision, self._reason(decision))
         record.unit = facts.unit
         if record.caller is not None:  # the key's scopes: 403 naming the scope
             decision = record.caller.scoped(decision, inference.task)
         self._check_serves(policy, decision, facts)
-        items = await self._fetch_url_images(policy, inference, decision)
+        items = await self._fetch_url_images(policy, inference, decision, record)
 
-        # 3. cache lookup, per input
+        # 3. cache lookup, per input (counted in step 4)
         definition = policy.fingerprint(decision.model, decision.version)
         keys = [
             cache_key(
@@ -136,14 +145,20 @@ class Pipeline:
         work = _Work(inference, decision, items, keys, [None] * len(items))
         record.cache = await self._lookup(work)
 
-        # 4. backend for the misses (identical concurrent misses computed once)
+        # 4. the caller's key admitted (its check may have been on its way until now):
+        # nothing leaves the process, nothing is counted, before
+        await record.admitted()
+        pick.count()
+        self._count_lookup(work, record.cache)
+
+        # 5. backend for the misses (identical concurrent misses computed once)
         missing = [i for i, o in enumerate(work.outputs) if o is None]
         if missing:
             await self._compute(work, missing, record)
         if decision.shadow is not None:
             self.mirror.mirror(decision, inference.task, items, inference.parameters, work.outputs)
 
-        # 5. response: one other version answered everything: the response is that
+        # 6. response: one other version answered everything: the response is that
         # version's; a mix keeps the planned version on top and names the other on each
         # output it answered
         answered_by, others = work.planned, work.others
@@ -214,7 +229,11 @@ class Pipeline:
             )
 
     async def _fetch_url_images(
-        self, policy: CompiledPolicy, inference: Inference, decision: Decision
+        self,
+        policy: CompiledPolicy,
+        inference: Inference,
+        decision: Decision,
+        record: RequestRecord,
     ) -> list[InputItem]:
         """Resolve ``{"image": {"url": ...}}`` inputs, only where the model's spec allows hosts."""
         items, urls = inference.items, inference.image_urls
@@ -232,6 +251,7 @@ class Pipeline:
                     )
                 ],
             )
+        await record.admitted()  # a fetch leaves the process
         # a few at a time: one request must not open hundreds of outbound connections
         gate = asyncio.Semaphore(URL_FETCHES_PER_REQUEST)
 
@@ -258,22 +278,29 @@ class Pipeline:
         return out
 
     async def _lookup(self, work: _Work) -> str:
-        """Fill ``work.outputs`` from the cache; the cache status of the request."""
+        """Fill ``work.outputs`` from the cache; the cache status of the request (counted by
+        :meth:`_count_lookup`)."""
         mode = work.inference.cache
         if mode == "bypass" or work.decision.cache_ttl_s <= 0:
             return "bypass"
         if mode == "refresh":
             return "refresh"
         cached = await self.cache.get_many(work.keys)
-        counter = self.metrics.cache_of
         if cached is None:
-            counter("off").inc(len(work.keys))
             return "off"
         work.outputs[:] = cached
-        hits = sum(v is not None for v in cached)
-        counter("hit").inc(hits)
-        counter("miss").inc(len(cached) - hits)
-        return "hit" if hits == len(cached) else "miss"
+        return "hit" if all(v is not None for v in cached) else "miss"
+
+    def _count_lookup(self, work: _Work, status: str) -> None:
+        """The request's cache lookups in the metrics and the cache's figures, per input."""
+        counter = self.metrics.cache_of
+        if status == "off":
+            counter("off").inc(len(work.keys))
+        elif status in ("hit", "miss"):
+            hits = sum(v is not None for v in work.outputs)
+            counter("hit").inc(hits)
+            counter("miss").inc(len(work.outputs) - hits)
+            self.cache.count(hits, len(work.outputs) - hits)
 
     async def _dispatch(self, work: _Work, indices: list[int], record: RequestRecord) -> None:
         """Run ``items[indices]`` on the decision's targets; fill their outputs and the record.

@@ -22,6 +22,7 @@ from .schema import RouteInfo
 
 if TYPE_CHECKING:
     from .access import Caller
+    from .auth import PendingAdmission
     from .experiments import ExperimentEngine
     from .metrics import Metrics
     from .policy import Decision
@@ -69,6 +70,15 @@ class RequestRecord:
     error: PrismError | None = None
     #: who called (set by auth when keys are on): the pipeline checks the key's scopes
     caller: Caller | None = None
+    #: the caller's limit check, when it is still on its way (the fast lane overlaps it with
+    #: the request's own work: ``auth.py``); see :meth:`admitted`
+    admission: PendingAdmission | None = None
+
+    async def admitted(self) -> None:
+        """Returns once the caller's key is admitted (at once when no check is on its way);
+        raises its refusal. Nothing may leave the process for this request before."""
+        if self.admission is not None:
+            await self.admission.wait()
 
     def decided(self, decision: Decision, reason: str) -> None:
         """The policy's decision, as the response and the metrics report it."""
@@ -100,6 +110,15 @@ def record_of(scope: Mapping[str, Any]) -> RequestRecord:
     record = state.get(RECORD_KEY)
     if record is None:
         record = state[RECORD_KEY] = RequestRecord(door=door_of(scope["path"]))
+    return record
+
+
+def restart_record(scope: Mapping[str, Any]) -> RequestRecord:
+    """The request's record begun again, with its door and start time: what a run of the
+    request did before its key turned out refused, or changed, is not what it did (the fast
+    lane's overlapped key check, ``auth.py``)."""
+    old = record_of(scope)
+    record = scope["state"][RECORD_KEY] = RequestRecord(door=old.door, started=old.started)
     return record
 
 
@@ -178,4 +197,11 @@ class Recorder:
         return model, version
 
 
-__all__ = ["RECORD_KEY", "Recorder", "RequestRecord", "door_of", "record_of"]
+__all__ = [
+    "RECORD_KEY",
+    "Recorder",
+    "RequestRecord",
+    "door_of",
+    "record_of",
+    "restart_record",
+]

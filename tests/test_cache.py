@@ -97,6 +97,9 @@ async def test_response_cache_counts_and_corrupt_entries_are_misses() -> None:
     assert got is not None
     np.testing.assert_array_equal(got[0]["embedding"], vec)  # type: ignore[index]
     assert got[1:] == [None] * (len(corrupt) + 1)
+    # a read is counted by the pipeline, once the request is admitted (a refused one is not)
+    assert (cache.stats.hits, cache.stats.misses) == (0, 0)
+    cache.count(1, len(corrupt) + 1)
     assert (cache.stats.hits, cache.stats.misses) == (1, len(corrupt) + 1)
 
 

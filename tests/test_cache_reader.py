@@ -67,3 +67,31 @@ async def test_no_server_and_a_silent_one_fail_fast() -> None:
     finally:
         await reader.aclose()
         server.close()
+
+
+async def test_a_command_sent_now_keeps_its_place_among_the_turns_others(redis_url: str) -> None:
+    """``send`` writes at once, yet each reply still resolves its own command, whether
+    commands of the same turn went before it on its connection or not."""
+    client = redis.Redis.from_url(redis_url)
+    await client.mset({f"sent:{i}": str(i).encode() for i in range(40)})
+    reader = PipelinedReader(redis_url, timeout_s=2.0, connections=2)
+    try:
+        assert reader.send(b"PING") is None  # nothing open yet: execute opens connections
+        assert await reader.execute(b"PING") == b"PONG"
+        assert await reader.execute(b"PING") == b"PONG"
+        asks: dict[int, asyncio.Future[object]] = {}
+        for i in range(40):  # reads queued for this turn's write, on both connections
+            if i % 3:
+                asks[i] = asyncio.ensure_future(reader.execute(b"GET", f"sent:{i}".encode()))
+        await asyncio.sleep(0)  # they are queued, not written yet
+        for i in range(0, 40, 3):  # sent now: behind what is queued on their connection
+            sent = reader.send(b"GET", f"sent:{i}".encode())
+            assert sent is not None
+            asks[i] = sent
+        got = await asyncio.gather(*(asks[i] for i in range(40)))
+        assert got == [str(i).encode() for i in range(40)]
+        alone = reader.send(b"GET", b"sent:7")  # nothing queued: written at once
+        assert alone is not None and await alone == b"7"
+    finally:
+        await reader.aclose()
+        await client.aclose()

@@ -119,9 +119,12 @@ async def both(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Both]:
         yield Both(client)
 
 
-@pytest.fixture
-async def keyed(tmp_path: Path) -> AsyncIterator[Both]:
-    app = _app(tmp_path, api_keys=[API], admin_keys=[ADMIN], max_inputs=256)
+@pytest.fixture(params=["file", "redis"])
+async def keyed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Both]:
+    """Keys in a file, or in Redis (where the lane overlaps a cached key's limit check with
+    the request's own work: ``auth.py``)."""
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    app = _app(tmp_path, api_keys=[API], admin_keys=[ADMIN], max_inputs=256, redis_url=redis_url)
     async with AsyncTestClient(app) as client:
         yield Both(client)
 

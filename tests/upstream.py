@@ -20,7 +20,8 @@ close     reads the request and closes the connection without a word
 
 It is written on raw asyncio streams (not on the code under test, and not on a framework
 that would refuse to misbehave), runs in a thread with its own event loop, and counts what
-it saw (``hits`` per mode, ``connections``). ``healthy = False`` makes health checks fail.
+it saw (``hits`` per mode, ``connections``, the ``peak`` of ``slow`` requests at once).
+``healthy = False`` makes health checks fail.
 :class:`UvicornThread` runs any ASGI app (a gateway, a worker) on loopback in a thread,
 for clients that need a real socket (``tritonclient`` uses gevent, not asyncio).
 
@@ -68,6 +69,9 @@ class Upstream:
         self.healthy = True
         self.hits: Counter[str] = Counter()
         self.connections = 0
+        #: ``slow`` requests being answered now, and the most at once
+        self.busy = 0
+        self.peak = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -173,7 +177,12 @@ class Upstream:
         """The answer of a failure mode, or None to answer properly."""
         self.hits[mode] += 1
         if mode == "slow":
-            await asyncio.sleep(self.slow_s)
+            self.busy += 1
+            self.peak = max(self.peak, self.busy)
+            try:
+                await asyncio.sleep(self.slow_s)
+            finally:
+                self.busy -= 1
         elif mode == "hang":
             await asyncio.sleep(3600)
         elif mode == "close":

@@ -21,11 +21,12 @@ from ._limits import (
     key_prefix,
     rate_limited,
 )
-from ._store import FileKeyStore, KeyStore, RedisKeyStore, StoreDown
+from ._store import Admission, FileKeyStore, KeyStore, RedisKeyStore, SentAdmit, StoreDown
 
 __all__ = [
     "LEASE_TTL_S",
     "PREFIX",
+    "Admission",
     "Caller",
     "FileKeyStore",
     "KeyChange",
@@ -38,6 +39,7 @@ __all__ = [
     "OutOfScope",
     "RateLimited",
     "RedisKeyStore",
+    "SentAdmit",
     "StoreDown",
     "bootstrap_id",
     "digest",

@@ -15,7 +15,9 @@ The algorithm (the same in Redis and in one process):
 
 In Redis all three, plus the check that the caller's cached key record is current (its
 revision), are one Lua script: one round trip per request, atomic, so concurrent requests on
-any number of replicas cannot slip past a limit. Every key the script touches carries the
+any number of replicas cannot slip past a limit. (The fast lane does not wait idle for that
+round trip: it sends the script and the request goes on until something would leave the
+process, ``auth.py``.) Every key the script touches carries the
 hash tag ``{k:<id>}``, so they share one Redis Cluster slot. Time is Redis's (``TIME``), one
 clock for every replica.
 """

@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -37,6 +39,31 @@ REGISTRY = "prism:keys"
 
 class StoreDown(Exception):
     """The key store cannot be reached (Redis down)."""
+
+
+def _admission(record: KeyRecord, answer: Sequence[Any]) -> Admission:
+    """The limit script's answer (``ADMIT_LUA``) for ``record``: admitted, stale or revoked;
+    a refusal raises :class:`RateLimited`."""
+    status = int(answer[0])
+    if status == 1:
+        return "ok"
+    if status == -1:
+        return "revoked"
+    if status == -2:
+        return "stale"
+    limit = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
+    raise rate_limited(record, limit, float(answer[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class SentAdmit:
+    """A limit script on its way to Redis (:meth:`RedisKeyStore.admit_later`)."""
+
+    record: KeyRecord
+    #: the reply to come (the pipelined connection's future)
+    reply: asyncio.Future[Any]
+    #: what was sent, for EVAL when Redis forgot the script
+    words: list[bytes]
 
 
 class KeyStore(Protocol):
@@ -111,7 +138,9 @@ class RedisKeyStore:
                 out.append(record)
         return out
 
-    async def admit(self, record: KeyRecord, lease: str, *, metered: bool) -> Admission:
+    def _words(self, record: KeyRecord, lease: str, metered: bool) -> list[bytes]:
+        """The script's key count, keys and arguments, as EVALSHA and EVAL take them."""
+        keys = script_keys(record.id)
         args = [
             str(record.rev),
             record.rpm or 0,
@@ -121,26 +150,38 @@ class RedisKeyStore:
             LEASE_TTL_S * 1000,
             1 if metered else 0,
         ]
-        keys = script_keys(record.id)
-        if self._pipelined is not None:
-            answer = await self._call(self._admit_pipelined(keys, args))
-        else:
-            answer = await self._call(self._script(keys=keys, args=args))
-        status = int(answer[0])
-        if status == 1:
-            return "ok"
-        if status == -1:
-            return "revoked"
-        if status == -2:
-            return "stale"
-        limit = answer[1].decode() if isinstance(answer[1], bytes) else str(answer[1])
-        raise rate_limited(record, limit, float(answer[2]))
+        return [
+            str(len(keys)).encode(),
+            *(k.encode() for k in keys),
+            *(str(a).encode() for a in args),
+        ]
 
-    async def _admit_pipelined(self, keys: list[str], args: list[Any]) -> Any:
-        words = [str(len(keys)).encode(), *(k.encode() for k in keys)]
-        words += [str(a).encode() for a in args]
+    async def admit(self, record: KeyRecord, lease: str, *, metered: bool) -> Admission:
+        words = self._words(record, lease, metered)
+        if self._pipelined is not None:
+            reply = self._pipelined.execute(b"EVALSHA", self._sha, *words)
+            answer = await self._call(self._script_reply(reply, words))
+        else:
+            answer = await self._call(self._script(keys=words[1:5], args=words[5:]))
+        return _admission(record, answer)
+
+    def admit_later(self, record: KeyRecord, lease: str, *, metered: bool) -> SentAdmit | None:
+        """:meth:`admit`'s script sent now, its answer read later by :meth:`answer`; None
+        where it cannot leave without waiting (no pipelined connection open: :meth:`admit`
+        opens one)."""
+        if self._pipelined is None:
+            return None
+        words = self._words(record, lease, metered)
+        reply = self._pipelined.send(b"EVALSHA", self._sha, *words)
+        return SentAdmit(record, reply, words) if reply is not None else None
+
+    async def answer(self, sent: SentAdmit) -> Admission:
+        """What :meth:`admit` would have answered (or raised) for ``sent``."""
+        return _admission(sent.record, await self._call(self._script_reply(sent.reply, sent.words)))
+
+    async def _script_reply(self, reply: Awaitable[Any], words: list[bytes]) -> Any:
         try:
-            return await self._pipelined.execute(b"EVALSHA", self._sha, *words)  # type: ignore[union-attr]
+            return await reply
         except self._response_error as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
@@ -290,4 +331,11 @@ class FileKeyStore:
         return None
 
 
-__all__ = ["Admission", "FileKeyStore", "KeyStore", "RedisKeyStore", "StoreDown"]
+__all__ = [
+    "Admission",
+    "FileKeyStore",
+    "KeyStore",
+    "RedisKeyStore",
+    "SentAdmit",
+    "StoreDown",
+]

@@ -88,7 +88,8 @@ class ResponseCache:
         self._down_until = time.monotonic() + self._retry_after_s
 
     async def get_many(self, keys: Sequence[str]) -> list[Output | None] | None:
-        """Cached outputs (None per miss); None overall when the store is down."""
+        """Cached outputs (None per miss); None overall when the store is down. Hits and
+        misses count when the caller says so (:meth:`count`)."""
         if not self.available:
             return None
         try:
@@ -102,10 +103,12 @@ class ResponseCache:
         out: list[Output | None] = []
         for blob in blobs:
             out.append(None if blob is None else self._decode(blob))
-        hits = sum(o is not None for o in out)
-        self.stats.hits += hits
-        self.stats.misses += len(out) - hits
         return out
+
+    def count(self, hits: int, misses: int) -> None:
+        """One request's lookups (the pipeline counts a request once it is admitted)."""
+        self.stats.hits += hits
+        self.stats.misses += misses
 
     def _decode(self, blob: bytes) -> CachedOutput | None:
         output = self._decoded.get(blob)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..policy import Experiment
-from ._assignment import assign, control_arm
+from ._assignment import Assignment, assign, control_arm
 from ._counters import ArmCounts, CounterStore, GuardState, MemoryCounterStore, Q, S
 from ._feedback import FeedbackLedger
 from ._report import build_report, error_rate_interval
@@ -35,6 +35,28 @@ Experiments = Callable[[], Mapping[str, Experiment]]
 #: EXPOSURE_SAMPLES of them (two hours) kept per experiment in each process
 EXPOSURE_EVERY_S = 10.0
 EXPOSURE_SAMPLES = 720
+
+
+class ArmPick:
+    """The arm picker of one request (``CompiledPolicy.decide`` calls it), whose assignment is
+    counted by :meth:`count`, once the request is admitted: a request its key's limits refuse
+    exposes no unit (the fast lane decides before the refusal is known, ``auth.py``)."""
+
+    __slots__ = ("_engine", "_made")
+
+    def __init__(self, engine: ExperimentEngine) -> None:
+        self._engine = engine
+        self._made: tuple[str, Assignment] | None = None
+
+    def __call__(self, name: str, experiment: Experiment, unit: str | None) -> str:
+        assignment = assign(name, experiment, unit, self._engine.stopped(name))
+        self._made = (name, assignment)
+        return assignment.arm
+
+    def count(self) -> None:
+        if self._made is not None:
+            self._engine.expose(*self._made)
+            self._made = None
 
 
 class ExperimentEngine:
@@ -85,10 +107,18 @@ class ExperimentEngine:
     def pick_arm(self, name: str, experiment: Experiment, unit: str | None) -> str | None:
         """The arm that serves this unit (stopped arms' units go to the control arm)."""
         assignment = assign(name, experiment, unit, self.stopped(name))
+        self.expose(name, assignment)
+        return assignment.arm
+
+    def later_pick(self) -> ArmPick:
+        """:meth:`pick_arm` for one request, the assignment counted when it says so."""
+        return ArmPick(self)
+
+    def expose(self, name: str, assignment: Assignment) -> None:
+        """Count ``assignment``: a unit assigned to an arm."""
         delta = self._delta(name, assignment.arm)
         delta.assigned += 1
         delta.saw_unit(unit_hash(assignment.unit))
-        return assignment.arm
 
     def record(
         self,
