@@ -249,7 +249,7 @@ class Lane:
 
     async def _openai(self, scope: Scope, send: Send) -> None:
         request, _, route = scope[_REQUEST_KEY]  # type: ignore[literal-required]
-        body, headers = await embeddings_answer(request, self.runtime)
+        body, headers = await embeddings_answer(request, self.server)
         await _send(send, 200, headers, _JSON, encode_json(body, route.serializer))
 
     async def _kserve(self, scope: Scope, send: Send) -> None:
