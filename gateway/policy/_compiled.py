@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class Target:
     replica: str | None = None
     weight: float = 1.0
 
-    @property
+    @cached_property  # read a dozen times per request (health, deployments, records)
     def key(self) -> str:
         return f"{self.model}@{self.version}/{self.replica or 'local'}"
 
