@@ -463,19 +463,27 @@ class RemoteBackend(Backend):
         ``asyncio.shield`` does, without the task lookup, the wrapper and their callbacks."""
         loop = asyncio.get_running_loop()
         woken: asyncio.Future[None] = loop.create_future()
+        expired = False
 
         def wake(_: object = None) -> None:
             if not woken.done():
                 woken.set_result(None)
 
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            wake()
+
         exchange.add_done_callback(wake)
-        timer = loop.call_later(deadline, wake)
+        timer = loop.call_later(deadline, expire)
         try:
             await woken  # a cancelled caller cancels this future only, not the exchange
         finally:
             timer.cancel()
             exchange.remove_done_callback(wake)
-        if not exchange.done():
+        # the deadline wins over what ended the exchange on its heels (a hung upstream's
+        # read timeout strikes at the same moment)
+        if expired or not exchange.done():
             raise BackendTimeout(f"upstream {self.base_url} did not answer within {deadline:.3f} s")
         try:
             return exchange.result()
