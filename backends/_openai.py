@@ -54,7 +54,8 @@ class OpenAIBackend(RemoteBackend):
         )
         self.remote_model = remote_model
         self.api_key_env = api_key_env
-        self._dim: int | None = None
+        #: built once per width learnt, not per read: every request reads it
+        self._capabilities = Capabilities(frozenset({Modality.TEXT}), frozenset({Task.EMBED}))
 
     @classmethod
     def from_spec(
@@ -71,7 +72,7 @@ class OpenAIBackend(RemoteBackend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(frozenset({Modality.TEXT}), frozenset({Task.EMBED}), self._dim)
+        return self._capabilities
 
     async def probe(self, client: ProbeClient) -> bool:
         # some embedding servers have no /models: any answer but a 5xx or an auth refusal
@@ -136,8 +137,9 @@ class OpenAIBackend(RemoteBackend):
         if len(dims) != 1 or 0 in dims:
             raise self.garbage(f"embeddings of different or zero widths {sorted(dims)}")
         width = dims.pop()
-        if not shortened:  # a caller's `dimensions` is not the model's width
-            self._dim = width
+        caps = self._capabilities
+        if not shortened and caps.dim != width:  # a caller's `dimensions` is not the model's
+            self._capabilities = Capabilities(caps.modalities, caps.tasks, width)
         return [{"embedding": rows[i]} for i in range(n)]
 
     def _vector(self, raw: Any, pos: int) -> np.ndarray:

@@ -87,9 +87,13 @@ class ProbeClient(Protocol):
     async def get(self, url: str, *, timeout: float) -> ProbeAnswer: ...  # noqa: ASYNC109 (httpx's name)
 
 
+#: ``json.dumps`` with options builds an encoder per call: this one is built once
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _json_bytes(doc: Any) -> bytes:
     """A request body as httpx's ``json=`` writes it (so both clients send the same bytes)."""
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _JSON_ENCODER.encode(doc).encode()
 
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -322,7 +326,8 @@ class RemoteBackend(Backend):
         budget = timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S
         if self._pool is not None and json_body is not None:
             # encoded before a slot is taken: a body that cannot be JSON holds no connection
-            content, headers = _json_bytes(json_body), {**_JSON_HEADERS, **(headers or {})}
+            content = _json_bytes(json_body)
+            headers = _JSON_HEADERS if headers is None else {**_JSON_HEADERS, **headers}
         # Wait for one of our max_connections here, not in httpx's pool: a deadline spent
         # waiting behind our own traffic is load (503, the upstream is fine), one spent on
         # the wire is the upstream's (504, its circuit counts it).
@@ -452,15 +457,36 @@ class RemoteBackend(Backend):
     async def _await_exchange(
         self, exchange: asyncio.Future[UpstreamResponse], deadline: float
     ) -> UpstreamResponse:
-        """Wait for the exchange (shielded: see :meth:`call`), with httpx's failures (both
-        clients raise them) mapped into Prism's tree."""
+        """Wait for the exchange for ``deadline`` seconds at most, never cancelling it (see
+        :meth:`call`), with httpx's failures (both clients raise them) mapped into Prism's
+        tree. One future that the exchange or a timer wakes: what ``asyncio.timeout`` around
+        ``asyncio.shield`` does, without the task lookup, the wrapper and their callbacks."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        expired = False
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            wake()
+
+        exchange.add_done_callback(wake)
+        timer = loop.call_later(deadline, expire)
         try:
-            async with asyncio.timeout(deadline):
-                return await asyncio.shield(exchange)
-        except TimeoutError as exc:
-            raise BackendTimeout(
-                f"upstream {self.base_url} did not answer within {deadline:.3f} s"
-            ) from exc
+            await woken  # a cancelled caller cancels this future only, not the exchange
+        finally:
+            timer.cancel()
+            exchange.remove_done_callback(wake)
+        # the deadline wins over what ended the exchange on its heels (a hung upstream's
+        # read timeout strikes at the same moment)
+        if expired or not exchange.done():
+            raise BackendTimeout(f"upstream {self.base_url} did not answer within {deadline:.3f} s")
+        try:
+            return exchange.result()
         except httpx.TimeoutException as exc:
             raise BackendTimeout(
                 f"upstream {self.base_url} timed out ({type(exc).__name__})"

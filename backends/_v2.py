@@ -148,7 +148,7 @@ def tensors_to_items(tensors: Sequence[Tensor], binary_names: frozenset[str]) ->
             )
         except UnicodeDecodeError as exc:
             raise TensorFormatError(f"row {r}: text is not valid UTF-8") from exc
-        if not item.modalities:
+        if item.text is None and item.image is None and item.user is None and item.history is None:
             raise TensorFormatError(f"row {r} carries no input (every element is empty)")
         items.append(item)
     return items

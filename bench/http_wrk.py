@@ -27,11 +27,13 @@ of the ceiling at the same concurrency; added p50 over the direct upstream call 
 cache-off rows) and appends rows to ``bench/results/http.csv``.
 
     python bench/http_wrk.py [--seconds 10] [--warmup 3] [--concurrency 1 8 64] [--only TEXT ...]
-                             [--baseline DIR]
+                             [--baseline DIR] [--rounds N]
 
 ``--baseline DIR`` runs each row of the plain, the Redis and the keyed gateway a second time,
 right after, on the code of another checkout (``git worktree add ../main main``): a change and
 what it changes, measured side by side. Only the servers the chosen rows need are started.
+``--rounds N`` measures every row N times, the rows taking turns, and reports each row's median
+run: one slow minute on a shared machine then moves one run of each row, not the whole of a few.
 """
 
 from __future__ import annotations
@@ -381,23 +383,30 @@ def measure(
         check(row, urls[row.server])
         scripts[row.label] = tmp / f"row-{i}.lua"
         scripts[row.label].write_text(_lua(row.body, row.headers))
-    total = len(rows) * len(args.concurrency)
+    total = len(rows) * len(args.concurrency) * args.rounds
     minutes = total * (args.seconds + args.warmup) / 60
     print(f"{total} rows, about {minutes:.0f} min", flush=True)
-    results: dict[tuple[str, int], WrkResult] = {}
+    runs: dict[tuple[str, int], list[WrkResult]] = {}
     n = 0
     for c in args.concurrency:
-        for row in rows:
-            n += 1
-            print(
-                f"  [{n:2}/{total}] c={c:<3} {row.label}: "
-                f"{args.warmup} s warm-up + {args.seconds} s ...",
-                flush=True,
-            )
-            url = urls[row.server] + row.path
-            if args.warmup > 0:
-                wrk(url, scripts[row.label], c, args.warmup)
-            results[(row.label, c)] = wrk(url, scripts[row.label], c, args.seconds)
+        # the rounds interleaved: a neighbour busy for a minute slows one run of each row,
+        # not every run of some rows
+        for _ in range(args.rounds):
+            for row in rows:
+                n += 1
+                print(
+                    f"  [{n:2}/{total}] c={c:<3} {row.label}: "
+                    f"{args.warmup} s warm-up + {args.seconds} s ...",
+                    flush=True,
+                )
+                url = urls[row.server] + row.path
+                if args.warmup > 0:
+                    wrk(url, scripts[row.label], c, args.warmup)
+                runs.setdefault((row.label, c), []).append(
+                    wrk(url, scripts[row.label], c, args.seconds)
+                )
+    # each row's run with the median requests/s (its own latencies with it)
+    results = {k: sorted(v, key=lambda r: r.rps)[len(v) // 2] for k, v in runs.items()}
     table: list[list[object]] = []
     for row in rows:
         for c in args.concurrency:
@@ -515,6 +524,13 @@ if __name__ == "__main__":
         "baselines), e.g. --only 'redis hit'",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every row this many times, the rows taking turns, and report the run "
+        "with the median requests/s (on a shared machine: 3 or more)",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,

@@ -145,6 +145,9 @@ class Deployments:
         #: the longest an unloaded version waits for its calls in flight before it closes
         self.drain_s = drain_s
         self._by_key: dict[str, Deployment] = {}
+        #: the same deployments by (model, version): every request asks for its version's
+        #: capabilities, and a scan of every deployment grew with the policy
+        self._by_version: dict[tuple[str, str], list[Deployment]] = {}
         #: removed by a reload, closing after a grace period (see :meth:`retire`)
         self._retiring: dict[str, Deployment] = {}
         #: unloaded, closing once idle (see :meth:`_drain`)
@@ -256,17 +259,20 @@ class Deployments:
         since = getattr(dep.backend, "healthy_since", None) if dep is not None else None
         return since if isinstance(since, float) else None
 
+    def _serve(self, by_key: dict[str, Deployment]) -> None:
+        """From now on these are the deployments requests use."""
+        by_version: dict[tuple[str, str], list[Deployment]] = {}
+        for d in by_key.values():
+            by_version.setdefault((d.target.model, d.target.version), []).append(d)
+        self._by_key, self._by_version = by_key, by_version
+
     def of_version(self, model: str, version: str) -> list[Deployment]:
         """The deployments (one per replica) of one model version."""
-        return [
-            d
-            for d in self._by_key.values()
-            if (d.target.model, d.target.version) == (model, version)
-        ]
+        return list(self._by_version.get((model, version), ()))
 
     def capabilities(self, model: str, version: str) -> Capabilities | None:
         """What a loaded backend of ``model``/``version`` reports; None while none is loaded."""
-        for dep in self.of_version(model, version):
+        for dep in self._by_version.get((model, version), ()):
             if dep.ready:
                 return dep.backend.capabilities
         return None
@@ -424,7 +430,7 @@ class Deployments:
                 self._unload(dep)  # unloaded, not removed: drain what it is serving first
                 continue
             retired.append(dep)
-        self._by_key = next_map
+        self._serve(next_map)
         return retired
 
     @staticmethod
@@ -442,6 +448,6 @@ class Deployments:
             task.cancel()
         await asyncio.gather(*drains, return_exceptions=True)
         await self.close([*self.all(), *self._retiring.values(), *draining])
-        self._by_key = {}
+        self._serve({})
         self._retiring = {}
         self._draining = {}

@@ -309,7 +309,7 @@ class Dispatcher:
         health.tracker.end(ms, ok=True)
         health.breaker.record(True)
         if self.metrics is not None:
-            self.metrics.backend_latency.labels(target.key).observe(ms / 1000)
+            self.metrics.backend_latency_of(target.key).observe(ms / 1000)
         return outputs
 
     def _failed(self, target: Target, exc: PrismError, ms: float) -> None:

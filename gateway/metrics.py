@@ -88,6 +88,7 @@ class Metrics:
         self.latency_of = Children(self.latency)
         self.cache_of = Children(self.cache)
         self.errors_of = Children(self.errors)
+        self.backend_latency_of = Children(self.backend_latency)
         self.policy_reloads = Counter(
             "prism_policy_reloads", "Policy reload attempts by result", ["result"], registry=r
         )

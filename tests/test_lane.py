@@ -8,8 +8,11 @@ differs between any two requests is masked: the answer's random ``id``, its ``ti
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from prism.gateway.app import create_app
+from prism.gateway.app import YOUNG_COLLECTION_OBJECTS, create_app
 from prism.gateway.lane import Gateway
 from prism.gateway.settings import Settings
 from tests.doors.conftest import POLICY
@@ -356,3 +359,72 @@ def test_a_cached_outputs_json_is_made_once_and_is_the_same_bytes() -> None:
     first = wire_output(cached)
     assert wire_output(cached) is first  # made once
     assert encode_json({"outputs": [first]}) == encode_json(plain)
+
+
+async def _call(app: Gateway, path: str, doc: dict[str, Any]) -> int:
+    """One request straight to the ASGI app, as uvicorn hands it over; its status."""
+    body = json.dumps(doc).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 50000),
+        "scheme": "http",
+        "method": "POST",
+        "root_path": "",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    # in a task of its own, as the server runs each request
+    await asyncio.create_task(app(scope, receive, send))
+    return int(sent[0]["status"])
+
+
+async def test_a_request_on_the_lane_leaves_no_reference_cycles(tmp_path: Path) -> None:
+    """Whatever a request made is freed when it ends, never left for the cycle collector:
+    the app raises the collector's young-generation threshold on that (``gateway/app.py``);
+    garbage from every request would set collections off again, each one traversing every
+    request in flight. (A failure still leaves its exception's traceback in a cycle: the
+    collector runs now and then on those, not on every answer.)"""
+    bypass = {"cache": "bypass"}
+    cases = [
+        ("/v1/infer", TEXT),  # a hit once the first has filled the cache
+        ("/v1/infer", {**TEXT, **bypass}),  # computed by the model every time
+        ("/v1/embeddings", {"model": "fake", "input": ["a red circle"]}),
+        ("/v2/models/fake/infer", V2_TEXT),
+        ("/v2/models/fake/infer", {**V2_TEXT, "parameters": bypass}),
+    ]
+    before = gc.get_threshold()
+    app = _app(tmp_path)
+    assert isinstance(app, Gateway)
+    async with app.lifespan():  # on this test's loop, as the server runs it
+        assert gc.get_threshold()[0] == YOUNG_COLLECTION_OBJECTS
+        for path, doc in cases:
+            await _call(app, path, doc)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            statuses = [await _call(app, path, doc) for path, doc in cases for _ in range(5)]
+            gc.collect()
+        finally:
+            gc.set_debug(0)
+            left = Counter(type(o).__qualname__ for o in gc.garbage)
+            gc.garbage.clear()
+    assert gc.get_threshold() == before
+    assert statuses == [200] * 25
+    assert not left, left

@@ -20,6 +20,7 @@ from ..recording import RequestRecord
 from .native import route_headers
 
 if TYPE_CHECKING:
+    from ..policy import CompiledPolicy
     from ..runtime import Runtime
 
 
@@ -138,6 +139,10 @@ class PipelineModelServer:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        #: (model, version) -> the backend's capabilities and the description made from them
+        #: under ``_policy``: the doors describe the model of every request
+        self._described: dict[tuple[str, str], tuple[Capabilities | None, ServedModel]] = {}
+        self._policy: CompiledPolicy | None = None
 
     async def ready(self) -> bool:
         return self.rt.ready
@@ -145,15 +150,19 @@ class PipelineModelServer:
     def describe(self, model: str, version: str | None) -> ServedModel:
         policy = self.rt.policy
         resolved = policy.resolve_version(model, version)
+        caps = self.rt.deployments.capabilities(model, resolved)
+        if policy is not self._policy:  # a reload: describe afresh
+            self._described.clear()
+            self._policy = policy
+        known = self._described.get((model, resolved))
+        if known is not None and known[0] is caps:
+            return known[1]
         entry = policy.models[model]
-        return describe_capabilities(
-            model,
-            resolved,
-            list(entry.versions),
-            self.rt.deployments.capabilities(model, resolved),
-            entry.modalities,
-            entry.tasks,
+        served = describe_capabilities(
+            model, resolved, list(entry.versions), caps, entry.modalities, entry.tasks
         )
+        self._described[(model, resolved)] = (caps, served)
+        return served
 
     def models(self) -> list[ServedModel]:
         out: list[ServedModel] = []

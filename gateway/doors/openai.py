@@ -169,10 +169,10 @@ def _model_card(name: str, created: int) -> dict[str, Any]:
 
 
 async def embeddings_answer(
-    request: BodyRequest, runtime: Runtime
+    request: BodyRequest, server: PipelineModelServer
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """``POST /v1/embeddings``: the response body and headers (the handler and the fast lane,
-    ``gateway/lane.py``, both answer with this)."""
+    ``gateway/lane.py``, both answer with this; the lane keeps one ``server`` for all)."""
     try:
         doc = await request.json()
     except MalformedBody as exc:
@@ -188,11 +188,10 @@ async def embeddings_answer(
     user = doc.get("user")
     if user is not None and not isinstance(user, str):
         raise OpenAIRequestError("'user' must be a string", "user")
-    server = PipelineModelServer(runtime)
     served = server.describe(name, version)  # unknown model or version: 404
     dims = doc.get("dimensions")
     params: dict[str, Any] = {}
-    if dims is not None and isinstance(runtime.policy.spec(name, served.version), OpenAISpec):
+    if dims is not None and isinstance(server.rt.policy.spec(name, served.version), OpenAISpec):
         params["dimensions"] = dims  # an OpenAI upstream decides (text-embedding-3 can)
     elif dims is not None and (
         not isinstance(dims, int) or served.dim is None or dims != served.dim
@@ -251,7 +250,7 @@ class OpenAIController(Controller):
     async def embeddings(
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
     ) -> Response[Any]:
-        body, headers = await embeddings_answer(request, runtime)
+        body, headers = await embeddings_answer(request, PipelineModelServer(runtime))
         return Response(body, headers=headers)
 
     @get(

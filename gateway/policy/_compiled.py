@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class Target:
     replica: str | None = None
     weight: float = 1.0
 
-    @property
+    @cached_property  # read a dozen times per request (health, deployments, records)
     def key(self) -> str:
         return f"{self.model}@{self.version}/{self.replica or 'local'}"
 
@@ -119,6 +120,16 @@ class CompiledPolicy:
             e.route: (name, e) for name, e in doc.experiments.items()
         }
         self._arm_definitions = {name: self._arms_served(e) for name, e in doc.experiments.items()}
+        # What every decision asks again is a pure function of this table: made once, on first
+        # use, and kept (keys are the policy's own routes, models and versions, so bounded).
+        # Built afresh per request it was most of a decision: a ``TargetRef`` model per
+        # route looked at, replica URLs parsed, ``Target``s and a ``Decision`` made.
+        #: route name -> (the route, its target refs, the models they name)
+        self._refs: dict[str, tuple[Route, tuple[TargetRef, ...], frozenset[str]]] = {}
+        #: (model, version, weight) -> one target per replica
+        self._targets: dict[tuple[str, str, float], tuple[Target, ...]] = {}
+        #: (route name, the request's model) -> the route and its plain decision
+        self._decisions: dict[tuple[str, str | None], tuple[Route, Decision]] = {}
 
     def _arms_served(self, experiment: Experiment) -> dict[str, str]:
         """arm -> ``version.fingerprint``: what each arm serves. Weights are left out
@@ -167,10 +178,27 @@ class CompiledPolicy:
 
     def targets_for(self, model: str, version: str, weight: float = 1.0) -> list[Target]:
         """One target per replica (remote) or the single in-process target (local)."""
-        urls = replica_urls(self.spec(model, version))
-        if not urls:
-            return [Target(model, version, None, weight)]
-        return [Target(model, version, url, weight) for url in urls]
+        return list(self._targets_of(model, version, weight))
+
+    def _targets_of(self, model: str, version: str, weight: float) -> tuple[Target, ...]:
+        key = (model, version, weight)
+        found = self._targets.get(key)
+        if found is None:
+            urls = replica_urls(self.spec(model, version))  # KeyError for an unknown one
+            if not urls:
+                found = (Target(model, version, None, weight),)
+            else:
+                found = tuple(Target(model, version, url, weight) for url in urls)
+            self._targets[key] = found
+        return found
+
+    def _refs_of(self, route: Route) -> tuple[tuple[TargetRef, ...], frozenset[str]]:
+        """``route.target_refs`` (a new list of new models per call) and the models named."""
+        known = self._refs.get(route.name)
+        if known is None or known[0] is not route:
+            refs = tuple(route.target_refs)
+            known = self._refs[route.name] = (route, refs, frozenset(r.model for r in refs))
+        return known[1], known[2]
 
     def is_loaded(self, model: str, version: str) -> bool:
         """False for a version the policy (or an operator's override) lists as unloaded."""
@@ -209,7 +237,7 @@ class CompiledPolicy:
         for name, value in m.headers.items():
             if facts.headers.get(name.lower()) != value:
                 return f"needs header {name}: {value}"
-        if facts.model is not None and facts.model not in {r.model for r in route.target_refs}:
+        if facts.model is not None and facts.model not in self._refs_of(route)[1]:
             return f"does not serve model {facts.model!r}"
         return None
 
@@ -236,13 +264,13 @@ class CompiledPolicy:
         mods = ", ".join(sorted(facts.modalities))
         raise NoRoute(f"no route serves task {facts.task.value!r} with modalities [{mods}]")
 
-    def _expand(self, refs: list[TargetRef], model: str | None) -> list[Target]:
+    def _expand(self, refs: Sequence[TargetRef], model: str | None) -> list[Target]:
         out: list[Target] = []
         for ref in refs:
             if model is not None and ref.model != model:
                 continue
             version = self.resolve_version(ref.model, ref.version)
-            out.extend(self.targets_for(ref.model, version, ref.weight))
+            out.extend(self._targets_of(ref.model, version, ref.weight))
         return out
 
     def decide(self, facts: RequestFacts, pick_arm: ArmPicker = None) -> Decision:
@@ -252,10 +280,17 @@ class CompiledPolicy:
         experiment engine (sticky hashing, stopped arms); None means no experiment runs.
         """
         route = self.match_route(facts)
-        fallback = tuple(self._expand(route.fallback, None))
         exp = self.experiment_for(route.name)
+        if facts.version is None and exp is None:
+            # the plain case depends on the route and the model named (one of the route's,
+            # or None: match_route saw to that) only
+            known = self._decisions.get((route.name, facts.model))
+            if known is not None and known[0] is route:
+                return known[1]
+        refs = self._refs_of(route)[0]
+        fallback = tuple(self._expand(route.fallback, None))
         if facts.version is not None:
-            model = facts.model or route.target_refs[0].model
+            model = facts.model or refs[0].model
             version = self.resolve_version(model, facts.version)
             # a caller who names a version wants that version's answer (another would be
             # another embedding space): fallbacks to other versions do not apply
@@ -273,7 +308,7 @@ class CompiledPolicy:
             exp_name, experiment = exp
             arm = pick_arm(exp_name, experiment, facts.unit)
             if arm is not None:
-                model = route.target_refs[0].model
+                model = refs[0].model
                 version = self.resolve_version(model, experiment.arms[arm].version)
                 shadow = None
                 shadow_arm = None
@@ -300,9 +335,9 @@ class CompiledPolicy:
                     shadow=shadow,
                     shadow_arm=shadow_arm,
                 )
-        targets = self._expand(route.target_refs, facts.model)
+        targets = self._expand(refs, facts.model)
         first = targets[0]
-        return Decision(
+        decision = Decision(
             route.name,
             first.model,
             first.version,
@@ -311,3 +346,6 @@ class CompiledPolicy:
             route,
             reason=f"route {route.name!r} ({route.latency.strategy})",
         )
+        if facts.version is None and exp is None:
+            self._decisions[(route.name, facts.model)] = (route, decision)
+        return decision
