@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prism.backends import PrismError, blame
 
@@ -22,10 +22,17 @@ from .schema import RouteInfo
 
 if TYPE_CHECKING:
     from .access import Caller
-    from .auth import PendingAdmission
     from .experiments import ExperimentEngine
     from .metrics import Metrics
     from .policy import Decision
+
+
+class Admission(Protocol):
+    """A key check still on its way (``auth.PendingAdmission``): ``wait`` returns once the
+    key is admitted, or raises the refusal."""
+
+    async def wait(self) -> None: ...
+
 
 #: where a request's record lives in the ASGI scope's ``state``
 RECORD_KEY = "prism.record"
@@ -72,7 +79,7 @@ class RequestRecord:
     caller: Caller | None = None
     #: the caller's limit check, when it is still on its way (the fast lane overlaps it with
     #: the request's own work: ``auth.py``); see :meth:`admitted`
-    admission: PendingAdmission | None = None
+    admission: Admission | None = None
 
     async def admitted(self) -> None:
         """Returns once the caller's key is admitted (at once when no check is on its way);

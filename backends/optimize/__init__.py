@@ -15,11 +15,11 @@ from ._run import (
     TEXT_VARIANTS,
     OptimizeError,
     optimize_text_encoder,
-    optimize_version,
     variant_spec,
     write_report,
 )
 from ._sample import caption_sample, clip_prompts, image_sample, text_sample
+from ._version import optimize_version
 
 __all__ = [
     "CLIP_VARIANTS",

@@ -28,7 +28,7 @@ from pydantic import TypeAdapter
 from .._base import LocalModel
 from .._progress import progress as progress_bar
 from .._registry import build_local_model, resolve_device
-from .._specs import LocalSpec, OpenClipSpec, TextEncoderSpec
+from .._specs import LocalSpec, TextEncoderSpec
 from .._text_encoder import packaged_model_path
 from . import _measure, _report
 from ._export import export_text_onnx, quantize_onnx_int8
@@ -214,21 +214,6 @@ def optimize_text_encoder(
         for name in ("model.onnx",):
             (out_dir / name).unlink(missing_ok=True)
     return report
-
-
-def optimize_version(spec: Any, **kwargs: Any) -> dict[str, Any]:
-    """``optimize_text_encoder`` or ``optimize_open_clip``, whichever ``spec``'s kind takes."""
-    if isinstance(spec, TextEncoderSpec):
-        return optimize_text_encoder(spec, **kwargs)
-    if isinstance(spec, OpenClipSpec):
-        from ._clip import optimize_open_clip
-
-        return optimize_open_clip(spec, **kwargs)
-    kind = getattr(spec, "kind", getattr(spec, "backend", "?"))
-    raise OptimizeError(
-        f"{kwargs.get('source', 'the source')} is {kind!r}: prism optimize builds variants of "
-        "local text-encoder and open-clip versions"
-    )
 
 
 def write_report(out_dir: Path, report: dict[str, Any], snippet: str = "") -> None:
