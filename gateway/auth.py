@@ -76,6 +76,7 @@ from .recording import record_of, restart_record
 if TYPE_CHECKING:
     from litestar import Request
 
+    from .cache._reader import PipelinedReader
     from .metrics import Metrics
     from .settings import Settings
 
@@ -172,7 +173,13 @@ class KeyMetrics:
 class Access:
     """Authentication, scopes and limits of one gateway (built by the runtime)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, keys_file: Path | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        keys_file: Path | None,
+        reader: PipelinedReader | None = None,
+    ) -> None:
         self.settings = settings
         self.bootstrap_api = [(k.encode(), bootstrap_id(k)) for k in settings.api_keys]
         self.bootstrap_admin = [(k.encode(), bootstrap_id(k)) for k in settings.admin_keys]
@@ -184,14 +191,17 @@ class Access:
         )
         self.fail_closed = settings.limits_on_store_down == "fail_closed"
         self.store: KeyStore = (
-            RedisKeyStore(settings.redis_url) if settings.redis_url else FileKeyStore(keys_file)
+            RedisKeyStore(settings.redis_url, reader=reader)
+            if settings.redis_url
+            else FileKeyStore(keys_file)
         )
         self.fallback = LocalLimiter()
         self.metrics = KeyMetrics(metrics)
         self._records: dict[str, KeyRecord] = {}
         #: each cached record's Caller, built once per revision (not per request)
         self._callers: dict[str, tuple[KeyRecord, Caller]] = {}
-        self._releases: set[asyncio.Task[None]] = set()
+        #: leases on their way back (tasks, or ZREM replies to come)
+        self._releases: set[asyncio.Future[Any]] = set()
         #: keys without limits: requests counted here, added to Redis by the sync loop
         self._counts: dict[str, int] = {}
         self._last: dict[str, float] = {}
@@ -436,16 +446,28 @@ class Access:
 
     def release_later(self, record: KeyRecord, lease: str, local: bool) -> None:
         """Give a lease back without holding up the connection (HTTP/1.1 keep-alive serves
-        the next request only once this one's app call returns); a task of its own, so a
-        cancelled request still gives its lease back."""
+        the next request only once this one's app call returns): a ZREM queued with this
+        turn's commands, its reply read by a callback (no task per request), or where that
+        cannot be, a task of its own. Either way a cancelled request still gives it back."""
         if not lease:
             return
         if local:
             self.fallback.release(record.id, lease)
             return
-        task = asyncio.create_task(self.release(record, lease, local))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        sent: asyncio.Future[Any] | None = None
+        if isinstance(self.store, RedisKeyStore):
+            sent = self.store.release_soon(record, lease)
+        if sent is not None:  # no task: the reply's callback reads a failure
+            sent.add_done_callback(self._released)
+        else:
+            sent = asyncio.ensure_future(self.release(record, lease, local))
+            sent.add_done_callback(self._releases.discard)
+        self._releases.add(sent)
+
+    def _released(self, reply: asyncio.Future[Any]) -> None:
+        self._releases.discard(reply)
+        if not reply.cancelled() and reply.exception() is not None:
+            self._down()  # the lease expires by itself (LEASE_TTL_S)
 
     async def release(self, record: KeyRecord, lease: str, local: bool) -> None:
         if not lease:

@@ -21,6 +21,7 @@ from prism.backends import PrismError
 from .audit import AuditLog
 from .auth import Access
 from .cache import MemoryStore, RedisStore, ResponseCache
+from .cache._reader import PipelinedReader, pipelined_for
 from .deployments import DeploymentFailed, Deployments
 from .dispatch import Dispatcher
 from .draining import Drain
@@ -65,7 +66,11 @@ class Runtime:
         #: the overrides the running policy was composed with, and those it had to skip
         self.overrides = Overrides()
         self.stale_overrides: list[dict[str, Any]] = []
-        self.cache = cache or self._default_cache(settings)
+        # the cache and the key store read one Redis on shared pipelined connections: a
+        # request's cache read and limit check leave in one write (cache/_reader.py)
+        reader = pipelined_for(settings.redis_url, timeout_s=0.5) if settings.redis_url else None
+        self._reader = reader  # this object's own share; each user takes one (``share``)
+        self.cache = cache or self._default_cache(settings, reader)
         self.deployments = Deployments(
             Path(settings.data_dir),
             load_models=settings.load_models,
@@ -84,7 +89,9 @@ class Runtime:
             settings,
             self.metrics,
             settings.keys_path() if beside_policy or settings.keys_file else None,
+            reader=reader,
         )
+
         self.audit = AuditLog(
             settings.redis_url,
             settings.audit_path() if beside_policy or settings.audit_file else None,
@@ -123,9 +130,10 @@ class Runtime:
         self.drain = Drain(settings.drain_grace_s)
 
     @staticmethod
-    def _default_cache(settings: Settings) -> ResponseCache:
+    def _default_cache(settings: Settings, reader: PipelinedReader | None) -> ResponseCache:
         if settings.redis_url:
-            return ResponseCache(RedisStore(settings.redis_url), half=settings.cache_half)
+            shared = RedisStore(settings.redis_url, reader=reader)
+            return ResponseCache(shared, half=settings.cache_half)
         store = MemoryStore(settings.cache_max_bytes, settings.cache_max_entries)
         return ResponseCache(store, half=settings.cache_half)
 
@@ -326,3 +334,5 @@ class Runtime:
         await self.cache.aclose()
         await self.access.aclose()
         await self.audit.aclose()
+        if self._reader is not None:
+            await self._reader.aclose()

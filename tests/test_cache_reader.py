@@ -69,9 +69,11 @@ async def test_no_server_and_a_silent_one_fail_fast() -> None:
         server.close()
 
 
-async def test_a_command_sent_now_keeps_its_place_among_the_turns_others(redis_url: str) -> None:
-    """``send`` writes at once, yet each reply still resolves its own command, whether
-    commands of the same turn went before it on its connection or not."""
+async def test_a_turns_commands_leave_in_one_write_and_each_gets_its_reply(
+    redis_url: str,
+) -> None:
+    """A turn's commands (``send`` and ``execute`` alike: the fast lane's limit check and
+    cache read) go on one connection in one write, and each reply resolves its own command."""
     client = redis.Redis.from_url(redis_url)
     await client.mset({f"sent:{i}": str(i).encode() for i in range(40)})
     reader = PipelinedReader(redis_url, timeout_s=2.0, connections=2)
@@ -79,19 +81,43 @@ async def test_a_command_sent_now_keeps_its_place_among_the_turns_others(redis_u
         assert reader.send(b"PING") is None  # nothing open yet: execute opens connections
         assert await reader.execute(b"PING") == b"PONG"
         assert await reader.execute(b"PING") == b"PONG"
-        asks: dict[int, asyncio.Future[object]] = {}
-        for i in range(40):  # reads queued for this turn's write, on both connections
-            if i % 3:
-                asks[i] = asyncio.ensure_future(reader.execute(b"GET", f"sent:{i}".encode()))
-        await asyncio.sleep(0)  # they are queued, not written yet
-        for i in range(0, 40, 3):  # sent now: behind what is queued on their connection
-            sent = reader.send(b"GET", f"sent:{i}".encode())
-            assert sent is not None
-            asks[i] = sent
-        got = await asyncio.gather(*(asks[i] for i in range(40)))
-        assert got == [str(i).encode() for i in range(40)]
-        alone = reader.send(b"GET", b"sent:7")  # nothing queued: written at once
+        writes: list[bytes] = []
+        for conn in reader._slots:
+            assert conn is not None and conn.transport is not None
+            original = conn.transport.write
+
+            def counted(data: bytes, original: object = original) -> None:
+                writes.append(data)
+                original(data)  # type: ignore[operator]
+
+            conn.transport.write = counted  # type: ignore[method-assign]
+
+        async def request(i: int) -> tuple[object, object]:
+            # as the fast lane does: the limit check sent, then the cache read, no wait between
+            check = reader.send(b"GET", f"sent:{i}".encode())
+            assert check is not None
+            read = await reader.execute(b"GET", f"sent:{i + 20}".encode())
+            return await check, read
+
+        got = await asyncio.gather(*(request(i) for i in range(20)))
+        assert got == [(str(i).encode(), str(i + 20).encode()) for i in range(20)]
+        assert len(writes) == 1 and writes[0].count(b"GET") == 40
+        writes.clear()
+        alone = reader.send(b"GET", b"sent:7")  # the next turn: a write of its own
         assert alone is not None and await alone == b"7"
+        assert len(writes) == 1
     finally:
         await reader.aclose()
         await client.aclose()
+
+
+async def test_a_shared_reader_closes_with_its_last_user(redis_url: str) -> None:
+    reader = PipelinedReader(redis_url, timeout_s=2.0, connections=1)
+    assert reader.share() is reader
+    assert await reader.execute(b"PING") == b"PONG"
+    await reader.aclose()  # one of two users: still open
+    conn = reader._slots[0]
+    assert conn is not None and not conn.closed
+    assert await reader.execute(b"PING") == b"PONG"
+    await reader.aclose()
+    assert conn.closed and reader._slots == [None]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..cache._reader import pipelined_for
+from ..cache._reader import PipelinedReader, pipelined_for
 from ._keys import KeyRecord
 from ._limits import (
     ADMIT_LUA,
@@ -86,7 +86,9 @@ class KeyStore(Protocol):
 class RedisKeyStore:
     kind = "redis"
 
-    def __init__(self, url: str, *, timeout_s: float = 0.5) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 0.5, reader: PipelinedReader | None = None
+    ) -> None:
         import redis.asyncio as redis
 
         from ..cache._stores import bounded_redis
@@ -95,7 +97,10 @@ class RedisKeyStore:
         self._script = self._redis.register_script(ADMIT_LUA)
         #: the limit script per request on a pipelined connection: redis-py's own cost per
         #: command (pool, checks, hooks) was most of the check (``cache/_reader.py``)
-        self._pipelined = pipelined_for(url, timeout_s=timeout_s)
+        self._pipelined = (
+            reader.share() if reader is not None else pipelined_for(url, timeout_s=timeout_s)
+        )
+        self.timeout_s = timeout_s
         self._sha = hashlib.sha1(ADMIT_LUA.encode()).hexdigest().encode()
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._response_error = redis.ResponseError
@@ -159,7 +164,7 @@ class RedisKeyStore:
     async def admit(self, record: KeyRecord, lease: str, *, metered: bool) -> Admission:
         words = self._words(record, lease, metered)
         if self._pipelined is not None:
-            reply = self._pipelined.execute(b"EVALSHA", self._sha, *words)
+            reply = self._pipelined.execute(b"EVALSHA", self._sha, *words, timeout_s=self.timeout_s)
             answer = await self._call(self._script_reply(reply, words))
         else:
             answer = await self._call(self._script(keys=words[1:5], args=words[5:]))
@@ -172,7 +177,7 @@ class RedisKeyStore:
         if self._pipelined is None:
             return None
         words = self._words(record, lease, metered)
-        reply = self._pipelined.send(b"EVALSHA", self._sha, *words)
+        reply = self._pipelined.send(b"EVALSHA", self._sha, *words, timeout_s=self.timeout_s)
         return SentAdmit(record, reply, words) if reply is not None else None
 
     async def answer(self, sent: SentAdmit) -> Admission:
@@ -186,14 +191,28 @@ class RedisKeyStore:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             # a restarted or flushed Redis forgot the script: EVAL runs it and caches it again
-            return await self._pipelined.execute(b"EVAL", ADMIT_LUA.encode(), *words)  # type: ignore[union-attr]
+            script = ADMIT_LUA.encode()
+            return await self._pipelined.execute(b"EVAL", script, *words, timeout_s=self.timeout_s)  # type: ignore[union-attr]
 
     async def release(self, record: KeyRecord, lease: str) -> None:
         leases = script_keys(record.id)[3]
         if self._pipelined is not None:
-            await self._call(self._pipelined.execute(b"ZREM", leases.encode(), lease.encode()))
+            await self._call(
+                self._pipelined.execute(
+                    b"ZREM", leases.encode(), lease.encode(), timeout_s=self.timeout_s
+                )
+            )
         else:
             await self._call(self._redis.zrem(leases, lease))
+
+    def release_soon(self, record: KeyRecord, lease: str) -> asyncio.Future[Any] | None:
+        """:meth:`release`'s ZREM sent with this turn's other commands, no task to await it:
+        the future of its reply (the caller reads its failure); None where it cannot leave
+        without waiting (no pipelined connection open): :meth:`release` then."""
+        if self._pipelined is None:
+            return None
+        leases = script_keys(record.id)[3].encode()
+        return self._pipelined.send(b"ZREM", leases, lease.encode(), timeout_s=self.timeout_s)
 
     async def sync(
         self, ids: list[str], counts: dict[str, int], last: dict[str, float]

@@ -1,16 +1,20 @@
-"""Hot-path reads from one Redis server on a few pipelined connections, replies by hiredis:
-the cache's MGET, and the key store's limit script (EVALSHA), which the fast lane sends with
-:meth:`PipelinedReader.send` and reads the answer of later (``gateway/auth.py``).
+"""Hot-path commands to one Redis server on a few pipelined connections, replies by hiredis:
+the cache's MGET, and the key store's limit script (EVALSHA) and lease release (ZREM), on one
+reader that the runtime gives both (:meth:`PipelinedReader.share`).
 
 A hit through Redis is one MGET. redis-py's asyncio client spends several times the round trip
 itself around each command (a blocking pool's condition and timeout, connection checks,
 per-command observability hooks), and under load a command queues for one of the pool's
-connections. :class:`PipelinedReader` keeps :data:`CONNECTIONS` connections open and sends each
-MGET on the next one without waiting for the replies before it (Redis answers a connection's
-commands in order, so each reply resolves the oldest waiter); the MGETs of one turn of the
-event loop leave in one write; hiredis parses the replies. Its errors are redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``),
-so the store maps them as it maps any other Redis failure. A connection that fails or times
-out is closed with everything waiting on it, and the next read opens a new one.
+connections. :class:`PipelinedReader` keeps :data:`CONNECTIONS` connections open and sends
+commands without waiting for the replies before them (Redis answers a connection's commands in
+order, so each reply resolves the oldest waiter). The commands of one turn of the event loop
+go on one connection and leave in one write, and hiredis parses their replies from one read:
+the fast lane's limit check (:meth:`PipelinedReader.send`, its answer read later,
+``gateway/auth.py``) and its cache read cost one write and one read together. The next turn's
+commands take the next connection. Its errors are redis-py's (``ConnectionError``,
+``TimeoutError``, ``ResponseError``), so the stores map them as they map any other Redis
+failure. A connection that fails or times out is closed with everything waiting on it, and
+the next command opens a new one.
 
 Only the per-request commands, and only ``redis://`` (one server, TCP, optional user, password
 and database): other writes, TLS, unix sockets and clusters stay on redis-py
@@ -93,15 +97,11 @@ class _Connection(asyncio.Protocol):
                 error = RedisConnectionError(f"{type(exc).__name__}: {exc}")
                 future.set_exception(error)
 
-    def send(self, command: bytes, *, now: bool = False) -> asyncio.Future[Any]:
-        """``now``: written at once when nothing waits to be written before it (its round
-        trip starts while the caller goes on), else with the others of this turn."""
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queued with the other commands of this turn of the event loop (:meth:`flush`)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.waiting.append(future)
-        if now and not self.outgoing and self.transport is not None:
-            self.transport.write(command)
-            return future
         if not self.outgoing:  # the first command of this turn of the loop: write them soon
             loop.call_soon(self.flush)
         self.outgoing.append(command)
@@ -138,38 +138,66 @@ class PipelinedReader:
         self._slots: list[_Connection | None] = [None] * connections
         self._opening: list[asyncio.Future[_Connection] | None] = [None] * connections
         self._next = 0
+        #: the slot of the last command: while its connection has commands waiting for this
+        #: turn's write, the next command joins them (:meth:`_slot`)
+        self._last = 0
+        #: users that each :meth:`aclose` it (:meth:`share`)
+        self._users = 1
 
-    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        reply: list[bytes | None] = await self.execute(b"MGET", *(k.encode() for k in keys))
+    def share(self) -> PipelinedReader:
+        """This reader for one more user, which closes it as the first did: the connections
+        close with the last user. The cache and the key store share one, so that a request's
+        cache read and limit check leave in one write and come back in one read."""
+        self._users += 1
+        return self
+
+    def _slot(self) -> int:
+        """The connection for the next command: the last one while it has commands waiting
+        for this turn's write (one write, one read for all of them), else the next in turn."""
+        conn = self._slots[self._last]
+        if conn is not None and conn.outgoing and not conn.closed:
+            return self._last
+        slot = self._last = self._next
+        self._next = (slot + 1) % len(self._slots)
+        return slot
+
+    async def mget(
+        self, keys: Sequence[str], *, timeout_s: float | None = None
+    ) -> list[bytes | None]:
+        words = (k.encode() for k in keys)
+        reply: list[bytes | None] = await self.execute(b"MGET", *words, timeout_s=timeout_s)
         return reply
 
-    def send(self, *args: bytes) -> asyncio.Future[Any] | None:
-        """One command sent now, its reply not waited for: the future of what :meth:`execute`
+    def send(self, *args: bytes, timeout_s: float | None = None) -> asyncio.Future[Any] | None:
+        """One command sent without waiting for its reply: the future of what :meth:`execute`
         would return (or raise, within the same timeout); None when the connection it would
-        go on is not open (:meth:`execute` opens it). Written at once, not with the turn's
-        other commands: its round trip runs while the caller works (the caller pays the
-        write, about 20-70 us on a 2-vCPU VM, either way). The caller awaits the future, or
-        cancels it."""
-        slot = self._next
+        go on is not open (:meth:`execute` opens it). It leaves in this turn's write, with
+        the commands the caller sends before it next waits (the fast lane's cache read): one
+        write and one read for both, where writing it at once cost a write and a read more
+        (about 20-40 us on a 2-vCPU VM). The caller awaits the future, or cancels it."""
+        slot = self._slot()
         conn = self._slots[slot]
         if conn is None or conn.closed:
             return None
-        self._next = (slot + 1) % len(self._slots)
-        future = conn.send(_command(*args), now=True)
-        timer = asyncio.get_running_loop().call_later(self.timeout_s, self._late, conn, future)
+        future = conn.send(_command(*args))
+        timer = asyncio.get_running_loop().call_later(
+            self.timeout_s if timeout_s is None else timeout_s, self._late, conn, future
+        )
         future.add_done_callback(lambda _: timer.cancel())
         return future
 
-    async def execute(self, *args: bytes) -> Any:
+    async def execute(self, *args: bytes, timeout_s: float | None = None) -> Any:
         """One command (its arguments as bytes), its reply as hiredis gives it (what redis-py
-        returns with hiredis installed); a Redis error reply raises ``ResponseError``."""
-        slot = self._next
-        self._next = (slot + 1) % len(self._slots)
+        returns with hiredis installed); a Redis error reply raises ``ResponseError``.
+        ``timeout_s``: this call's, where a sharer's differs from the reader's."""
+        slot = self._slot()
         conn = self._slots[slot]
         if conn is None or conn.closed:
             conn = await self._connect(slot)
         future = conn.send(_command(*args))
-        timer = asyncio.get_running_loop().call_later(self.timeout_s, self._late, conn, future)
+        timer = asyncio.get_running_loop().call_later(
+            self.timeout_s if timeout_s is None else timeout_s, self._late, conn, future
+        )
         try:
             reply = await future
         finally:
@@ -220,6 +248,10 @@ class PipelinedReader:
         return conn
 
     async def aclose(self) -> None:
+        """One user done (:meth:`share`); the last closes the connections."""
+        self._users -= 1
+        if self._users > 0:
+            return
         for i, conn in enumerate(self._slots):
             if conn is not None:
                 conn.fail(ConnectionError("closed"))

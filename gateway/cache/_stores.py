@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from prism.backends import CacheUnavailable
 
 from ..shared_redis import close_redis, connect_redis, get_by_slot, redis_errors
-from ._reader import pipelined_for
+from ._reader import PipelinedReader, pipelined_for
 
 
 class CacheStore(Protocol):
@@ -97,18 +97,31 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, url: str, *, timeout_s: float = 0.25, prefix: str = "prism:c:") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 0.25,
+        prefix: str = "prism:c:",
+        reader: PipelinedReader | None = None,
+    ) -> None:
         self.url = url
         self.prefix = prefix
+        self.timeout_s = timeout_s
         self._redis = bounded_redis(url, timeout_s=timeout_s)
         self._errors = redis_errors()
-        #: reads from one server: pipelined MGETs, no pool to wait on (``_reader.py``)
-        self._reader = pipelined_for(url, timeout_s=timeout_s)
+        #: reads from one server: pipelined MGETs, no pool to wait on (``_reader.py``); one
+        #: shared with the key store when given (a request's two commands in one write)
+        self._reader = (
+            reader.share() if reader is not None else pipelined_for(url, timeout_s=timeout_s)
+        )
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         try:
             if self._reader is not None:  # one MGET, one round trip
-                return await self._reader.mget([self.prefix + k for k in keys])
+                return await self._reader.mget(
+                    [self.prefix + k for k in keys], timeout_s=self.timeout_s
+                )
             # entries are independent: on a cluster they spread over every shard (per slot)
             return await get_by_slot(self._redis, [self.prefix + k for k in keys])
         except self._errors as exc:
