@@ -7,8 +7,9 @@ without storing it. A class is a (colour, shape) pair. Two renderers draw a clas
   the demo catalogue and ``prism demo sample`` use;
 - :func:`render_varied`: any plain drawing of the class. The colour is any hue, saturation
   and value that the colour word covers; the background is white, black, grey or a pale or
-  dark tint (sometimes noisy); the shape is filled, outlined (strokes of any width) or filled
-  with a border, from small to filling the image, anywhere, at any angle or upright; the
+  dark tint (sometimes noisy); the shape is filled, outlined (hairlines as often as bold
+  strokes) or filled with a border, from small to filling the image (every shape as wide as a
+  circle of the same size), anywhere, at any angle or upright; the
   image is 40 to 256 px (the model's own transform brings it to 64), anti-aliased or
   hard-edged, and sometimes blurred or JPEG-compressed. Training starts on the house style
   and ends on these (``TrainConfig.varied_first`` / ``varied_last``): a model trained on
@@ -152,6 +153,15 @@ def sample(rng: random.Random, class_index: int, size: int = 64) -> Sample:
 
 # --- any plain drawing (the training images) ------------------------------------------------
 
+#: circumradius per unit of width, against a circle's: an upright square, an apex-up triangle
+#: and a star are drawn as wide as a circle of the same size is (a square drawn at the circle's
+#: radius would be a third narrower, so that large drawings would mostly be circles)
+_WIDTH_SCALE = {
+    "circle": 1.0,
+    "square": math.sqrt(2),
+    "triangle": 2 / math.sqrt(3),
+    "star": 1 / math.sin(math.radians(72)),
+}
 #: least RGB distance between a shape's colour and its background
 _MIN_COLOR_DISTANCE = 90
 
@@ -216,12 +226,14 @@ def render_varied(rng: random.Random, color: str, shape: str) -> Image.Image:
         background = _background(rng)
     image = Image.new("RGB", (big, big), background)
     draw = ImageDraw.Draw(image)
-    r = big * math.exp(rng.uniform(math.log(0.11), math.log(0.48)))
+    r = big * math.exp(rng.uniform(math.log(0.11), math.log(0.48))) * _WIDTH_SCALE[shape]
     cx = rng.uniform(min(r * 0.8, big / 2), max(big - r * 0.8, big / 2))
     cy = rng.uniform(min(r * 0.8, big / 2), max(big - r * 0.8, big / 2))
     style = rng.random()
-    # outline strokes from one output pixel to a third of the radius
-    width = max(supersample, round(rng.uniform(1, max(1.5, r / supersample / 3)) * supersample))
+    # outline strokes from one output pixel to a third of the radius, log-uniform: hairlines
+    # (a drawing program's default) as common as bold strokes
+    widest = max(1.5, r / supersample / 3)
+    width = max(supersample, round(math.exp(rng.uniform(0.0, math.log(widest))) * supersample))
     if style < 0.55:
         kwargs: dict[str, object] = {"fill": fill}
     elif style < 0.85:
