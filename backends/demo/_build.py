@@ -24,7 +24,7 @@ from . import _items, _train
 MANIFEST = "demo.json"
 LOCK_FILE = ".demo.lock"
 #: bump when the data set, model or layout changes: older artefacts are rebuilt
-DEMO_VERSION = 4
+DEMO_VERSION = 5
 #: items in the demo catalogue
 CATALOG_ITEMS = 10_000
 
