@@ -53,11 +53,6 @@ def _report(results: list[tuple[Drawing, str]]) -> tuple[float, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="the issue's bar is 95%; the demo-clip `make serve` builds gets about 57% of these "
-    "(filled about 80%, outlined about 35%; README)",
-    strict=False,
-)
 async def test_demo_clip_classifies_plain_drawings_from_another_renderer(gw: Client) -> None:
     cases = list(drawings(seed=13, per_case=2))
     assert len(cases) == 2 * 2 * 2 * 24 * 2  # backgrounds x styles x sizes x classes x 2
