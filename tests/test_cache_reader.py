@@ -106,6 +106,14 @@ async def test_a_turns_commands_leave_in_one_write_and_each_gets_its_reply(
         alone = reader.send(b"GET", b"sent:7")  # the next turn: a write of its own
         assert alone is not None and await alone == b"7"
         assert len(writes) == 1
+        writes.clear()
+        # ``now`` (the limit check): written at once, not behind the turn's queued commands,
+        # and the replies still resolve their own commands
+        queued = asyncio.ensure_future(reader.execute(b"GET", b"sent:3"))
+        await asyncio.sleep(0)
+        at_once = reader.send(b"GET", b"sent:4", now=True)
+        assert at_once is not None and writes == [b"*2\r\n$3\r\nGET\r\n$6\r\nsent:4\r\n"]
+        assert (await queued, await at_once) == (b"3", b"4")
     finally:
         await reader.aclose()
         await client.aclose()

@@ -177,7 +177,9 @@ class RedisKeyStore:
         if self._pipelined is None:
             return None
         words = self._words(record, lease, metered)
-        reply = self._pipelined.send(b"EVALSHA", self._sha, *words, timeout_s=self.timeout_s)
+        reply = self._pipelined.send(
+            b"EVALSHA", self._sha, *words, timeout_s=self.timeout_s, now=True
+        )
         return SentAdmit(record, reply, words) if reply is not None else None
 
     async def answer(self, sent: SentAdmit) -> Admission:
