@@ -85,8 +85,7 @@ async def run(args: argparse.Namespace, redis_url: str, tmp: Path) -> list[list[
     policy = tmp / "policy.yaml"
     policy.write_text("version: 1\nmodels: {}\nroutes: []\n")
     settings = Settings(policy=policy, admin_keys=[ADMIN], redis_url=redis_url)
-    # one reader for the cache read and the limit check, as the runtime shares it: a
-    # request's two commands leave in one write
+    # one reader for the cache read and the limit check, as the runtime shares it
     cache = PipelinedReader(redis_url, timeout_s=1.0)
     access = Access(settings, Metrics(), None, reader=cache)
     entry = "prism:c:bench"

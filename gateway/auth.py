@@ -618,10 +618,10 @@ class AccessMiddleware:
         if self.overlap:
             pending = access.admit_later(key_id, presented, admin_only, lease, metered, model)
             if pending is not None:
-                await self._overlapped(pending, presented, admin_only, scope, receive, send)
+                await self._overlapped(pending, presented, admin_only, model, scope, receive, send)
                 return
         await self._admitted_first(
-            key_id, presented, admin_only, lease, metered, scope, receive, send
+            key_id, presented, admin_only, lease, metered, model, scope, receive, send
         )
 
     async def _admitted_first(
@@ -631,11 +631,13 @@ class AccessMiddleware:
         admin_only: bool,
         lease: str,
         metered: bool,
+        model: str | None,
         scope: Scope,
         receive: Receive,
         send: Send,
     ) -> None:
-        """A managed key checked (one round trip when it has limits), then the app."""
+        """A managed key checked (one round trip when it has limits), then the app;
+        ``model``: the path's model, which the key must be allowed (else 403)."""
         access = self.access
         try:
             record, local = await access._managed(key_id, presented, admin_only, lease, metered)
@@ -649,9 +651,8 @@ class AccessMiddleware:
         scope["state"][CALLER_KEY] = caller
         record_of(scope).caller = caller
         try:
-            model = (scope.get("path_params") or {}).get("model")
-            if isinstance(model, str):
-                caller.check_model(model.partition("@")[0])
+            if model is not None:
+                caller.check_model(model)
         except BaseException:
             access.release_later(record, lease, local)
             raise
@@ -667,6 +668,7 @@ class AccessMiddleware:
         pending: PendingAdmission,
         presented: str,
         admin_only: bool,
+        model: str | None,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -697,18 +699,16 @@ class AccessMiddleware:
         try:
             await pending.wait()
         except _Stale:
-            restart_record(scope)
-            del scope["state"][CALLER_KEY]
+            _forget_run(scope)
             key_id = pending.record.id
             self.access.forget(key_id)  # read the record again, check it again
             lease = secrets.token_hex(8)
             await self._admitted_first(
-                key_id, presented, admin_only, lease, pending.metered, scope, receive, send
+                key_id, presented, admin_only, lease, pending.metered, model, scope, receive, send
             )
             return
         except Exception:  # refused: the request did nothing
-            restart_record(scope)
-            del scope["state"][CALLER_KEY]
+            _forget_run(scope)
             raise
         except BaseException:
             pending.abandon()
@@ -718,6 +718,13 @@ class AccessMiddleware:
                 raise failure
         finally:
             pending.finish()
+
+
+def _forget_run(scope: Scope) -> None:
+    """What a request did under a key check that then refused it, or found its record changed:
+    its record begun again, its caller gone."""
+    restart_record(scope)
+    del scope["state"][CALLER_KEY]
 
 
 def access_middleware(access: Access, *, overlap: bool = False) -> Any:

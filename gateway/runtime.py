@@ -66,8 +66,9 @@ class Runtime:
         #: the overrides the running policy was composed with, and those it had to skip
         self.overrides = Overrides()
         self.stale_overrides: list[dict[str, Any]] = []
-        # the cache and the key store read one Redis on shared pipelined connections: a
-        # request's cache read and limit check leave in one write (cache/_reader.py)
+        # the cache and the key store share one Redis's pipelined connections (one set of
+        # sockets; a turn's queued commands, MGETs and lease releases, in one write:
+        # cache/_reader.py)
         reader = pipelined_for(settings.redis_url, timeout_s=0.5) if settings.redis_url else None
         self._reader = reader  # this object's own share; each user takes one (``share``)
         self.cache = cache or self._default_cache(settings, reader)
@@ -91,7 +92,6 @@ class Runtime:
             settings.keys_path() if beside_policy or settings.keys_file else None,
             reader=reader,
         )
-
         self.audit = AuditLog(
             settings.redis_url,
             settings.audit_path() if beside_policy or settings.audit_file else None,

@@ -11,9 +11,9 @@ order, so each reply resolves the oldest waiter). The commands of one turn of th
 go on one connection and leave in one write, and hiredis parses their replies from one read;
 the next turn's commands take the next connection. The fast lane's limit check is written at
 once instead (:meth:`PipelinedReader.send` with ``now``, its answer read later,
-``gateway/auth.py``), so that Redis runs it while the request works. Its errors are redis-py's (``ConnectionError``,
-``TimeoutError``, ``ResponseError``), so the stores map them as they map any other Redis
-failure. A connection that fails or times out is closed with everything waiting on it, and
+``gateway/auth.py``), so that Redis runs it while the request works. Its errors are
+redis-py's (``ConnectionError``, ``TimeoutError``, ``ResponseError``), so the stores map them
+as they map any other Redis failure. A connection that fails or times out is closed with everything waiting on it, and
 the next command opens a new one.
 
 Only the per-request commands, and only ``redis://`` (one server, TCP, optional user, password
@@ -150,8 +150,8 @@ class PipelinedReader:
 
     def share(self) -> PipelinedReader:
         """This reader for one more user, which closes it as the first did: the connections
-        close with the last user. The cache and the key store share one, so that a request's
-        cache read and limit check leave in one write and come back in one read."""
+        close with the last user. The cache and the key store share one (the runtime's): one
+        set of sockets, and a turn's queued commands of both in one write."""
         self._users += 1
         return self
 

@@ -110,8 +110,8 @@ class RedisStore:
         self.timeout_s = timeout_s
         self._redis = bounded_redis(url, timeout_s=timeout_s)
         self._errors = redis_errors()
-        #: reads from one server: pipelined MGETs, no pool to wait on (``_reader.py``); one
-        #: shared with the key store when given (a request's two commands in one write)
+        #: reads from one server: pipelined MGETs, no pool to wait on (``_reader.py``); the
+        #: one the runtime shares with the key store when given
         self._reader = (
             reader.share() if reader is not None else pipelined_for(url, timeout_s=timeout_s)
         )
