@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .settings import Settings
 
-from .serving import add_drain_arguments, configure_logging, run_http
+from .serving import add_drain_arguments, configure_logging, dump_stacks_on_sigusr2, run_http
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -36,6 +36,7 @@ def serve_app() -> Litestar:
 
     settings = Settings()
     configure_logging(settings.log_level)
+    dump_stacks_on_sigusr2()  # each worker process: its own stacks
     return create_app(settings)
 
 

@@ -43,6 +43,9 @@ log = logging.getLogger("prism.runtime")
 
 #: how long a backend a reload removed keeps serving requests of the previous policy
 RETIRE_GRACE_S = 30.0
+#: the longest the lifespan's own shutdown takes: the drain's 5 + 20 s and this fit in
+#: Kubernetes' default terminationGracePeriodSeconds (30 s) before its SIGKILL
+CLOSE_TIMEOUT_S = 5.0
 
 
 class Runtime:
@@ -322,17 +325,63 @@ class Runtime:
             and not self.deployments.routes_without_healthy_target(self._policy, local_only=True)
         )
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Close what the gateway owns, in order, within ``timeout_s`` in all. A step still
+        running then is left behind (logged with the stacks of the tasks still waiting) and
+        the next one closes: a process told to stop stops, and the log says what held it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("the policy watcher", self._close_watcher),
+            ("background tasks", self._cancel_background),
+            ("experiment counters", self.experiments.aclose),  # the last counts go to Redis
+            ("overrides", self.overrides_store.aclose),
+            ("deployments", self.deployments.aclose),
+            ("the cache", self.cache.aclose),
+            ("keys", self.access.aclose),  # the last usage counts
+            ("the audit log", self.audit.aclose),
+            ("the Redis reader", self._close_reader),
+        ]
+        for name, close in steps:
+            step = asyncio.ensure_future(close())
+            # a step gets what is left, and never less than a moment (sockets to close)
+            done, _ = await asyncio.wait({step}, timeout=max(deadline - loop.time(), 0.5))
+            if not done:
+                step.cancel()  # not awaited: a step that ignores cancelling would hold us again
+                log.error(
+                    "shutdown: closing %s did not finish within %.1f s; going on without it. "
+                    "Tasks still waiting:\n%s",
+                    name,
+                    timeout_s,
+                    waiting_tasks(),
+                )
+            elif not step.cancelled() and step.exception() is not None:
+                log.error("shutdown: closing %s failed", name, exc_info=step.exception())
+
+    async def _close_watcher(self) -> None:
         if self.policy_watcher is not None:
             await self.policy_watcher.aclose()
+
+    async def _cancel_background(self) -> None:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.experiments.aclose()
-        await self.overrides_store.aclose()
-        await self.deployments.aclose()
-        await self.cache.aclose()
-        await self.access.aclose()
-        await self.audit.aclose()
+
+    async def _close_reader(self) -> None:
         if self._reader is not None:
             await self._reader.aclose()
+
+
+def waiting_tasks(limit: int = 8) -> str:
+    """Every task of the running loop but the caller's, with the innermost ``limit`` frames of
+    where it waits: what a shutdown that overran was held by."""
+    current = asyncio.current_task()
+    lines = []
+    for task in asyncio.all_tasks():
+        if task is current or task.done():
+            continue
+        lines.append(f"  {task.get_name()}: {task.get_coro()!r}")
+        for frame in task.get_stack(limit=limit):
+            code = frame.f_code
+            lines.append(f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+    return "\n".join(lines)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import signal
 from types import FrameType
@@ -16,6 +18,16 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def dump_stacks_on_sigusr2() -> None:
+    """``kill -USR2 <pid>`` writes every thread's Python stack to stderr, even while the event
+    loop is stuck in a call that never returns: what py-spy would say, without installing it."""
+    import faulthandler
+    import sys
+
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+        faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
 
 
 def _exit_drained(sig: int, frame: FrameType | None) -> None:
@@ -43,6 +55,7 @@ def run_http(
     # uvicorn re-raises the SIGTERM it handled once it has shut down, to whatever handler was
     # there before it: a drained process exits 0 rather than "killed by SIGTERM"
     signal.signal(signal.SIGTERM, _exit_drained)
+    dump_stacks_on_sigusr2()
 
     multi: dict[str, Any] = {"workers": workers, "factory": True} if workers > 1 else {}
     uvicorn.run(

@@ -136,6 +136,16 @@ class GatewayProcess:
         self.stop()
         raise TimeoutError(f"gateway not ready: {self.log.read_text()[-2000:]}")
 
+    def stacks(self) -> str:
+        """What a process that does not stop is doing: every thread's stack (``prism serve``
+        dumps them on SIGUSR2), then the log's last lines before them."""
+        assert self.proc is not None
+        before = len(self.log.read_text())
+        self.proc.send_signal(signal.SIGUSR2)
+        time.sleep(1.0)
+        text = self.log.read_text()
+        return f"{text[max(0, before - 3000) : before]}\n--- stacks on SIGUSR2 ---\n{text[before:]}"
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -14,6 +14,7 @@ import math
 import signal
 import subprocess
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -369,9 +370,10 @@ def test_a_rolling_restart_of_all_replicas_under_load_loses_nothing(cluster: Clu
             try:
                 rc = gw.proc.wait(60)
             except subprocess.TimeoutExpired:
-                pytest.fail(f"g{i} still running 60 s after SIGTERM: {gw.log.read_text()[-3000:]}")
+                pytest.fail(f"g{i} still running 60 s after SIGTERM: {gw.stacks()}")
             drained_s = time.monotonic() - signalled
             assert rc == 0, gw.log.read_text()[-2000:]
+            _warn_of_overruns(f"g{i}", gw.log.read_text())
             steps.append(f"g{i} drained in {drained_s:.1f} s, back in {_restart(cluster, i):.1f} s")
             load.wait_for(30)
     retries, _ = cluster.lb.retries()
@@ -380,6 +382,15 @@ def test_a_rolling_restart_of_all_replicas_under_load_loses_nothing(cluster: Clu
         f"{load.summary()}; {'; '.join(steps)}; HAProxy retries {retries - retries0}"
     )
     assert load.outcomes == {"200": load.total}, load.failures[:5]
+
+
+def _warn_of_overruns(name: str, log: str) -> None:
+    """A shutdown step left behind after its bound (``Runtime.aclose``) lets the process exit,
+    as it should; the test says so, with the stacks the gateway logged, instead of hiding it."""
+    overran = [line for line in log.splitlines() if "did not finish within" in line]
+    if overran:
+        start = log.index(overran[0])
+        warnings.warn(f"{name}: a shutdown step overran: {log[start : start + 4000]}", stacklevel=2)
 
 
 def _uncached(i: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import yaml
 from prism.gateway.cli import build_parser
 from prism.gateway.metrics import Metrics
 from prism.gateway.policy import parse_policy
+from prism.gateway.runtime import CLOSE_TIMEOUT_S
 from prism.gateway.shared_redis import check_redis_url, is_cluster_url
 from tests.kustomize_lite import UnsupportedKustomization, merge, render
 from tests.support import ROOT
@@ -182,8 +183,10 @@ def test_termination_grace_outlasts_prestop_grace_and_drain(folder: str) -> None
         container = spec["containers"][0]
         assert {"configMapRef": {"name": "prism-settings"}} in container["envFrom"]
         pre_stop_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-        # SIGKILL must never cut a drain short: preStop, then the drain, with time to spare
-        assert spec["terminationGracePeriodSeconds"] > pre_stop_s + drain_s, d["metadata"]["name"]
+        # SIGKILL must never cut a drain short: preStop, then the drain and the lifespan's
+        # bounded close, with time to spare
+        needed_s = pre_stop_s + drain_s + CLOSE_TIMEOUT_S
+        assert spec["terminationGracePeriodSeconds"] > needed_s, d["metadata"]["name"]
         # and a rollout never takes capacity away before the new pod is ready
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
@@ -258,4 +261,4 @@ def test_compose_drains_like_kubernetes() -> None:
         assert svc["environment"]["PRISM_DRAIN_GRACE_S"] == env["PRISM_DRAIN_GRACE_S"]
         assert svc["environment"]["PRISM_DRAIN_TIMEOUT_S"] == env["PRISM_DRAIN_TIMEOUT_S"]
         # docker stops with SIGKILL after stop_grace_period (default 10 s)
-        assert float(svc["stop_grace_period"].rstrip("s")) > drain_s, name
+        assert float(svc["stop_grace_period"].rstrip("s")) > drain_s + CLOSE_TIMEOUT_S, name
