@@ -153,14 +153,17 @@ def test_a_bad_policy_file_keeps_both_serving(
     good = a.policy.read_text()
     a.policy.write_text(good.replace("weight: 50}", "weight: 50, color: red}", 1))
     try:
-        deadline = time.monotonic() + 10
-        status: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            status = httpx.get(b.url + "/admin/policy", timeout=10).json()
-            if status["last_error"]:
-                break
-            time.sleep(0.1)
-        assert status["last_error"].endswith("experiments.exp.arms.control.color: unknown key")
+        # each replica watches the file on its own: wait for both to have refused it
+        for gw in (b, a):
+            deadline = time.monotonic() + 10
+            status: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                status = httpx.get(gw.url + "/admin/policy", timeout=10).json()
+                if status["last_error"]:
+                    break
+                time.sleep(0.1)
+            error = status["last_error"]
+            assert error.endswith("experiments.exp.arms.control.color: unknown key"), error
         for gw in (a, b):
             assert infer(gw, "still serving", unit="u1").status_code == 200
         metrics = httpx.get(a.url + "/metrics", timeout=10).text
