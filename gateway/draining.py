@@ -32,8 +32,8 @@ from typing import Any
 
 log = logging.getLogger("prism.drain")
 
-#: defaults of PRISM_DRAIN_GRACE_S / PRISM_DRAIN_TIMEOUT_S; 5 + 20 s fit in Kubernetes' default
-#: terminationGracePeriodSeconds (30 s) with room for the lifespan's own shutdown
+#: defaults of PRISM_DRAIN_GRACE_S / PRISM_DRAIN_TIMEOUT_S; 5 + 20 s leave Kubernetes' default
+#: terminationGracePeriodSeconds (30 s) the lifespan's own shutdown (at most 5 s, runtime.py)
 DEFAULT_GRACE_S = 5.0
 DEFAULT_TIMEOUT_S = 20.0
 

@@ -43,8 +43,8 @@ log = logging.getLogger("prism.runtime")
 
 #: how long a backend a reload removed keeps serving requests of the previous policy
 RETIRE_GRACE_S = 30.0
-#: the longest the lifespan's own shutdown takes: the drain's 5 + 20 s and this fit in
-#: Kubernetes' default terminationGracePeriodSeconds (30 s) before its SIGKILL
+#: the longest the lifespan's own shutdown takes: with the drain's 5 + 20 s it adds up to
+#: Kubernetes' default terminationGracePeriodSeconds (30 s), so deploy/ gives pods 40 s
 CLOSE_TIMEOUT_S = 5.0
 
 
