@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from json.encoder import encode_basestring
 from typing import Any
 
 
@@ -28,6 +29,10 @@ class Modality(StrEnum):
     IMAGE = "image"
     #: a user id and/or their item history (recommendation)
     USER = "user"
+
+
+def _json_str(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,13 @@ class InputItem:
     def fingerprint(self) -> bytes:
         """A canonical digest of the content, for cache keys (images by their bytes' hash)."""
         h = hashlib.blake2b(digest_size=16)
-        h.update(json.dumps([self.text, self.user, self.history], ensure_ascii=False).encode())
+        if self.history is None:
+            # the bytes ``json.dumps([text, user, None], ensure_ascii=False)`` writes (cache
+            # keys stay as they were), from its own string encoder: the full encoder, built
+            # per call, was 3% of a remote miss's CPU
+            h.update(f"[{_json_str(self.text)}, {_json_str(self.user)}, null]".encode())
+        else:
+            h.update(json.dumps([self.text, self.user, self.history], ensure_ascii=False).encode())
         if self.image is not None:
             h.update(b"\x00img")
             h.update(hashlib.blake2b(self.image, digest_size=16).digest())

@@ -33,6 +33,8 @@ NUMPY_DTYPES: dict[str, Any] = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
+#: the binary extension's byte order (little-endian), each dtype made once
+_LITTLE_ENDIAN = {name: np.dtype(t).newbyteorder("<") for name, t in NUMPY_DTYPES.items()}
 
 
 class TensorFormatError(ValueError):
@@ -151,7 +153,7 @@ def read_tensors(entries: Any, tail: bytes, *, kind: str = "input") -> list[Tens
             if datatype == "BYTES":
                 data = _unpack_bytes(chunk, name)
             else:
-                dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
+                dtype = _LITTLE_ENDIAN[datatype]
                 if size % dtype.itemsize:
                     raise TensorFormatError(
                         f"{kind} {name!r}: {size} bytes is not whole {datatype}"

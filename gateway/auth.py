@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +70,7 @@ from .access import (
     bootstrap_id,
     id_in,
 )
+from .ids import random_hex
 from .recording import record_of, restart_record
 
 if TYPE_CHECKING:
@@ -614,7 +614,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         metered = bool(opt.get("metered"))
-        lease = secrets.token_hex(8)
+        lease = random_hex()
         if self.overlap:
             pending = access.admit_later(key_id, presented, admin_only, lease, metered, model)
             if pending is not None:
@@ -702,7 +702,7 @@ class AccessMiddleware:
             _forget_run(scope)
             key_id = pending.record.id
             self.access.forget(key_id)  # read the record again, check it again
-            lease = secrets.token_hex(8)
+            lease = random_hex()
             await self._admitted_first(
                 key_id, presented, admin_only, lease, pending.metered, model, scope, receive, send
             )

@@ -17,7 +17,6 @@ experiment's assignment), so a refused request did nothing.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +35,7 @@ from .cache import ResponseCache, cache_key
 from .deployments import Deployments
 from .dispatch import Dispatcher
 from .experiments import ExperimentEngine, ShadowMirror
+from .ids import random_hex
 from .inference import Inference, check_limits
 from .metrics import Metrics
 from .policy import CompiledPolicy, Decision, RequestFacts
@@ -166,7 +166,7 @@ class Pipeline:
         if others and len(others) == len(items) and len(set(others.values())) == 1:
             answered_by = next(iter(others.values()))
             others = {}
-        record.answer_id = "req_" + secrets.token_hex(8)
+        record.answer_id = "req_" + random_hex()
         timing = {
             "queue": record.queue_ms,
             "backend": record.backend_ms,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -78,6 +80,26 @@ def test_cache_key_is_canonical() -> None:
     assert cache_key("m", "1", Task.EMBED, InputItem(image=b"abc"), {}) != cache_key(
         "m", "1", Task.EMBED, InputItem(image=b"abd"), {}
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "user", "history"),
+    [
+        ("hi", None, None),
+        (None, "u-1", None),
+        ('quotes " and \\ and \n\t\x00\x1f, \u2028, é 中 😀', "ü", None),
+        ("", "", None),
+        ("t", None, ("a", "b")),
+    ],
+)
+def test_an_items_digest_is_its_canonical_json(
+    text: str | None, user: str | None, history: tuple[str, ...] | None
+) -> None:
+    """The digest hashes ``json.dumps([text, user, history], ensure_ascii=False)``: keys that
+    Redis holds from an earlier release stay valid whichever way the bytes are made."""
+    want = hashlib.blake2b(digest_size=16)
+    want.update(json.dumps([text, user, history], ensure_ascii=False).encode())
+    assert InputItem(text=text, user=user, history=history).fingerprint() == want.digest()
 
 
 async def test_response_cache_counts_and_corrupt_entries_are_misses() -> None:

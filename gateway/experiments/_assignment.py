@@ -10,10 +10,10 @@ sum (write them as percentages), changing 90/10 to 80/20 moves exactly the units
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from ..ids import random_hex
 from ..policy import Experiment
 
 BUCKETS = 10_000
@@ -66,7 +66,7 @@ def assign(
     name: str, experiment: Experiment, unit: str | None, stopped: Collection[str] = ()
 ) -> Assignment:
     """The arm for ``unit`` (a random unit when None: a one-off, non-sticky assignment)."""
-    unit = unit if unit is not None else "anon-" + secrets.token_hex(8)
+    unit = unit if unit is not None else "anon-" + random_hex()
     bucket = bucket_of(experiment.salt or name, unit)
     chosen = next(r.arm for r in arm_ranges(experiment) if r.start <= bucket < r.end)
     if chosen in stopped:
