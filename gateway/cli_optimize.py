@@ -104,6 +104,7 @@ def _optimize(args: argparse.Namespace) -> int:
             base_dir=base,
             device=args.device,
             seconds=args.seconds,
+            rounds=args.rounds,
             floor=args.floor,
             force=args.force,
         )
@@ -155,7 +156,13 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from prism.backends.optimize import CLIP_VARIANTS, DEFAULT_FLOOR, TEXT_VARIANTS
+    from prism.backends.optimize import (
+        CLIP_VARIANTS,
+        DEFAULT_FLOOR,
+        DEFAULT_ROUNDS,
+        DEFAULT_SECONDS,
+        TEXT_VARIANTS,
+    )
 
     cmd = sub.add_parser(
         "optimize",
@@ -196,8 +203,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd.add_argument(
         "--seconds",
         type=float,
-        default=12.0,
-        help="timing budget per batch size and model, split in rounds (default 12)",
+        default=DEFAULT_SECONDS,
+        help=f"timing budget per batch size, both models (default {DEFAULT_SECONDS:g})",
+    )
+    cmd.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help="rounds the budget is split into; the speed-up is the median of the rounds' "
+        f"ratios (default {DEFAULT_ROUNDS})",
     )
     cmd.add_argument(
         "--device",

@@ -216,3 +216,15 @@ def test_onnx_kind_needs_neither_torch_nor_transformers(int8_variant: tuple[Path
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]"
+
+
+def test_a_speed_up_is_the_median_of_the_rounds_own_ratios() -> None:
+    """A slow minute that halves both models' rates in one round moves the medians of the
+    rates, not the ratio measured within each round."""
+    from prism.backends.optimize import Speed
+
+    speed = Speed(
+        per_s={"source": 100.0, "variant": 280.0},
+        rounds={"source": [100.0, 50.0, 110.0], "variant": [280.0, 140.0, 330.0]},
+    )
+    assert speed.speedup("variant", "source") == pytest.approx(2.8)

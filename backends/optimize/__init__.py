@@ -9,7 +9,17 @@ serves it), ``report.md`` and ``report.png``.
 """
 
 from ._clip import CLIP_VARIANTS, clip_variant_spec, optimize_open_clip
-from ._measure import Agreement, agreement, embed_inputs, embed_texts, spearman, throughput
+from ._measure import (
+    DEFAULT_ROUNDS,
+    DEFAULT_SECONDS,
+    Agreement,
+    Speed,
+    agreement,
+    embed_inputs,
+    embed_texts,
+    spearman,
+    throughput,
+)
 from ._run import (
     DEFAULT_FLOOR,
     TEXT_VARIANTS,
@@ -24,9 +34,12 @@ from ._version import optimize_version
 __all__ = [
     "CLIP_VARIANTS",
     "DEFAULT_FLOOR",
+    "DEFAULT_ROUNDS",
+    "DEFAULT_SECONDS",
     "TEXT_VARIANTS",
     "Agreement",
     "OptimizeError",
+    "Speed",
     "agreement",
     "caption_sample",
     "clip_prompts",

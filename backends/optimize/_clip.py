@@ -38,6 +38,7 @@ from .._progress import progress as progress_bar
 from .._registry import build_local_model, resolve_device
 from .._specs import LocalSpec, OpenClipSpec
 from . import _measure
+from ._measure import DEFAULT_ROUNDS, DEFAULT_SECONDS
 from ._run import DEFAULT_FLOOR, TEXT_VARIANTS, OptimizeError, _cpu_name, _state_bytes, _versions
 from ._sample import caption_sample, clip_prompts, image_sample
 
@@ -93,8 +94,8 @@ def optimize_open_clip(
     out_dir: Path,
     base_dir: Path,
     device: str = "cpu",
-    seconds: float = 12.0,
-    rounds: int = 3,
+    seconds: float = DEFAULT_SECONDS,
+    rounds: int = DEFAULT_ROUNDS,
     floor: float = DEFAULT_FLOOR,
     force: bool = False,
     progress: bool = True,
@@ -184,12 +185,13 @@ def optimize_open_clip(
     models = {"source": source_model, "variant": variant_model}
     bar = progress_bar(total=6 * rounds, desc="timing", unit="round", enabled=progress)
     speed: dict[str, dict[str, float]] = {"source": {}, "variant": {}}
+    speedup: dict[str, float] = {}
     for key, inputs, batch, share in (
         ("batch1", images, 1, 0.5),
         ("batch32", images, 32, 0.5),
         ("text_batch32", texts, 32, 0.25),
     ):
-        rates = _measure.throughput(
+        measured = _measure.throughput(
             models,
             inputs,
             batch=batch,
@@ -197,8 +199,9 @@ def optimize_open_clip(
             rounds=rounds,
             tick=lambda: bar.update(1),
         )
-        for name, rate in rates.items():
+        for name, rate in measured.per_s.items():
             speed[name][key] = round(rate, 2)
+        speedup[key] = round(measured.speedup("variant", "source"), 3)
     bar.close()
     load_after = os.getloadavg()
 
@@ -222,11 +225,9 @@ def optimize_open_clip(
         "accepted": accepted,
         "forced": bool(force and lowest < floor),
         "floor": {"cosine_mean": floor, "applies_to": "image and text embeddings"},
-        "speedup_batch1": round(speed["variant"]["batch1"] / speed["source"]["batch1"], 3),
-        "speedup_batch32": round(speed["variant"]["batch32"] / speed["source"]["batch32"], 3),
-        "speedup_text_batch32": round(
-            speed["variant"]["text_batch32"] / speed["source"]["text_batch32"], 3
-        ),
+        "speedup_batch1": speedup["batch1"],
+        "speedup_batch32": speedup["batch32"],
+        "speedup_text_batch32": speedup["text_batch32"],
         "cosine_mean": round(image_agreement.cosine_mean, 6),
         "cosine_min": round(image_agreement.cosine_min, 6),
         "spearman": round(image_agreement.spearman, 6),

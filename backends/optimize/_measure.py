@@ -1,9 +1,12 @@
 """Measuring a variant against its source: agreement of outputs, and speed side by side.
 
 Speed is items per second through each model's own ``prepare`` + ``forward`` (tokenising,
-or decoding and preprocessing an image, included: that is what serving pays), at a fixed batch size. The two models run in alternating
-rounds and each reports its median round, so a neighbour's burst of CPU on a shared machine
-hits both alike and the ratio stays honest even when the absolute numbers wander.
+or decoding and preprocessing an image, included: that is what serving pays), at a fixed
+batch size. The two models run in alternating rounds, back to back, the order flipped every
+round; each model reports its median round, and the speed-up is the median of the rounds'
+own ratios. On a shared machine the rate can wander by 15-20% within a minute: a ratio of
+two rounds measured seconds apart moves far less than a ratio of two medians, and flipping
+the order cancels a steady drift.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._base import InputItem, LocalModel, Task
+
+#: timing budget per batch size (both models), and the rounds it is split into: at batch 32,
+#: 1.5 s per model and round (about ten forwards of torch fp32 MiniLM on 2 cores)
+DEFAULT_SECONDS = 15.0
+DEFAULT_ROUNDS = 5
 
 
 def embed_texts(model: LocalModel, texts: Sequence[str], batch: int = 32) -> np.ndarray:
@@ -82,6 +90,21 @@ def agreement(source: np.ndarray, variant: np.ndarray) -> Agreement:
     )
 
 
+@dataclass(frozen=True)
+class Speed:
+    """Items per second of each model (its median round) and per-round ratios to a baseline."""
+
+    per_s: dict[str, float]
+    #: each round's rates, in round order
+    rounds: dict[str, list[float]]
+
+    def speedup(self, model: str, baseline: str) -> float:
+        """The median over rounds of ``model``'s rate over ``baseline``'s in the same round."""
+        return statistics.median(
+            m / b for m, b in zip(self.rounds[model], self.rounds[baseline], strict=True)
+        )
+
+
 def throughput(
     models: Mapping[str, LocalModel],
     texts: Sequence[str | InputItem],
@@ -90,15 +113,17 @@ def throughput(
     seconds: float,
     rounds: int = 3,
     tick: Callable[[], None] = lambda: None,
-) -> dict[str, float]:
+) -> Speed:
     """Items per second of each model at ``batch``: ``rounds`` alternating rounds of about
-    ``seconds / rounds`` each per model, median round; one warm-up forward first."""
+    ``seconds / rounds`` each per model (the order flipped every round), one warm-up forward
+    first."""
     chunks = [list(texts[i : i + batch]) for i in range(0, len(texts) - batch + 1, batch)]
     for model in models.values():
         embed_inputs(model, chunks[0], batch)
     per_round: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
+    order = list(models.items())
+    for r in range(rounds):
+        for name, model in order if r % 2 == 0 else order[::-1]:
             done, started = 0, time.perf_counter()
             while True:
                 embed_inputs(model, chunks[done // batch % len(chunks)], batch)
@@ -108,4 +133,7 @@ def throughput(
                     break
             per_round[name].append(done / elapsed)
             tick()
-    return {name: statistics.median(values) for name, values in per_round.items()}
+    return Speed(
+        per_s={name: statistics.median(values) for name, values in per_round.items()},
+        rounds=per_round,
+    )

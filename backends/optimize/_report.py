@@ -43,7 +43,8 @@ def markdown(report: dict[str, Any], snippet: str = "") -> str:
         f"({report['machine']['cores']} cores, load average {report['machine']['load_avg']}), "
         f"{report['sample']['items']} {report['sample']['kind']} inputs. The machine may be "
         "shared: absolute rates wander, the speed-ups are measured side by side "
-        f"({report['rounds']} alternating rounds, median).",
+        f"({report['rounds']} alternating rounds, back to back; each rate is its median "
+        "round, each ratio the median of the rounds' own ratios).",
         "",
         "| | source | variant | ratio |",
         "| --- | ---: | ---: | ---: |",

@@ -32,6 +32,7 @@ from .._specs import LocalSpec, TextEncoderSpec
 from .._text_encoder import packaged_model_path
 from . import _measure, _report
 from ._export import export_text_onnx, quantize_onnx_int8
+from ._measure import DEFAULT_ROUNDS, DEFAULT_SECONDS
 from ._sample import text_sample
 
 TEXT_VARIANTS = ("onnx", "onnx-int8", "int8", "bf16", "fp16")
@@ -104,8 +105,8 @@ def optimize_text_encoder(
     out_dir: Path,
     base_dir: Path,
     device: str = "cpu",
-    seconds: float = 12.0,
-    rounds: int = 3,
+    seconds: float = DEFAULT_SECONDS,
+    rounds: int = DEFAULT_ROUNDS,
     floor: float = DEFAULT_FLOOR,
     force: bool = False,
     progress: bool = True,
@@ -158,8 +159,9 @@ def optimize_text_encoder(
     models = {"source": source_model, "variant": variant_model}
     bar = progress_bar(total=4 * rounds, desc="timing", unit="round", enabled=progress)
     speed: dict[str, dict[str, float]] = {"source": {}, "variant": {}}
+    speedup: dict[str, float] = {}
     for batch in (1, 32):
-        rates = _measure.throughput(
+        measured = _measure.throughput(
             models,
             texts,
             batch=batch,
@@ -167,8 +169,9 @@ def optimize_text_encoder(
             rounds=rounds,
             tick=lambda: bar.update(1),
         )
-        for name, rate in rates.items():
+        for name, rate in measured.per_s.items():
             speed[name][f"batch{batch}"] = round(rate, 2)
+        speedup[f"batch{batch}"] = round(measured.speedup("variant", "source"), 3)
     bar.close()
     load_after = os.getloadavg()
 
@@ -187,8 +190,8 @@ def optimize_text_encoder(
         "accepted": accepted,
         "forced": bool(force and agreement.cosine_mean < floor),
         "floor": {"cosine_mean": floor},
-        "speedup_batch1": round(speed["variant"]["batch1"] / speed["source"]["batch1"], 3),
-        "speedup_batch32": round(speed["variant"]["batch32"] / speed["source"]["batch32"], 3),
+        "speedup_batch1": speedup["batch1"],
+        "speedup_batch32": speedup["batch32"],
         "cosine_mean": round(agreement.cosine_mean, 6),
         "cosine_min": round(agreement.cosine_min, 6),
         "spearman": round(agreement.spearman, 6),
