@@ -52,6 +52,8 @@ def run_http(
     """
     import uvicorn
 
+    from .http_protocol import PrismHttpProtocol
+
     # uvicorn re-raises the SIGTERM it handled once it has shut down, to whatever handler was
     # there before it: a drained process exits 0 rather than "killed by SIGTERM"
     signal.signal(signal.SIGTERM, _exit_drained)
@@ -64,6 +66,7 @@ def run_http(
         port=port,
         log_level=log_level.lower(),
         access_log=False,
+        http=PrismHttpProtocol,  # uvicorn's httptools protocol, head and body in one write
         timeout_graceful_shutdown=drain_timeout_s,  # type: ignore[arg-type]  # asyncio.timeout takes float
         **multi,
     )
