@@ -10,6 +10,7 @@ with a fresh block, so two processes never hand out the ids of one block.
 from __future__ import annotations
 
 import os
+import threading
 
 #: ids per ``os.urandom`` call
 BLOCK_IDS = 256
@@ -18,22 +19,26 @@ ID_HEX = 16
 
 _block = ""
 _used = 0
+#: the event loop takes ids, and so may a thread of the process: no id is handed out twice
+_lock = threading.Lock()
 
 
 def random_hex() -> str:
     """16 random hex digits (64 bits from the OS's CSPRNG)."""
     global _block, _used
-    if _used >= len(_block):
-        _block = os.urandom(BLOCK_IDS * ID_HEX // 2).hex()
-        _used = 0
-    start = _used
-    _used = start + ID_HEX
-    return _block[start : start + ID_HEX]
+    with _lock:
+        if _used >= len(_block):
+            _block = os.urandom(BLOCK_IDS * ID_HEX // 2).hex()
+            _used = 0
+        start = _used
+        _used = start + ID_HEX
+        return _block[start : start + ID_HEX]
 
 
 def _forget_block() -> None:
-    global _block, _used
+    global _block, _used, _lock
     _block, _used = "", 0
+    _lock = threading.Lock()  # a lock held by a thread of the parent stays held in the child
 
 
 os.register_at_fork(after_in_child=_forget_block)

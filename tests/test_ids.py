@@ -28,3 +28,12 @@ def test_a_forked_child_does_not_reuse_its_parents_block() -> None:
     parent_next = [ids.random_hex() for _ in range(ids.BLOCK_IDS)]
     assert re.fullmatch(r"[0-9a-f]{16}", child)
     assert child not in parent_next
+
+
+def test_threads_taking_ids_at_once_never_share_one() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(lambda _: [ids.random_hex() for _ in range(3000)], range(4)))
+    made = [i for batch in batches for i in batch]
+    assert len(set(made)) == len(made) == 12000
