@@ -191,7 +191,9 @@ def _ragged(rows: Sequence[Sequence[tuple[str, float]]], names: tuple[str, str])
 def outputs_to_tensors(task: Task, outputs: Sequence[Output]) -> list[Tensor]:
     """Backend outputs -> response tensors (door side)."""
     if task is Task.EMBED:
-        matrix = np.stack([np.asarray(o["embedding"], dtype=np.float32) for o in outputs])
+        rows = [np.asarray(o["embedding"], dtype=np.float32) for o in outputs]
+        # one row (most requests) needs no stacking: a [1, dim] view of it
+        matrix = rows[0].reshape(1, -1) if len(rows) == 1 and rows[0].ndim == 1 else np.stack(rows)
         return [Tensor("embedding", "FP32", matrix.shape, matrix.ravel())]
     if task is Task.CLASSIFY:
         rows = [[(x["label"], float(x["score"])) for x in o["labels"]] for o in outputs]
@@ -210,7 +212,7 @@ def tensors_to_outputs(task: Task, tensors: Sequence[Tensor], n: int) -> list[Ou
         t = by_name["embedding"]
         if len(t.shape) != 2 or t.shape[0] != n or not isinstance(t.data, np.ndarray):
             raise TensorFormatError(f"'embedding' has shape {list(t.shape)}, expected [{n}, dim]")
-        matrix = t.data.astype(np.float32).reshape(t.shape)
+        matrix = t.data.astype(np.float32, copy=False).reshape(t.shape)
         if not np.isfinite(matrix).all():  # NaN/inf would be cached and served as null
             raise TensorFormatError("'embedding' has non-finite values")
         return [{"embedding": np.ascontiguousarray(row)} for row in matrix]
