@@ -171,7 +171,11 @@ def main() -> int:
         sys.path.insert(0, str(args.code.resolve()))
     import uvloop
 
-    table = uvloop.run(measure(args, rows(args.only)))
+    chosen = rows(args.only)
+    if not chosen:
+        labels = ", ".join(r.label for r in rows(None))
+        raise SystemExit(f"no row's label holds any of {args.only}; the rows: {labels}")
+    table = uvloop.run(measure(args, chosen))
     print_table(HEADERS, table)
     import prism.gateway
 
