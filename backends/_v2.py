@@ -191,9 +191,10 @@ def _ragged(rows: Sequence[Sequence[tuple[str, float]]], names: tuple[str, str])
 def outputs_to_tensors(task: Task, outputs: Sequence[Output]) -> list[Tensor]:
     """Backend outputs -> response tensors (door side)."""
     if task is Task.EMBED:
-        rows = [np.asarray(o["embedding"], dtype=np.float32) for o in outputs]
+        vectors = [np.asarray(o["embedding"], dtype=np.float32) for o in outputs]
         # one row (most requests) needs no stacking: a [1, dim] view of it
-        matrix = rows[0].reshape(1, -1) if len(rows) == 1 and rows[0].ndim == 1 else np.stack(rows)
+        one = len(vectors) == 1 and vectors[0].ndim == 1
+        matrix = vectors[0].reshape(1, -1) if one else np.stack(vectors)
         return [Tensor("embedding", "FP32", matrix.shape, matrix.ravel())]
     if task is Task.CLASSIFY:
         rows = [[(x["label"], float(x["score"])) for x in o["labels"]] for o in outputs]
