@@ -92,11 +92,15 @@ def agreement(source: np.ndarray, variant: np.ndarray) -> Agreement:
 
 @dataclass(frozen=True)
 class Speed:
-    """Items per second of each model (its median round) and per-round ratios to a baseline."""
+    """Items per second of each model, round by round, and what is read from them."""
 
-    per_s: dict[str, float]
-    #: each round's rates, in round order
+    #: each model's rate in each round, in round order
     rounds: dict[str, list[float]]
+
+    @property
+    def per_s(self) -> dict[str, float]:
+        """Each model's median round."""
+        return {name: statistics.median(values) for name, values in self.rounds.items()}
 
     def speedup(self, model: str, baseline: str) -> float:
         """The median over rounds of ``model``'s rate over ``baseline``'s in the same round."""
@@ -133,7 +137,4 @@ def throughput(
                     break
             per_round[name].append(done / elapsed)
             tick()
-    return Speed(
-        per_s={name: statistics.median(values) for name, values in per_round.items()},
-        rounds=per_round,
-    )
+    return Speed(rounds=per_round)
