@@ -53,7 +53,14 @@ from ._errors import (
 from ._remote import DEFAULT_TIMEOUT_S, MAX_UPSTREAM_MESSAGE, RemoteStats
 from ._specs import KServeSpec
 from ._tensor_specs import TensorContract
-from ._tensors import NUMPY_DTYPES, Tensor, TensorFormatError, _pack_bytes, _unpack_bytes
+from ._tensors import (
+    LITTLE_ENDIAN,
+    NUMPY_DTYPES,
+    Tensor,
+    TensorFormatError,
+    _pack_bytes,
+    _unpack_bytes,
+)
 from ._v2 import items_to_tensors, tensors_to_outputs
 
 log = logging.getLogger("prism.remote")
@@ -347,7 +354,7 @@ class KServeGrpcBackend(Backend):
             if o.datatype == "BYTES":
                 data = _unpack_bytes(raws[i], o.name)
             elif o.datatype in NUMPY_DTYPES:
-                dtype = np.dtype(NUMPY_DTYPES[o.datatype]).newbyteorder("<")
+                dtype = LITTLE_ENDIAN[o.datatype]
                 if len(raws[i]) % dtype.itemsize:
                     raise TensorFormatError(f"output {o.name!r} is not whole {o.datatype}")
                 data = np.frombuffer(raws[i], dtype=dtype).astype(NUMPY_DTYPES[o.datatype])

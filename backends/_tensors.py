@@ -34,7 +34,7 @@ NUMPY_DTYPES: dict[str, Any] = {
     "FP64": np.float64,
 }
 #: the binary extension's byte order (little-endian), each dtype made once
-_LITTLE_ENDIAN = {name: np.dtype(t).newbyteorder("<") for name, t in NUMPY_DTYPES.items()}
+LITTLE_ENDIAN = {name: np.dtype(t).newbyteorder("<") for name, t in NUMPY_DTYPES.items()}
 
 
 class TensorFormatError(ValueError):
@@ -153,7 +153,7 @@ def read_tensors(entries: Any, tail: bytes, *, kind: str = "input") -> list[Tens
             if datatype == "BYTES":
                 data = _unpack_bytes(chunk, name)
             else:
-                dtype = _LITTLE_ENDIAN[datatype]
+                dtype = LITTLE_ENDIAN[datatype]
                 if size % dtype.itemsize:
                     raise TensorFormatError(
                         f"{kind} {name!r}: {size} bytes is not whole {datatype}"
