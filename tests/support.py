@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,17 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 PRISM = [sys.executable, "-m", "prism.gateway.cli"]
+
+
+def eventually(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Wait until ``check()`` is true (polled every 50 ms); fail naming ``what`` after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import GatewayProcess, gateway_pair
+from tests.support import GatewayProcess, eventually, gateway_pair
 
 pytestmark = pytest.mark.slow
 
@@ -155,14 +155,9 @@ def test_a_bad_policy_file_keeps_both_serving(
     try:
         # each replica watches the file on its own: wait for both to have refused it
         for gw in (b, a):
-            deadline = time.monotonic() + 10
-            status: dict[str, Any] = {}
-            while time.monotonic() < deadline:
-                status = httpx.get(gw.url + "/admin/policy", timeout=10).json()
-                if status["last_error"]:
-                    break
-                time.sleep(0.1)
-            error = status["last_error"]
+            url = gw.url + "/admin/policy"
+            eventually(lambda url=url: bool(httpx.get(url, timeout=10).json()["last_error"]), url)
+            error = httpx.get(url, timeout=10).json()["last_error"]
             assert error.endswith("experiments.exp.arms.control.color: unknown key"), error
         for gw in (a, b):
             assert infer(gw, "still serving", unit="u1").status_code == 200

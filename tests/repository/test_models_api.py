@@ -4,15 +4,14 @@ load (warmed up), unload with calls in flight, promote and rollback, seen by bot
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from tests.support import GatewayProcess, gateway_pair
+from tests.support import GatewayProcess, eventually, gateway_pair
 
 pytestmark = pytest.mark.slow
 
@@ -64,15 +63,6 @@ def version_of(gw: GatewayProcess, version: str) -> dict[str, Any]:
     (model,) = [m for m in models if m["name"] == "m"]
     (found,) = [v for v in model["versions"] if v["version"] == version]
     return found  # type: ignore[no-any-return]
-
-
-def eventually(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def test_index_lists_every_version_with_its_state(
