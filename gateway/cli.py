@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from .settings import Settings
 
+from .cli_args import positive_int
 from .serving import add_drain_arguments, configure_logging, dump_stacks_on_sigusr2, run_http
 
 Handler = Callable[[argparse.Namespace], int]
@@ -179,16 +180,6 @@ def _policy_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
@@ -229,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument(
         "--workers",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="worker processes sharing the port, for hosts with more cores (default 1); each "
         "loads its own models and keeps its own in-process cache and metrics; Redis is shared",

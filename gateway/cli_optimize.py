@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .cli_args import positive_int
+
 
 def _route_of(document: Any, model: str) -> str | None:
     """The first route that sends traffic to ``model``."""
@@ -208,7 +210,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     cmd.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=DEFAULT_ROUNDS,
         help="rounds the budget is split into; the speed-up is the median of the rounds' "
         f"ratios (default {DEFAULT_ROUNDS})",

@@ -226,3 +226,12 @@ def test_a_speed_up_is_the_median_of_the_rounds_own_ratios() -> None:
     speed = Speed(rounds={"source": [100.0, 50.0, 110.0], "variant": [280.0, 140.0, 330.0]})
     assert speed.per_s == {"source": 100.0, "variant": 280.0}
     assert speed.speedup("variant", "source") == pytest.approx(2.8)
+
+
+@pytest.mark.parametrize("rounds", ["0", "-2", "three"])
+def test_a_rounds_count_below_one_is_refused_before_any_work(tmp_path: Path, rounds: str) -> None:
+    run = _optimize(tmp_path, "--variant", "onnx", "--out", str(tmp_path / "v"), "--rounds", rounds)
+    assert run.returncode == 2
+    assert "argument --rounds: expected a whole number >= 1" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "v").exists()
