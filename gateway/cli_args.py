@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def positive_int(text: str) -> int:
@@ -17,4 +18,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-__all__ = ["positive_int"]
+def finite_seconds(text: str) -> float:
+    """Seconds >= 0 that a loop can run out of: not nan, not inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+__all__ = ["finite_seconds", "positive_int"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .cli_args import positive_int
+from .cli_args import finite_seconds, positive_int
 
 
 def _route_of(document: Any, model: str) -> str | None:
@@ -204,7 +204,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd.add_argument("--force", action="store_true", help="keep a variant below the floor")
     cmd.add_argument(
         "--seconds",
-        type=float,
+        type=finite_seconds,
         default=DEFAULT_SECONDS,
         help=f"timing budget per batch size, both models (default {DEFAULT_SECONDS:g})",
     )

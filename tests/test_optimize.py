@@ -235,3 +235,13 @@ def test_a_rounds_count_below_one_is_refused_before_any_work(tmp_path: Path, rou
     assert "argument --rounds: expected a whole number >= 1" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "soon"])
+def test_a_timing_budget_that_never_runs_out_is_refused(tmp_path: Path, seconds: str) -> None:
+    run = _optimize(
+        tmp_path, "--variant", "onnx", "--out", str(tmp_path / "v"), "--seconds", seconds
+    )
+    assert run.returncode == 2
+    assert "argument --seconds: expected a finite number of seconds >= 0" in run.stderr
+    assert "Traceback" not in run.stderr
