@@ -25,7 +25,10 @@ import pytest
 from .support import ROOT, GatewayProcess
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -132,6 +135,12 @@ def admin(url: str, path: str, method: str = "GET") -> Any:
     return r.json()
 
 
+def waiting(driver: WebDriver, timeout_s: float) -> WebDriverWait[WebDriver]:
+    """A wait that reads the page again when it redrew under a check: the console replaces
+    its tables every 2 s, so an element found a moment ago can be gone when it is read."""
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def wait_refreshed(driver: WebDriver, after: int = 0, timeout_s: float = 20) -> int:
     """Wait until the page has drawn data more than ``after`` times; the count."""
 
@@ -139,7 +148,7 @@ def wait_refreshed(driver: WebDriver, after: int = 0, timeout_s: float = 20) -> 
         raw = d.find_element(By.TAG_NAME, "body").get_attribute("data-refreshes")
         return int(raw) if raw and int(raw) > after else 0
 
-    return int(WebDriverWait(driver, timeout_s).until(count))
+    return int(waiting(driver, timeout_s).until(count))
 
 
 def lookup(doc: Any, path: list[Any]) -> Any:
@@ -184,7 +193,7 @@ def screenshot(driver: WebDriver, name: str) -> None:
 
 def login(driver: WebDriver, url: str) -> None:
     driver.get(url + "/console/experiments")
-    box = WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "key"))
+    box = waiting(driver, 20).until(lambda d: d.find_element(By.ID, "key"))
     screenshot(driver, "login")
     box.send_keys(ADMIN_KEY)
     driver.find_element(By.ID, "save-key").click()
@@ -262,7 +271,7 @@ def test_console_pages_show_what_the_api_says(gateway: GatewayProcess, browser: 
             total += int(nodes[0].text) if nodes else 0
         return total if total > before else 0
 
-    assert WebDriverWait(browser, 20).until(requests_shown) > before
+    assert waiting(browser, 20).until(requests_shown) > before
     assert browser.execute_script("return window.__sameDocument === true")
 
 
@@ -273,7 +282,7 @@ def test_stop_and_resume_buttons(gateway: GatewayProcess, browser: WebDriver) ->
         wait_refreshed(browser, timeout_s=5)
     except TimeoutException:
         login(browser, url)
-    stop = WebDriverWait(browser, 20).until(
+    stop = waiting(browser, 20).until(
         lambda d: d.find_element(By.CSS_SELECTOR, '[data-stop="ab/treatment"]')
     )
     stop.click()
@@ -281,16 +290,16 @@ def test_stop_and_resume_buttons(gateway: GatewayProcess, browser: WebDriver) ->
     def state(d: WebDriver) -> str:
         return d.find_element(By.CSS_SELECTOR, '[data-experiment="ab"] [data-state]').text
 
-    WebDriverWait(browser, 20).until(lambda d: state(d) == "control only")
+    waiting(browser, 20).until(lambda d: state(d) == "control only")
     report = admin(url, "/admin/experiments/ab")
     assert report["state"] == "control only"
     assert report["arms"]["treatment"]["stopped"]["reason"] == "stopped by an operator"
     screenshot(browser, "experiment-stopped")
-    resume = WebDriverWait(browser, 20).until(
+    resume = waiting(browser, 20).until(
         lambda d: d.find_element(By.CSS_SELECTOR, '[data-resume="ab"]')
     )
     resume.click()
-    WebDriverWait(browser, 20).until(lambda d: state(d) == "running")
+    waiting(browser, 20).until(lambda d: state(d) == "running")
     assert admin(url, "/admin/experiments/ab")["state"] == "running"
 
 
@@ -359,13 +368,11 @@ def test_swagger_ui_loads_from_the_gateway_alone(
     gateway: GatewayProcess, browser: WebDriver
 ) -> None:
     browser.get(gateway.url + "/schema/swagger")
-    title = WebDriverWait(browser, 30).until(
+    title = waiting(browser, 30).until(
         lambda d: d.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title")
     )
     assert "Prism" in title.text
-    WebDriverWait(browser, 10).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
-    )
+    waiting(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
     loaded = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
