@@ -18,6 +18,7 @@ import numpy as np
 
 from ._base import Capabilities, InputItem, LocalModel, Modality, Output, Task
 from ._errors import InvalidInput
+from ._onnx_lanes import BatchLanes, session_options
 from ._specs import OnnxSpec
 
 #: files of a variant folder
@@ -35,6 +36,7 @@ class OnnxTextEncoderModel(LocalModel):
         self.threads = threads
         self._dim: int | None = None
         self._session: Any = None
+        self._lanes: BatchLanes | None = None
         self._tokenizer: Any = None
         self._inputs: list[str] = []
 
@@ -58,13 +60,10 @@ class OnnxTextEncoderModel(LocalModel):
         tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
         tokenizer.enable_truncation(self.max_length)
         tokenizer.enable_padding(pad_id=int(variant["pad_id"]), pad_token=variant["pad_token"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        # one forward at a time per version (the batcher's one thread): no inter-op pool
-        options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
-            str(self.folder / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+            str(self.folder / MODEL_FILE), session_options(ort), providers=["CPUExecutionProvider"]
         )
+        self._lanes = BatchLanes(self.threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._dim = int(variant["dim"])
         self._tokenizer = tokenizer
@@ -84,8 +83,15 @@ class OnnxTextEncoderModel(LocalModel):
             "token_type_ids": [e.type_ids for e in encodings],
         }
         feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self._inputs}
-        (vectors,) = self._session.run(["embedding"], feed)
+        if self._lanes is None:
+            raise RuntimeError("the ONNX text encoder is not loaded")
+        # right-padded: each slice drops the columns that are padding in all its rows
+        mask = "attention_mask" if "attention_mask" in feed else None
+        vectors = self._lanes.run(self._session, "embedding", feed, mask=mask)
         return [{"embedding": np.ascontiguousarray(v, dtype=np.float32)} for v in vectors]
 
     def close(self) -> None:
+        if self._lanes is not None:
+            self._lanes.close()
+            self._lanes = None
         self._session = None

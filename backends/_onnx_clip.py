@@ -30,6 +30,7 @@ import numpy as np
 import open_clip
 import torch
 
+from ._onnx_lanes import BatchLanes, session_options
 from ._open_clip import OpenClipModel, ensure_arch
 from ._specs import OnnxClipSpec
 
@@ -41,7 +42,8 @@ VARIANT_FILE = "variant.json"
 
 class OnnxClipModel(OpenClipModel):
     """Serves what ``kind: open-clip`` serves, from a variant folder; each tower's forward is
-    one ONNX Runtime run."""
+    single-threaded ONNX Runtime runs over slices of the batch, side by side
+    (``_onnx_lanes.py``)."""
 
     def __init__(
         self, folder: Path, *, threads: int = 0, max_image_pixels: int = 40_000_000
@@ -52,6 +54,7 @@ class OnnxClipModel(OpenClipModel):
         self.threads = threads
         self._variant: dict[str, Any] = {}
         self._sessions: dict[str, Any] = {}
+        self._lanes: BatchLanes | None = None
 
     @classmethod
     def from_spec(cls, spec: OnnxClipSpec, base_dir: Path, device: str) -> OnnxClipModel:  # type: ignore[override]
@@ -75,31 +78,35 @@ class OnnxClipModel(OpenClipModel):
         )
         config = open_clip.transform.PreprocessCfg(**variant["preprocess"])
         self._preprocess = open_clip.transform.image_transform_v2(config, is_train=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        # one forward at a time per version (the batcher's one thread): no inter-op pool
-        options.inter_op_num_threads = 1
+        options = session_options(ort)
         self._sessions = {
             name: ort.InferenceSession(
                 str(self.folder / file), options, providers=["CPUExecutionProvider"]
             )
             for name, file in (("image", IMAGE_FILE), ("text", TEXT_FILE))
         }
+        self._lanes = BatchLanes(self.threads)
         self._model = self._sessions  # "loaded" for OpenClipModel's checks
         self._dim = int(variant["dim"])
 
     def close(self) -> None:
+        if self._lanes is not None:
+            self._lanes.close()
+            self._lanes = None
         self._sessions = {}
         super().close()
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        feed = {"pixels": images.float().contiguous().numpy()}
-        (out,) = self._sessions["image"].run(["embedding"], feed)
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        return self._run("image", {"pixels": images.float().contiguous().numpy()})
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        feed = {"tokens": tokens.to(torch.int64).numpy()}
-        (out,) = self._sessions["text"].run(["embedding"], feed)
+        # the tokens keep their full context length: the text tower's graph is traced at it
+        return self._run("text", {"tokens": tokens.to(torch.int64).numpy()})
+
+    def _run(self, tower: str, feed: dict[str, np.ndarray]) -> torch.Tensor:
+        if self._lanes is None:
+            raise RuntimeError("the ONNX CLIP model is not loaded")
+        out = self._lanes.run(self._sessions[tower], "embedding", feed)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
     def logit_scale(self) -> float:

@@ -106,7 +106,8 @@ class OnnxSpec(_LocalSpec):
     #: folder written by ``prism optimize``: ``model.onnx``, ``tokenizer.json``, ``variant.json``
     path: str
     max_length: int = Field(256, ge=8, le=8192)
-    #: ONNX Runtime intra-op threads (0 = one per physical core)
+    #: cores a batch runs on: its rows split into this many slices, each one single-threaded
+    #: ONNX Runtime run, side by side (0 = every core this process may use)
     threads: int = Field(0, ge=0, le=256)
 
 
@@ -117,7 +118,8 @@ class OnnxClipSpec(_LocalSpec):
     kind: Literal["onnx-clip"]
     #: folder written by ``prism optimize``: ``image.onnx``, ``text.onnx``, ``variant.json``
     path: str
-    #: ONNX Runtime intra-op threads (0 = one per physical core)
+    #: cores a batch runs on: its rows split into this many slices, each one single-threaded
+    #: ONNX Runtime run, side by side (0 = every core this process may use)
     threads: int = Field(0, ge=0, le=256)
     #: largest accepted image, in pixels (decompression-bomb guard)
     max_image_pixels: int = Field(40_000_000, ge=1)
