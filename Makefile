@@ -8,7 +8,7 @@ PORT ?= 8080
 DEMO := models/demo.json
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-cluster test-latest lock check bench bench-http bench-scaling bench-slim bench-gpu demo venv venv-slim redis wrk haproxy peers chromium format clean help
+.PHONY: serve test test-cluster test-latest lock check bench bench-http bench-scaling bench-slim bench-variant bench-gpu demo venv venv-slim redis wrk haproxy peers chromium format clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -153,6 +153,11 @@ bench: $(BIN)/.installed redis  ## gateway/cache/batching benchmarks on this mac
 # BENCH_SECONDS=3 for a quick look; bench/README.md's table comes from the default (10 s a row)
 bench-http: $(BIN)/.installed redis wrk  ## wrk against prism serve's paths and a raw-ASGI ceiling (about 7 min)
 	$(BIN)/python bench/http_wrk.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS),)
+
+# the variant is built once (prism optimize, about 1 min) and kept in build/opt
+bench-variant: $(BIN)/.installed wrk  ## MiniLM onnx-int8 beside its source through prism serve: agreement, then wrk side by side (about 3 min)
+	test -f build/opt/minilm-onnx-int8/report.json || $(BIN)/prism optimize text-embed@1 --variant onnx-int8 --out build/opt/minilm-onnx-int8
+	$(BIN)/python -m bench.variant_http build/opt/minilm-onnx-int8
 
 bench-scaling: $(BIN)/.installed redis wrk  ## the figures docs/scaling.md sizes from: gateway CPU per request, Redis CPU per command (about 2 min)
 	$(BIN)/python bench/gateway_cpu.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS),)
