@@ -55,6 +55,7 @@ class OnnxClipModel(OpenClipModel):
         self._variant: dict[str, Any] = {}
         self._sessions: dict[str, Any] = {}
         self._lanes: BatchLanes | None = None
+        self._one_image: Any = None
 
     @classmethod
     def from_spec(cls, spec: OnnxClipSpec, base_dir: Path, device: str) -> OnnxClipModel:  # type: ignore[override]
@@ -86,6 +87,12 @@ class OnnxClipModel(OpenClipModel):
             for name, file in (("image", IMAGE_FILE), ("text", TEXT_FILE))
         }
         self._lanes = BatchLanes(self.threads)
+        # one image: the convolutions gain from intra-op threads (``_onnx_lanes.py``)
+        self._one_image = ort.InferenceSession(
+            str(self.folder / IMAGE_FILE),
+            session_options(ort, self._lanes.lanes),
+            providers=["CPUExecutionProvider"],
+        )
         self._model = self._sessions  # "loaded" for OpenClipModel's checks
         self._dim = int(variant["dim"])
 
@@ -94,19 +101,20 @@ class OnnxClipModel(OpenClipModel):
             self._lanes.close()
             self._lanes = None
         self._sessions = {}
+        self._one_image = None
         super().close()
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self._run("image", {"pixels": images.float().contiguous().numpy()})
+        return self._run("image", {"pixels": images.float().contiguous().numpy()}, self._one_image)
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         # the tokens keep their full context length: the text tower's graph is traced at it
         return self._run("text", {"tokens": tokens.to(torch.int64).numpy()})
 
-    def _run(self, tower: str, feed: dict[str, np.ndarray]) -> torch.Tensor:
+    def _run(self, tower: str, feed: dict[str, np.ndarray], one_row: Any = None) -> torch.Tensor:
         if self._lanes is None:
             raise RuntimeError("the ONNX CLIP model is not loaded")
-        out = self._lanes.run(self._sessions[tower], "embedding", feed)
+        out = self._lanes.run(self._sessions[tower], "embedding", feed, one_row=one_row)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
     def logit_scale(self) -> float:

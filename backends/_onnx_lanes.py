@@ -7,7 +7,10 @@ its threads and meets at a barrier after every one. On the 2-vCPU VMs Prism is b
 int8 MiniLM at batch 32 made 480-490 sentences/s that way in some hours and 640-660 in others,
 while two single-threaded runs side by side made 640-670 in both (each ~335 alone: the cores
 themselves did not slow down, the barriers did). At batch 1 one thread is faster than two
-(605 against 493 sentences/s): there is nothing to split but the barriers.
+(605 against 493 sentences/s): there is nothing to split but the barriers. A convolutional
+image tower is the exception: one image ran faster on two intra-op threads (928 against 773
+images/s for the demo CLIP's), so a caller may pass a session with its own threads for a
+single row (``one_row``).
 
 Sessions are made with ``intra_op_num_threads = 1``; ``InferenceSession.run`` may be called
 from several threads at once on one session (ONNX Runtime documents it thread-safe), so the
@@ -33,10 +36,11 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def session_options(ort: Any) -> Any:
-    """Options for a session that runs one slice on the calling thread."""
+def session_options(ort: Any, threads: int = 1) -> Any:
+    """Options for a session that runs one slice on the calling thread (``threads`` 1), or a
+    single row on ``threads`` intra-op threads."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return options
 
@@ -60,15 +64,18 @@ class BatchLanes:
         feed: Mapping[str, np.ndarray],
         *,
         mask: str | None = None,
+        one_row: Any = None,
     ) -> np.ndarray:
         """``output`` for every row of ``feed`` (arrays with the batch as their first axis),
         in row order. ``mask``: the input whose row sums are the real tokens of right-padded
         token inputs; each slice then drops the columns that are padding in all its rows (the
-        model masks them out, so a row's answer does not depend on them)."""
+        model masks them out, so a row's answer does not depend on them). ``one_row``: the
+        session that runs a batch of one row, when not ``session`` itself."""
         rows = len(next(iter(feed.values())))
         parts = min(self.lanes, rows)
         if parts <= 1 or self._pool is None:
-            return np.asarray(session.run([output], dict(feed))[0])
+            single = one_row if one_row is not None and rows == 1 else session
+            return np.asarray(single.run([output], dict(feed))[0])
         bounds = np.linspace(0, rows, parts + 1).astype(int)
         slices = []
         for lo, hi in itertools.pairwise(bounds):

@@ -119,3 +119,17 @@ def test_zero_lanes_means_one_per_core_this_process_may_use() -> None:
         assert runner.lanes == len(os.sched_getaffinity(0))
     finally:
         runner.close()
+
+
+def test_a_single_row_runs_on_the_one_row_session_when_given(session: Any) -> None:
+    batched, single = Recorded(session), Recorded(session)
+    runner = BatchLanes(2)
+    try:
+        one = _padded_batch(1)
+        got = runner.run(batched, "out", one, mask="mask", one_row=single)
+        np.testing.assert_allclose(got, session.run(["out"], one)[0], rtol=1e-6)
+        assert (len(single.shapes), len(batched.shapes)) == (1, 0)
+        runner.run(batched, "out", _padded_batch(2), mask="mask", one_row=single)
+        assert (len(single.shapes), len(batched.shapes)) == (1, 2)  # two rows: two slices
+    finally:
+        runner.close()
