@@ -34,7 +34,6 @@ import numpy as np
 from pydantic import TypeAdapter
 
 from .._base import InputItem, LocalModel
-from .._progress import progress as progress_bar
 from .._registry import build_local_model, resolve_device
 from .._specs import LocalSpec, OpenClipSpec
 from . import _measure
@@ -182,27 +181,17 @@ def optimize_open_clip(
 
     say(f"[4/4] speed side by side: images at batch 1 and 32, texts at 32 ({rounds} rounds)")
     load_before = os.getloadavg()
-    models = {"source": source_model, "variant": variant_model}
-    bar = progress_bar(total=6 * rounds, desc="timing", unit="round", enabled=progress)
-    speed: dict[str, dict[str, float]] = {"source": {}, "variant": {}}
-    speedup: dict[str, float] = {}
-    for key, inputs, batch, share in (
-        ("batch1", images, 1, 0.5),
-        ("batch32", images, 32, 0.5),
-        ("text_batch32", texts, 32, 0.25),
-    ):
-        measured = _measure.throughput(
-            models,
-            inputs,
-            batch=batch,
-            seconds=seconds * share,
-            rounds=rounds,
-            tick=lambda: bar.update(1),
-        )
-        for name, rate in measured.per_s.items():
-            speed[name][key] = round(rate, 2)
-        speedup[key] = round(measured.speedup("variant", "source"), 3)
-    bar.close()
+    speed, speedup = _measure.side_by_side(
+        source_model,
+        variant_model,
+        [
+            ("batch1", images, 1, seconds * 0.5),
+            ("batch32", images, 32, seconds * 0.5),
+            ("text_batch32", texts, 32, seconds * 0.25),
+        ],
+        rounds=rounds,
+        progress=progress,
+    )
     load_after = os.getloadavg()
 
     source_size = _source_bytes(source_spec, base_dir, source_model)

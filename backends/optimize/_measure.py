@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._base import InputItem, LocalModel, Task
+from .._progress import progress as progress_bar
 
 #: timing budget per batch size (both models), and the rounds it is split into: at batch 32,
 #: 1.5 s per model and round (about ten forwards of torch fp32 MiniLM on 2 cores)
@@ -138,3 +139,31 @@ def throughput(
             per_round[name].append(done / elapsed)
             tick()
     return Speed(rounds=per_round)
+
+
+def side_by_side(
+    source: LocalModel,
+    variant: LocalModel,
+    cases: Sequence[tuple[str, Sequence[str | InputItem], int, float]],
+    *,
+    rounds: int,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """:func:`throughput` of ``source`` and ``variant`` for each ``(key, inputs, batch,
+    seconds)`` case, behind one progress bar: each model's rate per case (items/s, rounded)
+    and the variant's speed-up over the source per case."""
+    models = {"source": source, "variant": variant}
+    bar = progress_bar(
+        total=len(models) * rounds * len(cases), desc="timing", unit="round", enabled=progress
+    )
+    speed: dict[str, dict[str, float]] = {name: {} for name in models}
+    speedup: dict[str, float] = {}
+    for key, inputs, batch, seconds in cases:
+        measured = throughput(
+            models, inputs, batch=batch, seconds=seconds, rounds=rounds, tick=lambda: bar.update(1)
+        )
+        for name, rate in measured.per_s.items():
+            speed[name][key] = round(rate, 2)
+        speedup[key] = round(measured.speedup("variant", "source"), 3)
+    bar.close()
+    return speed, speedup

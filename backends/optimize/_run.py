@@ -26,7 +26,6 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from .._base import LocalModel
-from .._progress import progress as progress_bar
 from .._registry import build_local_model, resolve_device
 from .._specs import LocalSpec, TextEncoderSpec
 from .._text_encoder import packaged_model_path
@@ -156,23 +155,13 @@ def optimize_text_encoder(
 
     say(f"[4/4] speed side by side, batch 1 and 32 ({rounds} alternating rounds each)")
     load_before = os.getloadavg()
-    models = {"source": source_model, "variant": variant_model}
-    bar = progress_bar(total=4 * rounds, desc="timing", unit="round", enabled=progress)
-    speed: dict[str, dict[str, float]] = {"source": {}, "variant": {}}
-    speedup: dict[str, float] = {}
-    for batch in (1, 32):
-        measured = _measure.throughput(
-            models,
-            texts,
-            batch=batch,
-            seconds=seconds / 2,
-            rounds=rounds,
-            tick=lambda: bar.update(1),
-        )
-        for name, rate in measured.per_s.items():
-            speed[name][f"batch{batch}"] = round(rate, 2)
-        speedup[f"batch{batch}"] = round(measured.speedup("variant", "source"), 3)
-    bar.close()
+    speed, speedup = _measure.side_by_side(
+        source_model,
+        variant_model,
+        [(f"batch{batch}", texts, batch, seconds / 2) for batch in (1, 32)],
+        rounds=rounds,
+        progress=progress,
+    )
     load_after = os.getloadavg()
 
     source_size = _weights_bytes(folder)
