@@ -87,12 +87,14 @@ class OnnxClipModel(OpenClipModel):
             for name, file in (("image", IMAGE_FILE), ("text", TEXT_FILE))
         }
         self._lanes = BatchLanes(self.threads)
-        # one image: the convolutions gain from intra-op threads (``_onnx_lanes.py``)
-        self._one_image = ort.InferenceSession(
-            str(self.folder / IMAGE_FILE),
-            session_options(ort, self._lanes.lanes),
-            providers=["CPUExecutionProvider"],
-        )
+        # one image: the convolutions gain from intra-op threads (``_onnx_lanes.py``); with
+        # one lane the image session is that already
+        if self._lanes.lanes > 1:
+            self._one_image = ort.InferenceSession(
+                str(self.folder / IMAGE_FILE),
+                session_options(ort, self._lanes.lanes),
+                providers=["CPUExecutionProvider"],
+            )
         self._model = self._sessions  # "loaded" for OpenClipModel's checks
         self._dim = int(variant["dim"])
 
