@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import append_csv, print_table
 from bench.http_wrk import _lua, software, wrk
-from prism.backends.optimize import text_sample
+from prism.backends.optimize import agreement, text_sample
 from tests.support import GatewayProcess
 
 SOURCE, VARIANT = "1", "1-variant"
@@ -92,11 +92,6 @@ def _embed(url: str, version: str, texts: list[str]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.asarray((a * b).sum(axis=1) / norms)
-
-
 def main(args: argparse.Namespace) -> int:
     if shutil.which("wrk") is None:
         print(
@@ -121,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
     gateway = GatewayProcess(policy, env={"PRISM_LOG_LEVEL": "WARNING"}).start(ready_timeout_s=300)
     try:
         print(f"agreement through the gateway: {len(texts)} sentences to each version")
-        cos = _cosines(_embed(gateway.url, SOURCE, texts), _embed(gateway.url, VARIANT, texts))
+        agreed = agreement(_embed(gateway.url, SOURCE, texts), _embed(gateway.url, VARIANT, texts))
         # every n-th sentence: short queries to paragraphs, as in the whole sample
         timed = texts[:: max(len(texts) // args.batch, 1)][: args.batch]
         scripts = {}
@@ -163,8 +158,8 @@ def main(args: argparse.Namespace) -> int:
                     statistics.median(g[1] for g in got),
                     statistics.median(g[2] for g in got),
                     1.0 if version == SOURCE else speedup,
-                    "" if version == SOURCE else f"{cos.mean():.4f}",
-                    "" if version == SOURCE else f"{cos.min():.4f}",
+                    "" if version == SOURCE else f"{agreed.cosine_mean:.4f}",
+                    "" if version == SOURCE else f"{agreed.cosine_min:.4f}",
                     args.rounds,
                     args.seconds,
                 ]
